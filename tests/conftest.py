@@ -1,0 +1,100 @@
+"""Shared fixtures: real upstream servers for the whole session, fake upstreams per test.
+
+Session servers are shared by every test, so tests must use their own repository names
+(the ``repo_name`` fixture gives a unique one) and must not assume an empty Redis database.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Iterator
+
+import pytest
+
+from support.fake_upstream import FakeRegistry
+from support.images import Credentials, basic_auth_header
+from support.servers import RegistryServer, start_redis, start_registry
+
+AUTH_USER = "wharf-test"
+AUTH_PASSWORD = "s3cret-pass"
+
+
+@dataclass(frozen=True)
+class AuthRegistry:
+    """A running htpasswd-protected registry and the one account it accepts."""
+
+    url: str
+    username: str
+    password: str
+
+    @property
+    def auth(self) -> Credentials:
+        """``(username, password)``, as ``push_image(auth=…)`` takes it."""
+        return (self.username, self.password)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization: Basic …`` header for the account."""
+        return basic_auth_header(self.auth)
+
+
+@pytest.fixture(scope="session")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """Debian's docker-registry, no auth, delete enabled, storage in a session temp dir."""
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_upstream(registry_server: RegistryServer) -> str:
+    """Base URL (``http://127.0.0.1:PORT``) of the open session registry."""
+    return registry_server.url
+
+
+@pytest.fixture(scope="session")
+def auth_registry_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthRegistry]:
+    """A docker-registry requiring Basic auth as ``AUTH_USER`` / ``AUTH_PASSWORD``."""
+    server = start_registry(tmp_path_factory.mktemp("auth-registry"), AUTH_USER, AUTH_PASSWORD)
+    try:
+        yield AuthRegistry(server.url, AUTH_USER, AUTH_PASSWORD)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis://127.0.0.1:PORT/0`` of a session redis-server without persistence."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def repo_name(request: pytest.FixtureRequest) -> str:
+    """A repository name no other test uses: ``tests/<test-name>-<random>``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    return f"tests/{slug}-{uuid.uuid4().hex[:8]}"
+
+
+FakeUpstreamFactory = Callable[[], Awaitable[FakeRegistry]]
+
+
+@pytest.fixture
+async def fake_upstream(aiohttp_server) -> FakeUpstreamFactory:
+    """Factory: ``fake = await fake_upstream()`` starts an empty FakeRegistry at ``fake.url``."""
+
+    async def start() -> FakeRegistry:
+        fake = FakeRegistry()
+        server = await aiohttp_server(fake.app)
+        fake.url = str(server.make_url("")).rstrip("/")
+        return fake
+
+    return start
+

@@ -1,0 +1,235 @@
+"""Start real servers as subprocesses on free 127.0.0.1 ports, wait until they answer, stop them.
+
+Each server gets its own working directory (config, data, ``server.log``). Children die with the
+test process (``PR_SET_PDEATHSIG`` on Linux), so a killed pytest leaves no registry behind.
+Nothing here reads the system configs in ``/etc``: every config is written to the workdir.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+START_ATTEMPTS = 3  # a free port can be taken between probing and binding; retry on a new one
+
+
+class ServerError(RuntimeError):
+    """A server binary is missing, or it exited or never answered while starting."""
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (the caller binds it next)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_binary(name: str) -> str:
+    """Return the absolute path of ``name`` or explain how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        raise ServerError(f"{name} is not installed; run scripts/test.sh to install test dependencies")
+    return path
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM us when the test process exits."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+@dataclass
+class ServerProcess:
+    """A running child server; ``stop()`` is idempotent and always reaps the process."""
+
+    name: str
+    port: int
+    url: str
+    workdir: Path
+    process: subprocess.Popen
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def log_tail(self, limit: int = 4000) -> str:
+        """The end of the server's combined stdout/stderr, for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM, wait a few seconds, then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class RegistryServer(ServerProcess):
+    """A ``docker-registry``; ``username``/``password`` are set when it requires Basic auth."""
+
+    username: str | None = None
+    password: str | None = None
+
+
+def _spawn(argv: list[str], workdir: Path) -> subprocess.Popen:
+    """Run ``argv`` in ``workdir`` with output to ``server.log`` and a minimal environment.
+
+    The environment drops ``REGISTRY_*`` variables so a developer's shell cannot reconfigure
+    the registry under test.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    log = open(workdir / "server.log", "ab")
+    try:
+        return subprocess.Popen(
+            argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        )
+    finally:
+        log.close()
+
+
+def _wait_ready(server: ServerProcess, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll ``ready()`` until it is true; fail early if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise ServerError(
+                f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        if ready():
+            return
+        time.sleep(0.05)
+    server.stop()
+    raise ServerError(f"{server.name} did not answer within {timeout}s:\n{server.log_tail()}")
+
+
+def _start(name: str, workdir: Path, launch: Callable[[int], tuple[list[str], str]],
+           probe: Callable[[int], bool], factory=ServerProcess, **extra) -> ServerProcess:
+    """Start a server on a fresh free port, retrying on another port if it dies while starting."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    last_error: ServerError | None = None
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        argv, url = launch(port)
+        server = factory(name=name, port=port, url=url, workdir=workdir,
+                         process=_spawn(argv, workdir), **extra)
+        try:
+            _wait_ready(server, lambda: probe(port), START_TIMEOUT)
+            return server
+        except ServerError as exc:
+            server.stop()
+            last_error = exc
+    assert last_error is not None
+    raise last_error
+
+
+# --- docker-registry ------------------------------------------------------------------------
+
+def htpasswd_line(username: str, password: str) -> str:
+    """One htpasswd entry with a bcrypt hash: the only scheme distribution's htpasswd accepts."""
+    import bcrypt  # test dependency; imported here so the open registry works without it
+
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    return f"{username}:{hashed}\n"
+
+
+def registry_config(port: int, root: Path, htpasswd: Path | None = None) -> dict:
+    """distribution 2.8 config: filesystem storage under ``root``, delete enabled, quiet logs.
+
+    Auth is htpasswd Basic when ``htpasswd`` is given, otherwise none at all.
+    """
+    config: dict = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root)},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": f"127.0.0.1:{port}", "secret": "wharf-tests-secret",
+                 "headers": {"X-Content-Type-Options": ["nosniff"]}},
+    }
+    if htpasswd is not None:
+        config["auth"] = {"htpasswd": {"realm": "wharf-test", "path": str(htpasswd)}}
+    return config
+
+
+def _registry_answers(port: int) -> bool:
+    """Ready when ``GET /v2/`` answers 200 (open) or 401 (auth required)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as resp:
+            return resp.status == 200
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except OSError:
+        return False
+
+
+def start_registry(workdir: Path, username: str | None = None,
+                   password: str | None = None) -> RegistryServer:
+    """Start Debian's ``docker-registry serve`` with storage in ``workdir/data``.
+
+    With ``username`` and ``password`` the registry requires them as Basic auth.
+    """
+    binary = require_binary("docker-registry")
+    workdir.mkdir(parents=True, exist_ok=True)
+    htpasswd = None
+    if username is not None and password is not None:
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text(htpasswd_line(username, password))
+
+    def launch(port: int) -> tuple[list[str], str]:
+        config_path = workdir / "config.yml"
+        config_path.write_text(yaml.safe_dump(registry_config(port, workdir / "data", htpasswd)))
+        return [binary, "serve", str(config_path)], f"http://127.0.0.1:{port}"
+
+    server = _start("docker-registry", workdir, launch, _registry_answers,
+                    factory=RegistryServer, username=username, password=password)
+    assert isinstance(server, RegistryServer)
+    return server
+
+
+# --- redis ----------------------------------------------------------------------------------
+
+def _redis_answers(port: int) -> bool:
+    """Ready when an inline ``PING`` gets ``+PONG``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(workdir: Path) -> ServerProcess:
+    """Start ``redis-server`` bound to 127.0.0.1 with no persistence; url is ``redis://…/0``."""
+    binary = require_binary("redis-server")
+
+    def launch(port: int) -> tuple[list[str], str]:
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"]
+        return argv, f"redis://127.0.0.1:{port}/0"
+
+    return _start("redis-server", workdir, launch, _redis_answers)

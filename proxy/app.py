@@ -1,0 +1,92 @@
+"""``create_app(config)``: the one place that wires the layers together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.http import keys
+from proxy.http.routes import setup_routes
+from proxy.metrics import Metrics
+from proxy.registry.addressing import Addressing
+from proxy.registry.local import LocalRegistry
+from proxy.registry.pullthrough import PullThroughRegistry
+from proxy.registry.tasks import BackgroundTasks
+from proxy.registry.tokens import TokenService
+from proxy.storage.blobs import BlobStore
+from proxy.storage.budget import Budget
+from proxy.storage.meta import MetaStore
+from proxy.storage.shared import SharedCache
+from proxy.upstream.client import Upstream
+
+log = logging.getLogger("wharf")
+
+BLOBS = web.AppKey("blobs", BlobStore)
+META = web.AppKey("meta", MetaStore)
+BUDGET = web.AppKey("budget", Budget)
+TASKS = web.AppKey("tasks", BackgroundTasks)
+
+
+async def _periodic(interval: float, action) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            action()
+        except Exception:
+            log.exception("periodic %s failed", getattr(action, "__name__", action))
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the application; stores open now, network clients open at startup (cleanup_ctx)."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    metrics = Metrics()
+    root = config.storage.root
+    blobs = BlobStore(root)
+    blobs.clean_tmp()
+    meta = MetaStore(root / "meta")
+    shared = SharedCache(config.redis.url)
+    budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)
+    budget.scan()
+    blobs.on_added = budget.added
+    tasks = BackgroundTasks()
+    local = LocalRegistry(blobs, meta)
+    upstreams: dict[str, Upstream] = {}
+    app[keys.CONFIG] = config
+    app[keys.METRICS] = metrics
+    app[keys.SHARED] = shared
+    app[keys.TOKENS] = TokenService(shared)
+    app[keys.UPSTREAMS] = upstreams
+    app[keys.ADDRESSING] = Addressing([u.name for u in config.upstreams], config.default_upstream,
+                                      local.is_local_repo)
+    app[keys.REGISTRY] = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
+                                             config.cache, config.limits, tasks)
+    app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
+        for upstream_config in config.upstreams:  # the registry holds this dict already
+            upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics)
+        flusher = asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await tasks.close()
+            await session.close()
+            blobs.flush_access_times()
+            await shared.close()
+            meta.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    setup_routes(app)
+    return app

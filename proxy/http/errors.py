@@ -1,0 +1,55 @@
+"""The one writer of OCI error bodies, and the middleware that routes every failure through it."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from proxy.errors import OCIError, Unauthorized, Unsupported
+
+log = logging.getLogger("wharf.http")
+
+
+class RouteUnknown(OCIError):
+    code, status, default_message = "NOT_FOUND", 404, "no such endpoint"
+
+
+def challenge(request: web.Request) -> str:
+    """The Bearer challenge pointing a client at Wharf's own token endpoint."""
+    realm = f"{request.scheme}://{request.host}/token"
+    value = f'Bearer realm="{realm}",service="wharf"'
+    name = request.match_info.get("name")
+    if name:
+        value += f',scope="repository:{name}:pull"'
+    return value
+
+
+def error_response(request: web.Request, error: OCIError) -> web.Response:
+    """``{"errors": [...]}`` with the error's own status; 401s carry a challenge."""
+    headers = dict(error.headers)
+    if isinstance(error, Unauthorized):
+        headers.setdefault("WWW-Authenticate", challenge(request))
+    body = None if request.method == "HEAD" else json.dumps({"errors": [error.to_json()]})
+    response = web.Response(status=error.status, text=body, content_type="application/json",
+                            headers=headers)
+    request["error_code"] = error.code
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except OCIError as error:
+        return error_response(request, error)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(request, RouteUnknown())
+        if exc.status == 405:
+            return error_response(request, Unsupported(f"{request.method} is not supported here"))
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(request, OCIError("internal error"))

@@ -1,0 +1,21 @@
+"""Typed keys for what the app holds (aiohttp ``web.AppKey``): the wiring handlers rely on."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.metrics import Metrics
+from proxy.registry.addressing import Addressing
+from proxy.registry.base import Registry
+from proxy.registry.tokens import TokenService
+from proxy.storage.shared import SharedCache
+from proxy.upstream.client import Upstream
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+REGISTRY = web.AppKey("registry", Registry)
+ADDRESSING = web.AppKey("addressing", Addressing)
+TOKENS = web.AppKey("tokens", TokenService)
+SHARED = web.AppKey("shared", SharedCache)
+UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])

@@ -1,0 +1,172 @@
+"""Pull handlers: ``/v2/``, manifests, blobs (with Range), tags list, referrers.
+
+Handlers translate HTTP to registry calls and registry results to HTTP; they never know whether
+the registry behind them is the local store or the pull-through cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from aiohttp import web
+
+from proxy.errors import PaginationNumberInvalid, RangeInvalid
+from proxy.http.keys import ADDRESSING, METRICS, REGISTRY, TOKENS
+from proxy.oci.digest import Digest
+from proxy.oci.media import parse_accept
+from proxy.registry.base import BlobResult, Client, Target
+from proxy.registry.fills import FillFailed
+from proxy.upstream.auth import credential_from_header
+
+log = logging.getLogger("wharf.http")
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+async def client_of(request: web.Request) -> Client:
+    """The caller's credential: Basic as sent, Wharf tokens resolved, other tokens passed through."""
+    credential = credential_from_header(request.headers.get("Authorization"))
+    return Client(await request.app[TOKENS].resolve(credential))
+
+
+def target_of(request: web.Request) -> Target:
+    return request.app[ADDRESSING].resolve(request.match_info["name"], request.query.get("ns"))
+
+
+def _common_headers(request: web.Request) -> dict[str, str]:
+    ns = request.query.get("ns")
+    return {"OCI-Namespace": ns} if ns else {}
+
+
+async def base(request: web.Request) -> web.Response:
+    """``GET /v2/``: the API version check every client may start with."""
+    return web.json_response({})
+
+
+async def manifest(request: web.Request) -> web.Response:
+    target = target_of(request)
+    reference = request.match_info["reference"]
+    head = request.method == "HEAD"
+    accept = parse_accept(request.headers.getall("Accept", []))
+    result = await request.app[REGISTRY].manifest(target, reference, accept, await client_of(request), head)
+    request["cache_status"] = result.cache_status
+    headers = _common_headers(request)
+    headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": str(result.digest),
+                    "ETag": f'"{result.digest}"'})
+    if head:
+        headers["Content-Length"] = str(result.size)
+        return web.Response(status=200, headers=headers)
+    return web.Response(status=200, body=result.body, headers=headers)
+
+
+def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
+    """A single ``bytes=a-b`` / ``a-`` / ``-n`` range as [start, end); None means the whole blob."""
+    if not header or size is None:
+        return None
+    match = _RANGE_RE.match(header.strip())
+    if not match or match.groups() == ("", ""):
+        raise RangeInvalid(f"unsupported Range {header[:100]!r}", headers={"Content-Range": f"bytes */{size}"})
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        start, end = max(0, size - length), size
+    else:
+        start = int(first)
+        end = min(size, int(last) + 1) if last else size
+    if start >= size or start >= end:
+        raise RangeInvalid(f"range {header[:100]!r} outside 0-{size}", headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def blob(request: web.Request) -> web.StreamResponse:
+    target = target_of(request)
+    digest = Digest.parse(request.match_info["digest"])
+    head = request.method == "HEAD"
+    result = await request.app[REGISTRY].blob(target, digest, await client_of(request), head)
+    request["cache_status"] = result.cache_status
+    headers = _common_headers(request)
+    headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": str(digest),
+                    "ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
+    if result.path is not None:
+        return await _send_file(request, result, headers)
+    if head or result.stream is None:
+        if result.size is not None:
+            headers["Content-Length"] = str(result.size)
+        return web.Response(status=200, headers=headers)
+    return await _send_stream(request, result, headers)
+
+
+async def _send_file(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
+    """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD."""
+    if request.headers.get("Range"):
+        parse_range(request.headers["Range"], result.size)  # 416 in OCI form for bad ranges
+    response = web.FileResponse(result.path, chunk_size=1024 * 1024, headers=headers)
+    assert result.reading is not None
+    with result.reading():
+        await response.prepare(request)
+    if request.method != "HEAD":
+        request.app[METRICS].bytes_served.labels("cache").inc(response.content_length or 0)
+    return response
+
+
+async def _send_stream(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
+    """A blob still being filled: stream it as it grows; abort the connection if the fill fails."""
+    span = parse_range(request.headers.get("Range"), result.size)
+    response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    start, end = span if span else (0, result.size)
+    if span:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{result.size}"
+    if end is not None:
+        response.content_length = end - start
+    await response.prepare(request)
+    sent = 0
+    assert result.stream is not None
+    try:
+        async for chunk in result.stream(start, end):
+            await response.write(chunk)
+            sent += len(chunk)
+    except FillFailed:
+        log.warning("fill of %s failed after %d bytes were sent; aborting the connection", result.digest, sent)
+        request["cache_status"] = "aborted"
+        if request.transport is not None:
+            request.transport.abort()
+        raise web.HTTPInternalServerError()  # the connection is gone; this only ends the handler
+    finally:
+        request.app[METRICS].bytes_served.labels("upstream").inc(sent)
+    await response.write_eof()
+    return response
+
+
+def _next_link(request: web.Request, query: str) -> str:
+    ns = request.query.get("ns")
+    suffix = f"&ns={ns}" if ns else ""
+    return f'</v2/{request.match_info["name"]}/tags/list?{query}{suffix}>; rel="next"'
+
+
+async def tags(request: web.Request) -> web.Response:
+    target = target_of(request)
+    n_raw = request.query.get("n")
+    n = None
+    if n_raw is not None:
+        if not n_raw.isdigit():
+            raise PaginationNumberInvalid(f"n must be a non-negative integer, not {n_raw[:20]!r}")
+        n = int(n_raw)
+    page = await request.app[REGISTRY].tags(target, n, request.query.get("last"), await client_of(request))
+    request["cache_status"] = page.cache_status
+    headers = _common_headers(request)
+    if page.next_query:
+        headers["Link"] = _next_link(request, page.next_query)
+    return web.Response(body=page.body, content_type="application/json", headers=headers)
+
+
+async def referrers(request: web.Request) -> web.Response:
+    target = target_of(request)
+    digest = Digest.parse(request.match_info["digest"])
+    artifact_type = request.query.get("artifactType")
+    result = await request.app[REGISTRY].referrers(target, digest, artifact_type, await client_of(request))
+    request["cache_status"] = result.cache_status
+    headers = _common_headers(request)
+    headers["Content-Type"] = result.media_type
+    if result.filters_applied:
+        headers["OCI-Filters-Applied"] = result.filters_applied
+    return web.Response(body=result.body, headers=headers)

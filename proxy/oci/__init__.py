@@ -1,0 +1,1 @@
+"""Pure OCI knowledge: digests, names and references, media types, manifests. No I/O here."""

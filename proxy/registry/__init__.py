@@ -1,0 +1,1 @@
+"""The service layer: one Registry interface, a local store and a pull-through cache over it."""

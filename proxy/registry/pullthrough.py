@@ -1,0 +1,473 @@
+"""The pull-through cache: upstream targets served from the store, filled from upstream once.
+
+It decorates the local registry: a Target with no upstream goes straight to it.
+
+Cache policy, rule by rule:
+- digests are immutable: a stored manifest or blob is served without asking upstream, once the
+  client is allowed to see it (``_authorize``);
+- a tag is fresh for its upstream's ``tag_ttl`` after upstream last confirmed it; then it is
+  revalidated with a HEAD, and the manifest is fetched with GET only when the digest changed;
+- when upstream is rate-limited (429 / Retry-After) or its quota is below
+  ``cache.low_quota_remaining``, a stale tag is served at once and revalidated in the background;
+- when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale;
+- a 404 from upstream is remembered for ``cache.negative_ttl`` per credential;
+- concurrent requests for the same manifest or blob share one upstream request.
+
+Authorization is never widened by the cache: content fetched without client credentials is
+public; content fetched with them is served to another client only after upstream confirms,
+with a HEAD carrying that client's credentials, that it may read the repository (remembered for
+``cache.authz_ttl`` per credential and repository).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from proxy.config import CacheConfig, LimitsConfig
+from proxy.errors import (BlobUnknown, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
+                          SizeInvalid, TooManyRequests, Unavailable, UpstreamInvalid)
+from proxy.metrics import Metrics
+from proxy.oci.digest import Digest, is_digest
+from proxy.oci.media import MAX_MANIFEST_BYTES, OCI_INDEX, UPSTREAM_ACCEPT, accepts
+from proxy.oci.names import validate_tag
+from proxy.registry.base import (BlobResult, Client, ManifestResult, ReferrersResult, Registry,
+                                 TagsPage, Target)
+from proxy.registry.fills import Fill, FillGroup
+from proxy.registry.tasks import BackgroundTasks, SingleFlight
+from proxy.storage.blobs import BlobStore
+from proxy.storage.meta import MetaStore, TagRecord
+from proxy.storage.shared import SharedCache
+from proxy.upstream.auth import Credential
+from proxy.upstream.client import Upstream
+
+def next_page_query(link_header: str | None) -> str | None:
+    """The query string of a ``Link: <...?n=..&last=..>; rel="next"`` header, which clients follow."""
+    if not link_header or "<" not in link_header:
+        return None
+    url = link_header.split("<", 1)[1].split(">", 1)[0]
+    return urlsplit(url).query or None
+
+
+_STALE_ERRORS = (Unavailable, TooManyRequests, UpstreamInvalid)
+EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+
+
+class PullThroughRegistry:
+    """Registry over upstreams, falling back to ``local`` for local targets."""
+
+    def __init__(self, local: Registry, upstreams: dict[str, Upstream], blobs: BlobStore,
+                 meta: MetaStore, shared: SharedCache, metrics: Metrics, cache: CacheConfig,
+                 limits: LimitsConfig, tasks: BackgroundTasks) -> None:
+        self._local = local
+        self._upstreams = upstreams
+        self._blobs = blobs
+        self._meta = meta
+        self._shared = shared
+        self._metrics = metrics
+        self._cache = cache
+        self._limits = limits
+        self._tasks = tasks
+        self._flights = SingleFlight()
+        self.fills = FillGroup(tasks)
+
+    # helpers ---------------------------------------------------------------------------------
+    def _upstream(self, target: Target) -> Upstream:
+        return self._upstreams[target.upstream]  # Addressing only yields configured names
+
+    @staticmethod
+    def _effective(upstream: Upstream, client: Client) -> tuple[Credential | None, bool]:
+        """The credential to use upstream, and whether what it fetches is public.
+
+        A client's own credential wins and makes the result private to clients upstream
+        confirms; without one, the configured upstream credential (or none) is used and the
+        result is public to everyone who can reach Wharf.
+        """
+        if client.credential is not None:
+            return client.credential, False
+        return upstream.configured_credential, True
+
+    def _count(self, kind: str, result: str) -> None:
+        self._metrics.cache.labels(kind, result).inc()
+
+    async def _coalesced(self, kind: str, key: tuple, factory: Callable[[], Awaitable]) -> tuple:
+        result, joined = await self._flights.run(key, factory)
+        if joined:
+            self._count(kind, "coalesced")
+        return result, joined
+
+    async def _remember_negative(self, key: str) -> None:
+        await self._shared.set(key, 1, self._cache.negative_ttl)
+
+    def _quota_low(self, upstream: Upstream) -> bool:
+        remaining = upstream.rate.remaining
+        return upstream.rate.blocked() or (remaining is not None
+                                           and remaining <= self._cache.low_quota_remaining)
+
+    async def _authorize(self, upstream: Upstream, target: Target, digest: Digest, suffix: str,
+                         client: Client, not_found: type[OCIError]) -> None:
+        """Let the client see a stored object only if it is public or upstream confirms access."""
+        visibility = self._meta.visibility(str(digest))
+        if visibility.public:
+            return
+        credential, public = self._effective(upstream, client)
+        authz_key = f"authz:{credential.id if credential else 'anon'}:{target.scope}"
+        if target.scope in visibility.repos and await self._shared.get(authz_key):
+            return
+        response = await upstream.request("HEAD", target.repo, suffix, credential,
+                                          headers={"Accept": UPSTREAM_ACCEPT}, not_found=not_found)
+        response.release()
+        self._meta.grant(str(digest), target.scope, public)
+        await self._shared.set(authz_key, 1, self._cache.authz_ttl)
+
+    async def _may_serve_stale(self, target: Target, digest: str, client: Client,
+                               upstream: Upstream) -> bool:
+        """Stale content goes only to clients who could see it without asking upstream."""
+        visibility = self._meta.visibility(digest)
+        if visibility.public:
+            return True
+        credential, _ = self._effective(upstream, client)
+        authz_key = f"authz:{credential.id if credential else 'anon'}:{target.scope}"
+        return target.scope in visibility.repos and bool(await self._shared.get(authz_key))
+
+    # manifests -------------------------------------------------------------------------------
+    async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
+                       head: bool) -> ManifestResult:
+        if target.upstream is None:
+            return await self._local.manifest(target, reference, accept, client, head)
+        upstream = self._upstream(target)
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            record, status = await self._manifest_by_digest(upstream, target, digest, client)
+        else:
+            validate_tag(reference)
+            record, status = await self._manifest_by_tag(upstream, target, reference, client)
+            if not accepts(accept, record.media_type):
+                record, status = await self._manifest_for_accept(upstream, target, reference, accept, client)
+        digest = Digest.parse(record.digest)
+        body = None
+        if not head:
+            body = self._blobs.read_bytes(digest)
+            if body is None:  # evicted between lookup and read: fetch it again
+                await self._fetch_manifest(upstream, target, str(digest), client)
+                body = self._blobs.read_bytes(digest)
+                if body is None:
+                    raise Unavailable("manifest vanished from the store")
+        return ManifestResult(digest, record.media_type, record.size, body, status)
+
+    async def _manifest_by_digest(self, upstream: Upstream, target: Target, digest: Digest,
+                                  client: Client) -> tuple[TagRecord, str]:
+        media_type = self._meta.manifest_type(str(digest))
+        size = self._blobs.size(digest) if media_type else None
+        if media_type and size is not None:
+            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+            self._count("manifest", "hit")
+            return TagRecord(str(digest), media_type, size, 0.0), "hit"
+        record, joined = await self._fetch_manifest(upstream, target, str(digest), client)
+        if joined:
+            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+            return record, "coalesced"
+        self._count("manifest", "miss")
+        return record, "miss"
+
+    async def _manifest_by_tag(self, upstream: Upstream, target: Target, tag: str,
+                               client: Client) -> tuple[TagRecord, str]:
+        record = self._meta.tag(target.scope, tag)
+        if record is None or self._blobs.size(Digest.parse(record.digest)) is None:
+            fetched, joined = await self._fetch_manifest(upstream, target, tag, client)
+            if joined:
+                digest = Digest.parse(fetched.digest)
+                await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+                return fetched, "coalesced"
+            self._count("tag", "miss")
+            return fetched, "miss"
+        digest = Digest.parse(record.digest)
+        if await self._shared.get(f"fresh:{target.scope}:{tag}") == record.digest:
+            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+            self._count("tag", "hit")
+            return record, "hit"
+        if self._quota_low(upstream) and await self._may_serve_stale(target, record.digest, client, upstream):
+            self._tasks.spawn(self._revalidate_quietly(upstream, target, tag, client),
+                              name=f"revalidate {target.scope}:{tag}")
+            self._count("tag", "stale")
+            return record, "stale"
+        try:
+            fresh, joined = await self._coalesced(
+                "tag", ("revalidate", target.scope, tag, self._cred_id(upstream, client)),
+                lambda: self._revalidate(upstream, target, tag, client, record))
+        except _STALE_ERRORS:
+            if await self._may_serve_stale(target, record.digest, client, upstream):
+                self._count("tag", "stale")
+                return record, "stale"
+            raise
+        except ManifestUnknown:
+            self._meta.delete_tag(target.scope, tag)
+            raise
+        if not joined:
+            self._count("tag", "revalidated")
+        return fresh, "revalidated"
+
+    def _cred_id(self, upstream: Upstream, client: Client) -> str:
+        credential, _ = self._effective(upstream, client)
+        return credential.id if credential else "anon"
+
+    async def _revalidate_quietly(self, upstream: Upstream, target: Target, tag: str, client: Client) -> None:
+        record = self._meta.tag(target.scope, tag)
+        if record is None:
+            return
+        try:
+            await self._coalesced("tag", ("revalidate", target.scope, tag, self._cred_id(upstream, client)),
+                                  lambda: self._revalidate(upstream, target, tag, client, record))
+        except OCIError:
+            pass  # served stale already; the next request tries again
+
+    async def _revalidate(self, upstream: Upstream, target: Target, tag: str, client: Client,
+                          record: TagRecord) -> TagRecord:
+        """HEAD the tag; GET the manifest only when the digest changed (Docker Hub counts GETs)."""
+        credential, public = self._effective(upstream, client)
+        response = await upstream.request("HEAD", target.repo, f"manifests/{tag}", credential,
+                                          headers={"Accept": UPSTREAM_ACCEPT})
+        response.release()
+        digest = response.headers.get("Docker-Content-Digest")
+        if digest == record.digest and self._blobs.size(Digest.parse(digest)) is not None:
+            fresh = TagRecord(record.digest, record.media_type, record.size, time.time())
+            self._meta.set_tag(target.scope, tag, fresh)
+            self._meta.grant(record.digest, target.scope, public)
+            await self._shared.set(f"authz:{credential.id if credential else 'anon'}:{target.scope}", 1,
+                                   self._cache.authz_ttl)
+            await self._shared.set(f"fresh:{target.scope}:{tag}", record.digest, upstream.config.tag_ttl)
+            return fresh
+        fetched, _ = await self._fetch_manifest(upstream, target, tag, client, coalesce=False)
+        return fetched
+
+    async def _manifest_for_accept(self, upstream: Upstream, target: Target, tag: str,
+                                   accept: list[str], client: Client) -> tuple[TagRecord, str]:
+        """A client that accepts none of the cached tag's type gets upstream's answer for its Accept."""
+        credential, public = self._effective(upstream, client)
+        response = await upstream.request("GET", target.repo, f"manifests/{tag}", credential,
+                                          headers={"Accept": ", ".join(accept)})
+        record = await self._store_manifest(response, target, tag, public)
+        if not accepts(accept, record.media_type):
+            raise ManifestUnknown(f"no manifest of an accepted media type for tag {tag}")
+        self._count("manifest", "miss")
+        return record, "miss"
+
+    async def _fetch_manifest(self, upstream: Upstream, target: Target, reference: str,
+                              client: Client, coalesce: bool = True) -> tuple[TagRecord, bool]:
+        """GET a manifest (by tag or digest) once for all concurrent askers with this credential."""
+        credential, public = self._effective(upstream, client)
+        cred_id = credential.id if credential else "anon"
+        negative_key = f"neg:{target.scope}:{reference}:{cred_id}"
+        if await self._shared.get(negative_key):
+            self._count("manifest", "negative")
+            raise ManifestUnknown(f"manifest {reference} unknown upstream (cached answer)")
+
+        async def fetch() -> TagRecord:
+            try:
+                response = await upstream.request("GET", target.repo, f"manifests/{reference}", credential,
+                                                  headers={"Accept": UPSTREAM_ACCEPT})
+            except ManifestUnknown:
+                await self._remember_negative(negative_key)
+                raise
+            record = await self._store_manifest(response, target, reference, public)
+            if not is_digest(reference):
+                self._meta.set_tag(target.scope, reference, record)
+                await self._shared.set(f"fresh:{target.scope}:{reference}", record.digest,
+                                       upstream.config.tag_ttl)
+            await self._shared.set(f"authz:{cred_id}:{target.scope}", 1, self._cache.authz_ttl)
+            return record
+
+        if not coalesce:
+            return await fetch(), False
+        return await self._coalesced("manifest", ("manifest", target.scope, reference, cred_id), fetch)
+
+    async def _store_manifest(self, response, target: Target, reference: str, public: bool) -> TagRecord:
+        """Read, verify and store a manifest body exactly as upstream sent it."""
+        try:
+            if (response.content_length or 0) > MAX_MANIFEST_BYTES:
+                raise UpstreamInvalid("upstream manifest is too large")
+            body = await response.content.read(MAX_MANIFEST_BYTES + 1)
+            if len(body) > MAX_MANIFEST_BYTES:
+                raise UpstreamInvalid("upstream manifest is too large")
+            if response.content_length is not None and len(body) != response.content_length:
+                raise UpstreamInvalid("upstream manifest was truncated")
+            content_type = response.headers.get("Content-Type", "")
+            header_digest = response.headers.get("Docker-Content-Digest")
+        except (asyncio.TimeoutError, OSError, Exception) as exc:
+            if isinstance(exc, OCIError):
+                raise
+            raise Unavailable(f"reading the manifest from upstream failed: {type(exc).__name__}") from None
+        finally:
+            response.release()
+        if is_digest(reference):
+            expected = Digest.parse(reference)
+        elif header_digest:
+            try:
+                expected = Digest.parse(header_digest)
+            except OCIError:
+                raise UpstreamInvalid("upstream sent a malformed Docker-Content-Digest") from None
+        else:
+            expected = Digest.of(body)
+        if Digest.of(body, expected.algorithm) != expected:
+            raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
+        media_type = content_type.split(";")[0].strip()
+        if not media_type or media_type in ("application/octet-stream", "text/plain", "application/json"):
+            try:
+                media_type = json.loads(body).get("mediaType") or media_type
+            except (ValueError, AttributeError):
+                raise ManifestInvalid("upstream manifest is not JSON") from None
+        if self._blobs.size(expected) is None:
+            self._blobs.put_bytes(body, expected)
+        self._meta.set_manifest_type(str(expected), media_type)
+        self._meta.grant(str(expected), target.scope, public)
+        return TagRecord(str(expected), media_type, len(body), time.time())
+
+    # blobs -----------------------------------------------------------------------------------
+    async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
+        if target.upstream is None:
+            return await self._local.blob(target, digest, client, head)
+        upstream = self._upstream(target)
+        suffix = f"blobs/{digest}"
+        size = self._blobs.size(digest)
+        if size is not None:
+            await self._authorize(upstream, target, digest, suffix, client, BlobUnknown)
+            self._count("blob", "hit")
+            return BlobResult(digest, size, path=self._blobs.path(digest),
+                              reading=lambda: self._blobs.reading(digest), cache_status="hit")
+        fill = self.fills.get(digest)
+        if fill is not None:
+            await asyncio.shield(fill.started)
+            await self._authorize(upstream, target, digest, suffix, client, BlobUnknown)
+            self._count("blob", "coalesced")
+            status = "coalesced"
+        else:
+            credential, public = self._effective(upstream, client)
+            negative_key = f"neg:{target.scope}:{digest}:{credential.id if credential else 'anon'}"
+            if await self._shared.get(negative_key):
+                self._count("blob", "negative")
+                raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
+            if head:
+                return await self._head_upstream_blob(upstream, target, digest, client, negative_key)
+            fill = self.fills.start(digest, lambda f: self._run_fill(f, upstream, target, credential, public),
+                                    self._cache.fill_timeout)
+            try:
+                await asyncio.shield(fill.started)
+            except BlobUnknown:
+                await self._remember_negative(negative_key)
+                raise
+            self._count("blob", "miss")
+            status = "miss"
+        if head:
+            return BlobResult(digest, fill.size, cache_status=status)
+        return BlobResult(digest, fill.size, stream=fill.read, cache_status=status)
+
+    async def _head_upstream_blob(self, upstream: Upstream, target: Target, digest: Digest,
+                                  client: Client, negative_key: str) -> BlobResult:
+        credential, public = self._effective(upstream, client)
+        try:
+            response = await upstream.request("HEAD", target.repo, f"blobs/{digest}", credential,
+                                              not_found=BlobUnknown)
+        except BlobUnknown:
+            await self._remember_negative(negative_key)
+            raise
+        response.release()
+        self._meta.grant(str(digest), target.scope, public)
+        self._count("blob", "miss")
+        return BlobResult(digest, response.content_length, cache_status="miss")
+
+    async def _run_fill(self, fill: Fill, upstream: Upstream, target: Target,
+                        credential: Credential | None, public: bool) -> None:
+        """Download one blob into the store; readers follow ``fill`` while it runs."""
+        response = await upstream.request("GET", target.repo, f"blobs/{fill.digest}", credential,
+                                          not_found=BlobUnknown)
+        writer = None
+        try:
+            size = response.content_length
+            if size is not None and size > self._limits.max_layer_bytes:
+                raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
+            writer = self._blobs.new_writer(fill.digest.algorithm,
+                                            max_size=size if size is not None else self._limits.max_layer_bytes)
+            fill.writer, fill.size = writer, size
+            self._meta.grant(str(fill.digest), target.scope, public)
+            fill.started.set_result(None)
+            self._metrics.fills_in_flight.inc()
+            received = self._metrics.upstream_bytes.labels(upstream.name)
+            try:
+                async for chunk in response.content.iter_any():
+                    writer.write(chunk)
+                    received.inc(len(chunk))
+                path = writer.commit(fill.digest, size)
+            except OCIError:
+                writer.abort()
+                raise
+            except Exception as exc:
+                writer.abort()
+                raise Unavailable(f"download of {fill.digest} from {upstream.name} broke: "
+                                  f"{type(exc).__name__}") from None
+            finally:
+                self._metrics.fills_in_flight.dec()
+            fill.done.set_result(path)
+        except BaseException:
+            if writer is not None and not writer.closed:
+                writer.abort()
+            raise
+        finally:
+            response.release()
+
+    # tags and referrers ----------------------------------------------------------------------
+    async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
+        """Pass the tag list through; keep the last answer to serve when upstream is down."""
+        if target.upstream is None:
+            return await self._local.tags(target, n, last, client)
+        upstream = self._upstream(target)
+        credential, public = self._effective(upstream, client)
+        params = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
+        key = f"tags:{target.scope}:{n}:{last}"
+        try:
+            response = await upstream.request("GET", target.repo, "tags/list", credential,
+                                              params=params, not_found=NameUnknown)
+            try:
+                body = await response.read()
+                link = next_page_query(response.headers.get("Link"))
+            finally:
+                response.release()
+        except _STALE_ERRORS:
+            saved = self._meta.document(key)
+            if saved and (saved["public"] or credential is not None and credential.id in saved["readers"]):
+                self._count("tags", "stale")
+                return TagsPage(saved["body"].encode(), saved["link"], "stale")
+            raise
+        saved = self._meta.document(key) or {"readers": []}
+        readers = set(saved.get("readers", [])) | ({credential.id} if credential and not public else set())
+        self._meta.set_document(key, {"body": body.decode(), "link": link, "public": public or saved.get("public", False),
+                                      "readers": sorted(readers)})
+        return TagsPage(body, link, "miss")
+
+    async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
+                        client: Client) -> ReferrersResult:
+        """Upstream's referrers list; where upstream has no referrers API, its fallback tag or none."""
+        if target.upstream is None:
+            return await self._local.referrers(target, digest, artifact_type, client)
+        upstream = self._upstream(target)
+        credential, _ = self._effective(upstream, client)
+        params = {"artifactType": artifact_type} if artifact_type else None
+        try:
+            response = await upstream.request("GET", target.repo, f"referrers/{digest}", credential,
+                                              params=params, headers={"Accept": OCI_INDEX})
+            try:
+                body = await response.read()
+                return ReferrersResult(body, response.headers.get("Content-Type", OCI_INDEX),
+                                       response.headers.get("OCI-Filters-Applied"))
+            finally:
+                response.release()
+        except ManifestUnknown:
+            pass
+        try:
+            record, _ = await self._manifest_by_tag(upstream, target, f"{digest.algorithm}-{digest.hex}", client)
+        except ManifestUnknown:
+            return ReferrersResult(EMPTY_INDEX, OCI_INDEX)
+        body = self._blobs.read_bytes(Digest.parse(record.digest)) or EMPTY_INDEX
+        return ReferrersResult(body, OCI_INDEX)

@@ -1,0 +1,1 @@
+"""Where bytes and facts are kept: blobs on disk, metadata in diskcache, shared facts in aiocache."""

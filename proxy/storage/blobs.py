@@ -1,0 +1,223 @@
+"""The content-addressed blob store on local disk.
+
+Layout under the storage root (OCI-layout friendly):
+``blobs/<algorithm>/<hex>`` holds complete, verified content; ``tmp/`` holds writes in progress.
+A file appears under ``blobs/`` only by an atomic rename after its digest was verified, so a
+path that exists is always complete. Manifests are stored here too, byte-exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from proxy.errors import DigestInvalid, SizeInvalid
+from proxy.oci.digest import Digest
+
+_CHUNK = 1024 * 1024
+
+
+class BlobWriter:
+    """Writes one blob to a temporary file, hashing as it goes; commit verifies then renames.
+
+    ``written`` and ``wait_for`` let readers follow the file while it grows (streaming fills).
+    """
+
+    def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None):
+        self._store = store
+        self.temp_path = store.tmp_dir / f"{uuid.uuid4().hex}.part"
+        self._file = open(self.temp_path, "wb", buffering=0)
+        self.algorithm = algorithm
+        self._hasher = hashlib.new(algorithm)
+        self.written = 0
+        self.max_size = max_size
+        self.closed = False
+        self._grown = asyncio.Event()
+
+    def write(self, chunk: bytes) -> None:
+        """Append bytes; refuse to grow past ``max_size`` so a lying upstream cannot fill the disk."""
+        if self.max_size is not None and self.written + len(chunk) > self.max_size:
+            raise SizeInvalid(f"content is larger than the declared {self.max_size} bytes")
+        self._file.write(chunk)
+        self._hasher.update(chunk)
+        self.written += len(chunk)
+        self._notify()
+
+    def _notify(self) -> None:
+        event, self._grown = self._grown, asyncio.Event()
+        event.set()
+
+    async def wait_for(self, offset: int) -> None:
+        """Wait until more than ``offset`` bytes exist or the writer is closed."""
+        while self.written <= offset and not self.closed:
+            await self._grown.wait()
+
+    def digest(self) -> Digest:
+        return Digest(self.algorithm, self._hasher.hexdigest())
+
+    def commit(self, expected: Digest, expected_size: int | None = None) -> Path:
+        """Verify digest (and size, when known) and atomically move the file into the store."""
+        self._close()
+        actual = Digest(expected.algorithm, self._hasher.hexdigest())
+        if expected_size is not None and self.written != expected_size:
+            self.abort()
+            raise SizeInvalid(f"received {self.written} bytes, expected {expected_size}")
+        if actual != expected:
+            self.abort()
+            raise DigestInvalid(f"content digest {actual} does not match {expected}")
+        return self._store.adopt(self.temp_path, expected, self.written)
+
+    def abort(self) -> None:
+        """Drop the temporary file; readers already following it see it closed."""
+        self._close()
+        try:
+            os.unlink(self.temp_path)
+        except FileNotFoundError:
+            pass
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._file.close()
+            self._notify()
+
+
+class BlobStore:
+    """Complete blobs by digest on disk, with a count of readers per digest for safe eviction."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs"
+        self.tmp_dir = self.root / "tmp"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._readers: Counter[str] = Counter()
+        self._last_access: dict[str, float] = {}
+
+    def path(self, digest: Digest) -> Path:
+        return self.blob_dir / digest.algorithm / digest.hex
+
+    def size(self, digest: Digest) -> int | None:
+        """The size of a complete blob, or None when it is not stored."""
+        try:
+            return os.stat(self.path(digest)).st_size
+        except FileNotFoundError:
+            return None
+
+    def read_bytes(self, digest: Digest) -> bytes | None:
+        try:
+            with open(self.path(digest), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def new_writer(self, algorithm: str = "sha256", max_size: int | None = None) -> BlobWriter:
+        return BlobWriter(self, algorithm, max_size)
+
+    def put_bytes(self, data: bytes, expected: Digest) -> Path:
+        """Store small content (manifests) after verifying its digest."""
+        writer = self.new_writer(expected.algorithm)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit(expected, len(data))
+
+    def adopt(self, temp_path: Path, digest: Digest, size: int) -> Path:
+        """Move a verified temporary file into place; the rename is the commit."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp_path, final)
+        self._last_access[str(digest)] = time.time()
+        self.on_added(digest, size)
+        return final
+
+    def on_added(self, digest: Digest, size: int) -> None:
+        """Hook for the budget keeper; replaced by whoever tracks sizes."""
+
+    def remove(self, digest: Digest) -> int:
+        """Delete a blob unless somebody is reading it; returns the bytes freed."""
+        if self._readers[str(digest)]:
+            return 0
+        path = self.path(digest)
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return 0
+        self._last_access.pop(str(digest), None)
+        return size
+
+    @contextmanager
+    def reading(self, digest: Digest) -> Iterator[None]:
+        """Mark a blob as being read (eviction skips it) and record the access for LRU."""
+        key = str(digest)
+        self._readers[key] += 1
+        self._last_access[key] = time.time()
+        try:
+            yield
+        finally:
+            self._readers[key] -= 1
+            if not self._readers[key]:
+                del self._readers[key]
+
+    def is_being_read(self, digest: Digest) -> bool:
+        return bool(self._readers[str(digest)])
+
+    def flush_access_times(self) -> None:
+        """Write remembered access times to the files' mtimes (the LRU order survives restarts)."""
+        pending, self._last_access = self._last_access, {}
+        for key, when in pending.items():
+            algorithm, _, hex_part = key.partition(":")
+            try:
+                os.utime(self.blob_dir / algorithm / hex_part, (when, when))
+            except FileNotFoundError:
+                pass
+
+    def iter_blobs(self) -> Iterator[tuple[Digest, int, float]]:
+        """Every complete blob as (digest, size, last access), access from memory or mtime."""
+        for algo_dir in self.blob_dir.iterdir():
+            if not algo_dir.is_dir():
+                continue
+            for entry in os.scandir(algo_dir):
+                try:
+                    digest = Digest.parse(f"{algo_dir.name}:{entry.name}")
+                    stat = entry.stat()
+                except (OSError, DigestInvalid):
+                    continue
+                when = self._last_access.get(str(digest), stat.st_mtime)
+                yield digest, stat.st_size, when
+
+    def clean_tmp(self, older_than: float = 0) -> int:
+        """Remove temporary files left by a crash (at start) or by expired uploads."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+async def read_file_range(path: Path, start: int, end: int, chunk: int = _CHUNK):
+    """Yield bytes [start, end) of a file in chunks (used where sendfile cannot be)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            data = f.read(min(chunk, remaining))
+            if not data:
+                break
+            remaining -= len(data)
+            yield data

@@ -1,0 +1,76 @@
+"""Credentials and auth challenges: what a client presents and what an upstream asks for."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+_PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A Basic user/password or an opaque Bearer token. ``id`` is a hash, safe to log and key by."""
+
+    scheme: str  # "basic" or "bearer"
+    secret: str = field(repr=False)  # base64(user:pass) for basic, the token for bearer
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"{self.scheme}:{self.secret}".encode()).hexdigest()[:32]
+
+    def header(self) -> str:
+        return ("Basic " if self.scheme == "basic" else "Bearer ") + self.secret
+
+    @classmethod
+    def basic(cls, username: str, password: str) -> "Credential":
+        return cls("basic", base64.b64encode(f"{username}:{password}".encode()).decode())
+
+    def user_password(self) -> tuple[str, str] | None:
+        if self.scheme != "basic":
+            return None
+        try:
+            user, _, password = base64.b64decode(self.secret).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user, password
+
+
+def credential_from_header(value: str | None) -> Credential | None:
+    """Parse a client's Authorization header; anything unparseable counts as no credential."""
+    if not value:
+        return None
+    scheme, _, secret = value.strip().partition(" ")
+    scheme = scheme.lower()
+    secret = secret.strip()
+    if scheme in ("basic", "bearer") and secret:
+        return Credential(scheme, secret)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A parsed ``WWW-Authenticate`` header."""
+
+    scheme: str
+    params: dict[str, str]
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+
+def parse_challenge(header: str | None) -> Challenge | None:
+    if not header:
+        return None
+    scheme, _, rest = header.strip().partition(" ")
+    params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3))
+              for m in _PARAM_RE.finditer(rest)}
+    return Challenge(scheme.lower(), params)
+
+
+def pull_scope(repo: str) -> str:
+    return f"repository:{repo}:pull"

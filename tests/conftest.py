@@ -98,3 +98,45 @@ async def fake_upstream(aiohttp_server) -> FakeUpstreamFactory:
 
     return start
 
+
+
+@dataclass
+class Wharf:
+    """A running Wharf under pytest-aiohttp: its base URL, app, and a client session to it."""
+
+    url: str
+    app: object
+    client: object  # aiohttp TestClient
+
+    def upstream_name(self, upstream_url: str) -> str:
+        return upstream_url.split("://", 1)[1]
+
+
+WharfFactory = Callable[..., Awaitable[Wharf]]
+
+
+@pytest.fixture
+async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
+    """Factory: ``await make_wharf(upstream_url, ...)`` starts Wharf with that upstream.
+
+    The upstream's name is its ``host:port`` (so clients address it as a path prefix);
+    keyword arguments override config keys (``cache={...}``, ``default_upstream=...``, ...).
+    """
+    from proxy.app import create_app
+    from proxy.config import config_from_dict
+
+    counter = 0
+
+    async def start(*upstream_urls: str, upstream_options: dict | None = None, **overrides) -> Wharf:
+        nonlocal counter
+        counter += 1
+        upstreams = [{"name": url.split("://", 1)[1], "url": url, "tag_ttl": 300, **(upstream_options or {})}
+                     for url in upstream_urls]
+        data = {"listen": "127.0.0.1:0", "storage": {"root": str(tmp_path / f"wharf{counter}")},
+                "upstreams": upstreams, "default_upstream": None, "log": {"access_log": False}}
+        data.update(overrides)
+        app = create_app(config_from_dict(data))
+        client = await aiohttp_client(app)
+        return Wharf(str(client.make_url("")).rstrip("/"), app, client)
+
+    return start

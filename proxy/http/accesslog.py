@@ -8,6 +8,8 @@ import logging
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
+from proxy.http.keys import CACHE_STATUS, ERROR_CODE
+
 
 class JsonAccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
@@ -19,7 +21,7 @@ class JsonAccessLogger(AbstractAccessLogger):
             "status": response.status,
             "bytes": response.body_length,
             "ms": round(time * 1000, 2),
-            "cache": request.get("cache_status", "-"),
-            "error": request.get("error_code"),
+            "cache": request.get(CACHE_STATUS, "-"),
+            "error": request.get(ERROR_CODE),
             "remote": request.remote,
         }, separators=(",", ":")))

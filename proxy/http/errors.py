@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 
 from proxy.errors import OCIError, Unauthorized, Unsupported
+from proxy.http.keys import ERROR_CODE
 
 log = logging.getLogger("wharf.http")
 
@@ -34,7 +35,7 @@ def error_response(request: web.Request, error: OCIError) -> web.Response:
     body = None if request.method == "HEAD" else json.dumps({"errors": [error.to_json()]})
     response = web.Response(status=error.status, text=body, content_type="application/json",
                             headers=headers)
-    request["error_code"] = error.code
+    request[ERROR_CODE] = error.code
     return response
 
 

@@ -19,3 +19,7 @@ ADDRESSING = web.AppKey("addressing", Addressing)
 TOKENS = web.AppKey("tokens", TokenService)
 SHARED = web.AppKey("shared", SharedCache)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
+
+# per-request notes the access log and metrics read
+CACHE_STATUS = web.RequestKey("cache_status", str)
+ERROR_CODE = web.RequestKey("error_code", str)

@@ -12,7 +12,7 @@ import re
 from aiohttp import web
 
 from proxy.errors import PaginationNumberInvalid, RangeInvalid
-from proxy.http.keys import ADDRESSING, METRICS, REGISTRY, TOKENS
+from proxy.http.keys import ADDRESSING, CACHE_STATUS, METRICS, REGISTRY, TOKENS
 from proxy.oci.digest import Digest
 from proxy.oci.media import parse_accept
 from proxy.registry.base import BlobResult, Client, Target
@@ -49,7 +49,7 @@ async def manifest(request: web.Request) -> web.Response:
     head = request.method == "HEAD"
     accept = parse_accept(request.headers.getall("Accept", []))
     result = await request.app[REGISTRY].manifest(target, reference, accept, await client_of(request), head)
-    request["cache_status"] = result.cache_status
+    request[CACHE_STATUS] = result.cache_status
     headers = _common_headers(request)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": str(result.digest),
                     "ETag": f'"{result.digest}"'})
@@ -83,7 +83,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
     digest = Digest.parse(request.match_info["digest"])
     head = request.method == "HEAD"
     result = await request.app[REGISTRY].blob(target, digest, await client_of(request), head)
-    request["cache_status"] = result.cache_status
+    request[CACHE_STATUS] = result.cache_status
     headers = _common_headers(request)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": str(digest),
                     "ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
@@ -127,7 +127,7 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
             sent += len(chunk)
     except FillFailed:
         log.warning("fill of %s failed after %d bytes were sent; aborting the connection", result.digest, sent)
-        request["cache_status"] = "aborted"
+        request[CACHE_STATUS] = "aborted"
         if request.transport is not None:
             request.transport.abort()
         raise web.HTTPInternalServerError()  # the connection is gone; this only ends the handler
@@ -152,7 +152,7 @@ async def tags(request: web.Request) -> web.Response:
             raise PaginationNumberInvalid(f"n must be a non-negative integer, not {n_raw[:20]!r}")
         n = int(n_raw)
     page = await request.app[REGISTRY].tags(target, n, request.query.get("last"), await client_of(request))
-    request["cache_status"] = page.cache_status
+    request[CACHE_STATUS] = page.cache_status
     headers = _common_headers(request)
     if page.next_query:
         headers["Link"] = _next_link(request, page.next_query)
@@ -164,7 +164,7 @@ async def referrers(request: web.Request) -> web.Response:
     digest = Digest.parse(request.match_info["digest"])
     artifact_type = request.query.get("artifactType")
     result = await request.app[REGISTRY].referrers(target, digest, artifact_type, await client_of(request))
-    request["cache_status"] = result.cache_status
+    request[CACHE_STATUS] = result.cache_status
     headers = _common_headers(request)
     headers["Content-Type"] = result.media_type
     if result.filters_applied:

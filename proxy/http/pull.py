@@ -96,17 +96,30 @@ async def blob(request: web.Request) -> web.StreamResponse:
     return await _send_stream(request, result, headers)
 
 
+class _StoredBlobResponse(web.FileResponse):
+    """FileResponse that marks the blob as being read while it is sent (eviction skips it)."""
+
+    def __init__(self, result: BlobResult, headers: dict[str, str], on_sent) -> None:
+        super().__init__(result.path, chunk_size=1024 * 1024, headers=headers)
+        self._result = result
+        self._on_sent = on_sent
+
+    async def prepare(self, request: web.BaseRequest):
+        if self.prepared:  # aiohttp calls prepare again after the handler; send only once
+            return None
+        assert self._result.reading is not None
+        with self._result.reading():
+            writer = await super().prepare(request)
+        if request.method != "HEAD":
+            self._on_sent(self.content_length or 0)
+        return writer
+
+
 async def _send_file(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
     """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD."""
     if request.headers.get("Range"):
         parse_range(request.headers["Range"], result.size)  # 416 in OCI form for bad ranges
-    response = web.FileResponse(result.path, chunk_size=1024 * 1024, headers=headers)
-    assert result.reading is not None
-    with result.reading():
-        await response.prepare(request)
-    if request.method != "HEAD":
-        request.app[METRICS].bytes_served.labels("cache").inc(response.content_length or 0)
-    return response
+    return _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc)
 
 
 async def _send_stream(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:

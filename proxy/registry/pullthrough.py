@@ -337,6 +337,12 @@ class PullThroughRegistry:
             self._count("blob", "hit")
             return BlobResult(digest, size, path=self._blobs.path(digest),
                               reading=lambda: self._blobs.reading(digest), cache_status="hit")
+        credential, public = self._effective(upstream, client)
+        negative_key = f"neg:{target.scope}:{digest}:{credential.id if credential else 'anon'}"
+        if self.fills.get(digest) is None and await self._shared.get(negative_key):
+            self._count("blob", "negative")
+            raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
+        # no await between looking for a running fill and starting one: that is the single flight
         fill = self.fills.get(digest)
         if fill is not None:
             await asyncio.shield(fill.started)
@@ -344,11 +350,6 @@ class PullThroughRegistry:
             self._count("blob", "coalesced")
             status = "coalesced"
         else:
-            credential, public = self._effective(upstream, client)
-            negative_key = f"neg:{target.scope}:{digest}:{credential.id if credential else 'anon'}"
-            if await self._shared.get(negative_key):
-                self._count("blob", "negative")
-                raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
             if head:
                 return await self._head_upstream_blob(upstream, target, digest, client, negative_key)
             fill = self.fills.start(digest, lambda f: self._run_fill(f, upstream, target, credential, public),

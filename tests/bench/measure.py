@@ -1,0 +1,218 @@
+"""The measuring instruments: wrk (GET load), ApacheBench (HEAD load: wrk waits for a body that
+never comes), skopeo (real pulls), an aiohttp crowd of clients, and an RSS sampler."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mmap
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from .profile import BENCH_DIR, SHM
+
+WRK_LUA = BENCH_DIR / "wrk_report.lua"
+
+
+async def run(argv: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, float]:
+    """Run a command with a hard time bound; returns (exit code or None on timeout, output, seconds)."""
+    t0 = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT,
+                                                env={**os.environ, **(env or {})}, start_new_session=True)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        return proc.returncode, out.decode(errors="replace"), time.monotonic() - t0
+    except asyncio.TimeoutError:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+        return None, "", time.monotonic() - t0
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    bytes_per_s: float = 0.0
+
+
+async def wrk(url: str, seconds: int, connections: int, threads: int, accept: str | None = None) -> Load:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_LUA), url]
+    code, out, _ = await run(argv, seconds + 30, env={"BENCH_ACCEPT": accept or ""})
+    m = re.search(r"^JSON(\{.*\})$", out, re.M)
+    if code != 0 or not m:
+        raise RuntimeError(f"wrk failed ({code}): {out[-500:]}")
+    d = json.loads(m.group(1))
+    secs = d["duration_us"] / 1e6
+    errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
+    return Load(rps=d["requests"] / secs, p50_ms=d["p50_us"] / 1e3, p99_ms=d["p99_us"] / 1e3,
+                requests=d["requests"], errors=errors, bytes_per_s=d["bytes"] / secs)
+
+
+async def ab_head(url: str, seconds: int, connections: int, accept: str | None = None) -> Load:
+    argv = ["ab", "-q", "-k", "-i", "-c", str(connections), "-t", str(seconds), "-n", "100000000", "-s", "10"]
+    if accept:
+        argv += ["-H", f"Accept: {accept}"]
+    code, out, _ = await run(argv + [url], seconds + 30)
+    rps = re.search(r"Requests per second:\s+([\d.]+)", out)
+    if code is None or not rps:
+        raise RuntimeError(f"ab failed ({code}): {out[-500:]}")
+    complete = int(re.search(r"Complete requests:\s+(\d+)", out).group(1))
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    pct = dict((int(a), float(b)) for a, b in re.findall(r"^\s+(\d+)%\s+(\d+)", out, re.M))
+    return Load(rps=float(rps.group(1)), p50_ms=pct.get(50, float("nan")), p99_ms=pct.get(99, float("nan")),
+                requests=complete, errors=failed + (int(non2xx.group(1)) if non2xx else 0))
+
+
+async def skopeo_pull(ref: str, timeout: float) -> tuple[bool, float, str]:
+    """Pull ``ref`` (host:port/repo:tag, plain HTTP) into a dir: layout in RAM; (ok, seconds, error)."""
+    dest = SHM / f"pull-{os.getpid()}-{time.monotonic_ns()}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", "--retry-times", "0",
+            f"docker://{ref}", f"dir:{dest}"]
+    try:
+        code, out, secs = await run(argv, timeout)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    if code is None:
+        return False, secs, f"no answer in {timeout:.0f} s"
+    if code != 0:
+        return False, secs, out.strip().splitlines()[-1][-300:] if out.strip() else f"exit {code}"
+    return True, secs, ""
+
+
+class RssSampler:
+    """Peak of the summed RSS of a process and all its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int | None, interval: float = 0.05):
+        self.pid, self.interval = pid, interval
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def tree_rss(pid: int) -> int:
+        try:
+            root = psutil.Process(pid)
+            procs = [root] + root.children(recursive=True)
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.tree_rss(self.pid))
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        if self.pid:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+@dataclass
+class ClientResult:
+    status: int = 0
+    ttfb: float | None = None      # seconds from the common start to the first body byte
+    total: float | None = None
+    size: int = 0
+    correct: bool = False
+    error: str = ""
+
+
+@dataclass
+class Crowd:
+    clients: list[ClientResult] = field(default_factory=list)
+
+    @property
+    def complete(self) -> int:
+        return sum(1 for c in self.clients if c.correct)
+
+    def ttfbs(self) -> list[float]:
+        return sorted(c.ttfb for c in self.clients if c.ttfb is not None)
+
+    def totals(self) -> list[float]:
+        return sorted(c.total for c in self.clients if c.total is not None)
+
+
+async def crowd_get(url: str, n: int, expected: Path, timeout: float) -> Crowd:
+    """``n`` clients GET ``url`` at the same instant, each on its own connection; every body is
+    compared byte for byte with ``expected`` (memcmp against an mmap: far cheaper than hashing)."""
+    size = expected.stat().st_size
+    with open(expected, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    tmo = aiohttp.ClientTimeout(total=timeout, sock_read=timeout)
+    results = [ClientResult() for _ in range(n)]
+    start = asyncio.Event()
+
+    async def one(res: ClientResult, session: aiohttp.ClientSession) -> None:
+        await start.wait()
+        t0 = t_start
+        ok = True
+        try:
+            async with session.get(url) as r:
+                res.status = r.status
+                if r.status != 200:
+                    res.error = f"status {r.status}"
+                    return
+                off = 0
+                async for chunk in r.content.iter_any():
+                    if res.ttfb is None:
+                        res.ttfb = time.monotonic() - t0
+                    n_ = len(chunk)
+                    if ok and (off + n_ > size or mm[off:off + n_] != chunk):
+                        ok = False
+                    off += n_
+                res.size = off
+                res.total = time.monotonic() - t0
+                res.correct = ok and off == size
+                if not res.correct:
+                    res.error = f"got {off} of {size} bytes" + ("" if ok else ", content differs")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            res.error = f"{type(exc).__name__}: {exc}"[:200]
+
+    async with aiohttp.ClientSession(connector=connector, timeout=tmo, auto_decompress=False) as session:
+        tasks = [asyncio.create_task(one(r, session)) for r in results]
+        await asyncio.sleep(0.05)
+        t_start = time.monotonic()
+        start.set()
+        await asyncio.gather(*tasks)
+    mm.close()
+    return Crowd(results)
+
+
+async def fetch_status(url: str, method: str = "GET", accept: str | None = None, timeout: float = 15) -> tuple[int, dict]:
+    headers = {"Accept": accept} if accept else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+        async with s.request(method, url, headers=headers) as r:
+            await r.read()
+            return r.status, dict(r.headers)

@@ -1,0 +1,148 @@
+"""latest.json -> REPORT.md and chart.png."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+ORDER = ["wharf", "upstream", "nginx-sendfile", "distribution", "nginx-cache", "nginx-cache-tuned"]
+COLORS = {"wharf": "#1f77b4", "upstream": "#7f7f7f", "nginx-sendfile": "#2ca02c", "distribution": "#d62728",
+          "nginx-cache": "#ff7f0e", "nginx-cache-tuned": "#ffbb78"}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        if abs(v) >= 100:
+            return f"{v:,.0f}"
+        if abs(v) >= 10:
+            return f"{v:.1f}"
+        return f"{v:.2f}" if abs(v) >= 0.1 else f"{v:.3f}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _targets(metrics: dict) -> list[str]:
+    seen = {t for m in metrics.values() for t in m["targets"]}
+    return [t for t in ORDER if t in seen] + sorted(seen - set(ORDER))
+
+
+def markdown(data: dict) -> str:
+    m = data["machine"]
+    lines = [
+        "# Wharf benchmark — latest run",
+        "",
+        f"Profile **{data['profile']}**, started {data['started']}, took {data.get('duration_s', 0):.0f} s. "
+        f"Machine: {m.get('cpu')} × {m.get('cores')} cores, {m.get('memory_gib')} GiB RAM, "
+        f"Linux {m.get('kernel')}, Python {m.get('python')}; {m.get('tools')}.",
+        "",
+        "Everything runs on 127.0.0.1 on this one machine, load generators included, so absolute "
+        "numbers are noise; the ratios are the result. Medians of interleaved repetitions.",
+        "",
+        "## Goals (issue 3)",
+        "",
+        "| test | what | goal | Wharf | references | |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, test in data["tests"].items():
+        for c in test["checks"]:
+            verdict = {True: "✅", False: "❌ miss", None: "n/a"}[c["pass"]]
+            lines.append(f"| {key.split('_')[0]} | {c['what']} | {c['goal']} | {_fmt(c['value'])} | "
+                         f"{_fmt(c['references'])} | {verdict} |")
+    lines += ["", "## Figures", ""]
+    for key, test in data["tests"].items():
+        lines += [f"### {key}: {test['title']}", ""]
+        metrics = test["metrics"]
+        if metrics:
+            targets = _targets(metrics)
+            lines.append("| metric | " + " | ".join(targets) + " |")
+            lines.append("|---|" + "---|" * len(targets))
+            for name, metric in metrics.items():
+                cells = []
+                for t in targets:
+                    d = metric["targets"].get(t)
+                    if not d:
+                        cells.append("")
+                        continue
+                    samples = [s for s in d["samples"] if s is not None]
+                    extra = f" ({len(samples)}/{len(d['samples'])} runs)" if len(d["samples"]) > 1 else ""
+                    if d["median"] is None and d["details"]:
+                        cells.append("fail: " + str(d["details"][-1].get("error", ""))[:60])
+                    else:
+                        cells.append(_fmt(d["median"]) + extra)
+                unit = f" ({metric['unit']})" if metric["unit"] else ""
+                lines.append(f"| {name}{unit} | " + " | ".join(cells) + " |")
+            lines.append("")
+        for note in test.get("notes", []):
+            lines.append(f"- {note}")
+        for target, errs in test.get("errors", {}).items():
+            for e in sorted(set(errs))[:3]:
+                lines.append(f"- **{target}** error: `{e[:300]}`")
+        lines.append("")
+    lines += ["![chart](chart.png)", ""]
+    return "\n".join(lines)
+
+
+def chart(data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("1_warm_blob", ["MB_per_s"], "warm big blob GET (MB/s)", False),
+        ("2_cold_pull", ["pull_s"], "cold skopeo pull (s)", False),
+        ("3_concurrent_cold", ["first_byte_max_s", "last_client_done_s"], "herd: slowest first byte / last done (s)", False),
+        ("3_concurrent_cold", ["upstream_copies"], "herd: upstream copies of the blob", False),
+        ("4_manifest_digest", ["get_rps", "head_rps"], "manifest by digest GET / HEAD (req/s)", True),
+        ("5_manifest_tag", ["get_rps", "head_rps"], "manifest by tag GET / HEAD (req/s)", True),
+        ("3_concurrent_cold", ["peak_rss_mib"], "herd: peak RSS (MiB)", True),
+        ("7_upstream_outage", ["down_pull_s", "hung_pull_s"], "pull, upstream down / hung (s; ✗ failed)", False),
+    ]
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    for ax, (key, metrics, title, log) in zip(axes.flat, panels):
+        ax.set_title(title, fontsize=10)
+        test = data["tests"].get(key)
+        if not test or not any(m in test["metrics"] for m in metrics):
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            continue
+        sub = {m: test["metrics"][m] for m in metrics if m in test["metrics"]}
+        targets = _targets(sub)
+        width = 0.8 / len(sub)
+        for i, (mname, metric) in enumerate(sub.items()):
+            for j, t in enumerate(targets):
+                d = metric["targets"].get(t)
+                v = d["median"] if d else None
+                x = j + (i - (len(sub) - 1) / 2) * width
+                if v is None:
+                    if d is not None:
+                        ax.text(x, 0, "✗", ha="center", va="bottom", color="red", fontsize=12)
+                    continue
+                ax.bar(x, v, width * 0.9, color=COLORS.get(t, "#999"), alpha=1.0 if i == 0 else 0.55,
+                       edgecolor="black", linewidth=0.4)
+                ax.text(x, v, _fmt(float(v)), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(targets)))
+        ax.set_xticklabels(targets, rotation=25, fontsize=8, ha="right")
+        if log:
+            ax.set_yscale("log")
+    fig.suptitle(f"Wharf vs references — profile {data['profile']}, {data['machine'].get('cores')} cores, "
+                 f"{data['started']} (second bar of a pair is lighter)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write(json_path: Path) -> None:
+    data = json.loads(json_path.read_text())
+    (json_path.parent / "REPORT.md").write_text(markdown(data))
+    chart(data, json_path.parent / "chart.png")
+
+
+if __name__ == "__main__":
+    import sys
+    write(Path(sys.argv[1]))

@@ -1,0 +1,359 @@
+"""The seven measurements of issue 3, each interleaving the targets and repeating ``profile.reps`` times.
+
+Every scenario records raw samples and medians in ``Results`` and then its checks: the figure for
+Wharf against the goal, with the references' figures alongside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from . import measure
+from .imagegen import Image, Store
+from .profile import ACCEPT_VARIANTS, DOCKER_ACCEPT, MiB, PORTS, HOST, Profile
+from .results_model import Results, ratio
+from .servers import (Direct, Distribution, NginxCache, NginxCacheTuned, NginxSendfile, Relay, Target,
+                      Upstream, Wharf, summarize)
+
+
+@dataclass
+class Bench:
+    profile: Profile
+    results: Results
+    upstream: Upstream
+    store: Store
+    images: dict[str, Image]
+    work: Path
+    targets: dict[str, Target] = field(default_factory=dict)
+    skip: set[str] = field(default_factory=set)      # targets that failed to start: not retried
+
+    def __post_init__(self) -> None:
+        for cls in (Wharf, Distribution, NginxCache, NginxCacheTuned, Direct):
+            t = cls(self.work)
+            self.targets[t.name] = t
+        self.targets["nginx-sendfile"] = NginxSendfile(self.work, self.store.root)
+
+    def pick(self, *names: str) -> list[Target]:
+        return [self.targets[n] for n in names if n not in self.skip]
+
+    def blob_file(self, digest: str) -> Path:
+        return self.store.blob_path(digest)
+
+    async def start(self, key: str, target: Target, upstream_url: str, tag_ttl: float = 60) -> bool:
+        try:
+            await target.start(upstream_url, tag_ttl=tag_ttl)
+            return True
+        except Exception as exc:   # a target that cannot start is reported, the run goes on
+            self.results.error(key, target.name, f"cannot start: {exc}"[:800])
+            if isinstance(target, Wharf):
+                self.skip.add(target.name)
+            return False
+
+    def stop_all(self) -> None:
+        for t in self.targets.values():
+            t.stop()
+
+
+def rotate(items: list, n: int) -> list:
+    n %= max(1, len(items))
+    return items[n:] + items[:n]
+
+
+async def guarded(b: Bench, key: str, target: Target, coro) -> object | None:
+    try:
+        return await coro
+    except Exception as exc:
+        b.results.error(key, target.name, f"{type(exc).__name__}: {exc}"[:800])
+        if not isinstance(exc, (RuntimeError, aiohttp.ClientError, asyncio.TimeoutError)):
+            traceback.print_exc()
+        return None
+
+
+# ----------------------------------------------------------------------------- test 2
+
+async def cold_pull(b: Bench) -> None:
+    key = "2_cold_pull"
+    r = b.results
+    r.test(key, f"Cold skopeo pull of the {b.images['big'].pull_bytes / MiB:.0f} MiB image")
+    img = b.images["big"]
+    targets = b.pick("upstream", "wharf", "distribution", "nginx-cache")
+    for rep in range(b.profile.reps):
+        for t in rotate(targets, rep):
+            if t.name in b.skip or not await b.start(key, t, b.upstream.url):
+                continue
+            await b.upstream.wait_idle()
+            mark = b.upstream.mark()
+            ok, secs, err = await measure.skopeo_pull(t.ref(img.repo, img.tag), b.profile.fill_timeout)
+            await b.upstream.wait_idle(b.profile.fill_timeout)
+            up = summarize(b.upstream.requests_since(mark))
+            if not ok:
+                r.error(key, t.name, f"pull failed after {secs:.1f} s: {err}")
+            r.add(key, "pull_s", t.name, secs if ok else None, "s")
+            r.add(key, "upstream_bytes", t.name, up["bytes_sent"], "B", requests=up["by_method"])
+    direct_s = r.med(key, "pull_s", "upstream")
+    direct_b = r.med(key, "upstream_bytes", "upstream")
+    refs_s = {n: ratio(r.med(key, "pull_s", n), direct_s) for n in ("distribution", "nginx-cache")}
+    refs_b = {n: ratio(r.med(key, "upstream_bytes", n), direct_b) for n in ("distribution", "nginx-cache")}
+    w_s = ratio(r.med(key, "pull_s", "wharf"), direct_s)
+    w_b = ratio(r.med(key, "upstream_bytes", "wharf"), direct_b)
+    r.check(key, "pull time / direct pull", "<= 1.05", w_s, None if w_s is None else w_s <= 1.05, refs_s)
+    r.check(key, "upstream bytes / direct pull", "<= 1.01 (once)", w_b, None if w_b is None else w_b <= 1.01, refs_b)
+
+
+# ----------------------------------------------------------------------------- test 1
+
+async def warm_blob(b: Bench) -> None:
+    key = "1_warm_blob"
+    r = b.results
+    layer = b.images["big"].largest_layer
+    r.test(key, f"Warm {layer.size / MiB:.0f} MiB blob GET, one connection (wrk)")
+    sendfile = b.targets["nginx-sendfile"]
+    await b.start(key, sendfile, b.upstream.url)
+    targets = b.pick("nginx-sendfile", "wharf", "distribution", "nginx-cache")
+    for t in targets:       # still warm from test 2; started (and filled) here otherwise
+        if t.pid is None and t.name not in b.skip:
+            if await b.start(key, t, b.upstream.url):
+                await measure.skopeo_pull(t.ref(b.images["big"].repo, "latest"), b.profile.fill_timeout)
+    targets = [t for t in targets if t.pid is not None]
+    mark = b.upstream.mark()
+    for t in targets:
+        await guarded(b, key, t, measure.wrk(t.url(b.images["big"].repo, "blobs", layer.digest), 1, 1, 1))
+    for rep in range(b.profile.reps):
+        for t in rotate(targets, rep):
+            load = await guarded(b, key, t, measure.wrk(t.url(b.images["big"].repo, "blobs", layer.digest),
+                                                        b.profile.blob_seconds, 1, 1))
+            if load:
+                r.add(key, "MB_per_s", t.name, load.bytes_per_s / 1e6, "MB/s", errors=load.errors)
+    await b.upstream.wait_idle()
+    r.note(key, f"upstream requests during the warm runs: {summarize(b.upstream.requests_since(mark))}")
+    limit = r.med(key, "MB_per_s", "nginx-sendfile")
+    w = ratio(r.med(key, "MB_per_s", "wharf"), limit)
+    refs = {n: ratio(r.med(key, "MB_per_s", n), limit) for n in ("distribution", "nginx-cache")}
+    r.check(key, "throughput / sendfile limit", ">= 0.95", w, None if w is None else w >= 0.95, refs)
+    sendfile.stop()
+
+
+# ----------------------------------------------------------------------------- test 4 / 5
+
+async def _manifest_load(b: Bench, key: str, ref: str, count_upstream: bool) -> None:
+    r = b.results
+    img = b.images["big"]
+    targets = [t for t in b.pick("wharf", "distribution", "nginx-cache") if t.pid is not None]
+    for t in targets:   # warm: GET and HEAD with the Accept the load uses
+        url = t.url(img.repo, "manifests", ref)
+        for method in ("GET", "HEAD"):
+            await guarded(b, key, t, measure.fetch_status(url, method, DOCKER_ACCEPT))
+    for rep in range(b.profile.reps):
+        for t in rotate(targets, rep):
+            url = t.url(img.repo, "manifests", ref)
+            for method in ("GET", "HEAD"):
+                await b.upstream.wait_idle()
+                mark = b.upstream.mark()
+                if method == "GET":
+                    load = await guarded(b, key, t, measure.wrk(url, b.profile.load_seconds, 32, 2, DOCKER_ACCEPT))
+                else:
+                    load = await guarded(b, key, t, measure.ab_head(url, b.profile.load_seconds, 32, DOCKER_ACCEPT))
+                await b.upstream.wait_idle()
+                up = summarize(b.upstream.requests_since(mark))
+                if not load:
+                    continue
+                m = method.lower()
+                r.add(key, f"{m}_rps", t.name, load.rps, "req/s", errors=load.errors)
+                r.add(key, f"{m}_p99_ms", t.name, load.p99_ms, "ms")
+                if count_upstream:
+                    r.add(key, f"{m}_upstream_requests", t.name, up["requests"], "", by_method=up["by_method"])
+    for m in ("get", "head"):
+        nginx = r.med(key, f"{m}_rps", "nginx-cache")
+        w = ratio(r.med(key, f"{m}_rps", "wharf"), nginx)
+        refs = {"distribution": ratio(r.med(key, f"{m}_rps", "distribution"), nginx),
+                "nginx-cache req/s": nginx, "wharf req/s": r.med(key, f"{m}_rps", "wharf")}
+        r.check(key, f"{m.upper()} req/s / nginx cache", ">= 0.25", w, None if w is None else w >= 0.25, refs)
+        p99 = r.med(key, f"{m}_p99_ms", "wharf")
+        r.check(key, f"{m.upper()} p99 latency (ms)", "< 10", p99, None if p99 is None else p99 < 10,
+                {n: r.med(key, f"{m}_p99_ms", n) for n in ("distribution", "nginx-cache")})
+        if count_upstream:
+            up = r.med(key, f"{m}_upstream_requests", "wharf")
+            r.check(key, f"{m.upper()} upstream requests per {b.profile.load_seconds} s run (tag fresh)", "0", up,
+                    None if up is None else up == 0,
+                    {n: r.med(key, f"{m}_upstream_requests", n) for n in ("distribution", "nginx-cache")})
+
+
+async def manifests_by_digest(b: Bench) -> None:
+    key = "4_manifest_digest"
+    b.results.test(key, "Manifest GET (wrk) and HEAD (ab -i) by digest, 32 connections")
+    await _manifest_load(b, key, b.images["big"].digest, count_upstream=False)
+
+
+async def manifests_by_tag(b: Bench) -> None:
+    key = "5_manifest_tag"
+    b.results.test(key, "Manifest GET and HEAD by tag while the tag is fresh (TTL 60 s), 32 connections")
+    await _manifest_load(b, key, b.images["big"].tag, count_upstream=True)
+
+
+async def tag_revalidation(b: Bench) -> None:
+    """After the TTL, N clients with different Accept strings ask for the tag at once."""
+    key = "5_manifest_tag"
+    r = b.results
+    img = b.images["big"]
+    ttl = 2
+    r.note(key, f"revalidation: TTL {ttl} s; after it, 5 GET per Accept string x {len(ACCEPT_VARIANTS)} "
+                f"strings + 5 HEAD, all at once")
+    for t in b.pick("wharf", "distribution", "nginx-cache"):
+        if not await b.start(key, t, b.upstream.url, tag_ttl=ttl):
+            continue
+        url = t.url(img.repo, "manifests", img.tag)
+        try:
+            for acc in ACCEPT_VARIANTS:
+                await measure.fetch_status(url, "GET", acc)
+            await measure.fetch_status(url, "HEAD", DOCKER_ACCEPT)
+            await asyncio.sleep(ttl + 1.5)
+            await b.upstream.wait_idle()
+            mark = b.upstream.mark()
+            jobs = [measure.fetch_status(url, "GET", acc) for acc in ACCEPT_VARIANTS for _ in range(5)]
+            jobs += [measure.fetch_status(url, "HEAD", DOCKER_ACCEPT) for _ in range(5)]
+            answers = await asyncio.gather(*jobs, return_exceptions=True)
+            await b.upstream.wait_idle()
+        except Exception as exc:
+            r.error(key, t.name, f"revalidation: {type(exc).__name__}: {exc}")
+            t.stop()
+            continue
+        t.stop()
+        bad = [a for a in answers if isinstance(a, Exception) or a[0] != 200
+               or a[1].get("Docker-Content-Digest") != img.digest]
+        reqs = b.upstream.requests_since(mark)
+        tag_reqs = [q for q in reqs if "/manifests/" + img.tag in q.uri]
+        by = summarize(tag_reqs)["by_method"]
+        r.add(key, "stale_tag_upstream_requests", t.name, len(tag_reqs), "", by_method=by,
+              all_upstream=summarize(reqs)["by_method"], bad_answers=len(bad))
+    w = r.data["tests"][key]["metrics"].get("stale_tag_upstream_requests", {}).get("targets", {}).get("wharf")
+    if w:
+        by = w["details"][-1]["by_method"]
+        ok = w["samples"][-1] == 1 and by.get("HEAD") == 1 and w["details"][-1]["bad_answers"] == 0
+        refs = {n: d["details"][-1]["by_method"] for n, d in
+                r.data["tests"][key]["metrics"]["stale_tag_upstream_requests"]["targets"].items() if n != "wharf"}
+        r.check(key, "upstream requests for a stale tag, any Accept", "exactly 1 HEAD", str(by), ok, refs)
+    else:
+        r.check(key, "upstream requests for a stale tag, any Accept", "exactly 1 HEAD", None, None)
+
+
+# ----------------------------------------------------------------------------- test 3 (+6)
+
+async def thundering_herd(b: Bench) -> None:
+    key = "3_concurrent_cold"
+    r = b.results
+    layer = b.images["big"].largest_layer
+    n = b.profile.clients
+    r.test(key, f"{n} clients GET the same uncached {layer.size / MiB:.0f} MiB blob at once, "
+                f"upstream limited to {b.profile.throttle_bps / 1e6:.0f} MB/s per connection")
+    expected = b.blob_file(layer.digest)
+    for t in b.pick("wharf", "distribution", "nginx-cache", "nginx-cache-tuned"):
+        if not await b.start(key, t, b.upstream.throttled_url):
+            continue
+        await b.upstream.wait_idle()
+        mark = b.upstream.mark()
+        url = t.url(b.images["big"].repo, "blobs", layer.digest)
+        with measure.RssSampler(t.pid) as rss:
+            crowd = await measure.crowd_get(url, n, expected, b.profile.fill_timeout)
+            await b.upstream.wait_idle(b.profile.fill_timeout)
+        t.stop()
+        reqs = [q for q in b.upstream.requests_since(mark) if layer.digest in q.uri]
+        sent = sum(q.bytes_sent for q in reqs if q.method == "GET")
+        ttfb = crowd.ttfbs()
+        errors = sorted({c.error for c in crowd.clients if c.error})
+        r.add(key, "upstream_copies", t.name, sent / layer.size, "x", upstream_gets=sum(q.method == "GET" for q in reqs))
+        r.add(key, "clients_complete", t.name, crowd.complete, f"of {n}")
+        r.add(key, "first_byte_max_s", t.name, ttfb[-1] if ttfb else None, "s", clients_with_bytes=len(ttfb))
+        r.add(key, "first_byte_median_s", t.name, ttfb[len(ttfb) // 2] if ttfb else None, "s")
+        totals = crowd.totals()
+        r.add(key, "last_client_done_s", t.name, totals[-1] if totals else None, "s")
+        r.add(key, "peak_rss_mib", t.name, rss.peak / MiB, "MiB")
+        if errors:
+            r.error(key, t.name, "; ".join(errors[:3]))
+    refs = ("distribution", "nginx-cache", "nginx-cache-tuned")
+    copies = r.med(key, "upstream_copies", "wharf")
+    r.check(key, "upstream copies of the blob", "1 (<= 1.01)", copies, None if copies is None else copies <= 1.01,
+            {x: r.med(key, "upstream_copies", x) for x in refs})
+    done = r.med(key, "clients_complete", "wharf")
+    r.check(key, "clients with the complete, correct blob", f"{n}", done, None if done is None else done == n,
+            {x: r.med(key, "clients_complete", x) for x in refs})
+    fb = r.med(key, "first_byte_max_s", "wharf")
+    r.check(key, "slowest client's first byte (s)", "<= 0.5", fb, None if fb is None else fb <= 0.5 and done == n,
+            {x: r.med(key, "first_byte_max_s", x) for x in refs})
+    peak = r.med(key, "peak_rss_mib", "wharf")
+    r.check(key, "peak RSS of all Wharf processes (MiB)", "<= 100", peak, None if peak is None else peak <= 100,
+            {x: r.med(key, "peak_rss_mib", x) for x in refs})
+
+
+async def memory_flat(b: Bench) -> None:
+    key = "6_memory"
+    r = b.results
+    r.test(key, "Peak RSS of the Wharf process tree: cold GET of a small and a huge blob, 2 clients")
+    t = b.targets["wharf"]
+    if t.name in b.skip:
+        r.check(key, "peak RSS huge / small", "<= 1.10", None, None)
+        return
+    for name in ("mem_small", "mem_large"):
+        img = b.images[name]
+        layer = img.largest_layer
+        if not await b.start(key, t, b.upstream.url):
+            return
+        idle = measure.RssSampler.tree_rss(t.pid)
+        with measure.RssSampler(t.pid) as rss:
+            crowd = await measure.crowd_get(t.url(img.repo, "blobs", layer.digest), 2,
+                                            b.blob_file(layer.digest), b.profile.fill_timeout)
+        t.stop()
+        label = f"{layer.size / MiB:.0f}MiB"
+        r.add(key, f"peak_rss_mib_{label}", "wharf", rss.peak / MiB, "MiB", idle_mib=round(idle / MiB, 1),
+              complete=crowd.complete, samples=rss.samples)
+        if crowd.complete != 2:
+            r.error(key, "wharf", f"{label}: " + "; ".join(sorted({c.error for c in crowd.clients if c.error})))
+    metrics = r.data["tests"][key]["metrics"]
+    vals = [m["targets"]["wharf"]["median"] for m in metrics.values()]
+    if len(vals) == 2:
+        rr = ratio(vals[1], vals[0])
+        r.check(key, "peak RSS huge / small blob", "<= 1.10", rr, rr is not None and rr <= 1.10,
+                {"small MiB": vals[0], "huge MiB": vals[1]})
+
+
+# ----------------------------------------------------------------------------- test 7
+
+async def upstream_outage(b: Bench) -> None:
+    key = "7_upstream_outage"
+    r = b.results
+    img = b.images["multi"]
+    limit = b.profile.stall_timeout
+    r.test(key, f"Pull by (stale) tag of a cached image while upstream is down or hung (bound {limit:.0f} s)")
+    relay = Relay(PORTS.relay, PORTS.front)
+    ttl = 2
+    try:
+        for mode in ("down", "hung"):
+            for t in b.pick("wharf", "distribution", "nginx-cache"):
+                await relay.set_mode("forward")
+                if not await b.start(key, t, f"http://{HOST}:{PORTS.relay}", tag_ttl=ttl):
+                    continue
+                ok, secs, err = await measure.skopeo_pull(t.ref(img.repo, img.tag), b.profile.fill_timeout)
+                if not ok:
+                    r.error(key, t.name, f"warm pull failed: {err}")
+                    t.stop()
+                    continue
+                await asyncio.sleep(ttl + 1)
+                await relay.set_mode(mode)
+                ok, secs, err = await measure.skopeo_pull(t.ref(img.repo, img.tag), limit)
+                r.add(key, f"{mode}_pull_s", t.name, secs if ok else None, "s", ok=ok, error=err[:160])
+                t.stop()
+    finally:
+        await relay.stop()
+    for mode in ("down", "hung"):
+        s = r.med(key, f"{mode}_pull_s", "wharf")
+        refs = {}
+        for n in ("distribution", "nginx-cache"):
+            d = r.data["tests"][key]["metrics"].get(f"{mode}_pull_s", {}).get("targets", {}).get(n)
+            refs[n] = (f"{d['median']:.2f} s" if d and d["median"] is not None
+                       else (d["details"][-1]["error"] if d else "n/a"))
+        r.check(key, f"pull with upstream {mode} (s)", "succeeds, <= 5", s, None if s is None and "wharf" in b.skip
+                else (s is not None and s <= 5), refs)

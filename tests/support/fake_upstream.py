@@ -174,6 +174,7 @@ class FakeRegistry:
         self.requests: list[RecordedRequest] = []
         self.bearer: BearerAuth | None = None
         self.ratelimit: RateLimit | None = None
+        self.realm: str | None = None  # advertise another token realm (e.g. on a foreign host)
         self.redirect_blobs = False  # blob GETs answer 307 to /_storage/<digest>, like S3/GCS
         self._shutting_down = asyncio.Event()
         self.app = self._make_app()
@@ -296,7 +297,8 @@ class FakeRegistry:
         repo = request.match_info.get("name")
         if self.bearer.allows(request.headers.get("Authorization"), repo):
             return await handler(request)
-        challenge = f'Bearer realm="{request.scheme}://{request.host}/token",service="fake"'
+        realm = self.realm or f"{request.scheme}://{request.host}/token"
+        challenge = f'Bearer realm="{realm}",service="fake"'
         if repo is not None:
             challenge += f',scope="repository:{repo}:pull"'
         return _error(401, message="authentication required", head=request.method == "HEAD",

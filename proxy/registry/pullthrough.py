@@ -25,7 +25,7 @@ import asyncio
 import json
 import time
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from proxy.config import CacheConfig, LimitsConfig
 from proxy.errors import (BlobUnknown, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
@@ -50,6 +50,21 @@ def next_page_query(link_header: str | None) -> str | None:
         return None
     url = link_header.split("<", 1)[1].split(">", 1)[0]
     return urlsplit(url).query or None
+
+
+def page_tags(body: bytes, n: int, last: str | None) -> tuple[bytes, str | None]:
+    """Apply ``n``/``last`` ourselves when upstream ignored them (distribution 2.8 does)."""
+    try:
+        doc = json.loads(body)
+        tags = sorted(t for t in doc.get("tags") or [] if last is None or t > last)
+    except (ValueError, AttributeError, TypeError):
+        return body, None
+    if len(doc.get("tags") or []) <= n and last is None:
+        return body, None
+    page = tags[:n]
+    doc["tags"] = page
+    more = len(tags) > n and page
+    return json.dumps(doc).encode(), (urlencode({"n": n, "last": page[-1]}) if more else None)
 
 
 _STALE_ERRORS = (Unavailable, TooManyRequests, UpstreamInvalid)
@@ -441,6 +456,8 @@ class PullThroughRegistry:
                 self._count("tags", "stale")
                 return TagsPage(saved["body"].encode(), saved["link"], "stale")
             raise
+        if link is None and n is not None:
+            body, link = page_tags(body, n, last)
         saved = self._meta.document(key) or {"readers": []}
         readers = set(saved.get("readers", [])) | ({credential.id} if credential and not public else set())
         self._meta.set_document(key, {"body": body.decode(), "link": link, "public": public or saved.get("public", False),

@@ -1,0 +1,133 @@
+"""What operators see: /metrics, /healthz, /readyz, the access log, the size budget, Redis sharing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+
+from proxy.app import BLOBS
+from support.images import make_image, push_image
+
+REPO = "team/app"
+
+
+async def test_health_and_readiness(make_wharf, registry_upstream):
+    wharf = await make_wharf(registry_upstream)
+    assert (await wharf.client.get("/healthz")).status == 200
+    resp = await wharf.client.get("/readyz")
+    assert resp.status == 200 and (await resp.json())["status"] == "ready"
+
+
+async def test_readiness_fails_when_redis_is_unreachable(make_wharf, registry_upstream):
+    wharf = await make_wharf(registry_upstream, redis={"url": "redis://127.0.0.1:1/0"})
+    resp = await wharf.client.get("/readyz")
+    assert resp.status == 503
+
+
+async def test_metrics_count_hits_misses_bytes_and_upstream_requests(make_wharf, registry_upstream, repo_name):
+    image = make_image("metrics", (10_000,))
+    await push_image(registry_upstream, repo_name, image, tag="v1")
+    wharf = await make_wharf(registry_upstream)
+    upstream = wharf.upstream_name(registry_upstream)
+    name = f"{upstream}/{repo_name}"
+    for _ in range(2):
+        await wharf.client.get(f"/v2/{name}/manifests/v1")
+        await (await wharf.client.get(f"/v2/{name}/blobs/{image.layers[0].digest}")).read()
+    text = await (await wharf.client.get("/metrics")).text()
+    assert 'wharf_cache_requests_total{kind="blob",result="miss"} 1.0' in text
+    assert 'wharf_cache_requests_total{kind="blob",result="hit"} 1.0' in text
+    assert 'wharf_cache_requests_total{kind="tag",result="miss"} 1.0' in text
+    assert 'wharf_cache_requests_total{kind="tag",result="hit"} 1.0' in text
+    size = image.layers[0].size
+    assert f'wharf_bytes_served_total{{source="cache"}} {size}.0' in text
+    assert f'wharf_bytes_served_total{{source="upstream"}} {size}.0' in text
+    assert f'wharf_upstream_requests_total{{method="GET",status="200",upstream="{upstream}"}} 2.0' in text
+    assert 'wharf_http_requests_total{method="GET",route="blob",status="200"} 2.0' in text
+    assert "wharf_fills_in_flight 0.0" in text
+    assert 'wharf_store_bytes{kind="cached"}' in text
+
+
+async def test_access_log_line_has_cache_status_and_no_credentials(aiohttp_server, tmp_path, registry_upstream,
+                                                                   repo_name, caplog):
+    from aiohttp import ClientSession
+
+    from proxy.app import create_app
+    from proxy.config import config_from_dict
+    from proxy.http.accesslog import JsonAccessLogger
+
+    image = make_image("log", (100,))
+    await push_image(registry_upstream, repo_name, image, tag="v1")
+    upstream = registry_upstream.split("://", 1)[1]
+    app = create_app(config_from_dict({"storage": {"root": str(tmp_path / "w")},
+                                       "upstreams": [{"name": upstream, "url": registry_upstream}]}))
+    server = await aiohttp_server(app, access_log=logging.getLogger("wharf.access"),
+                                  access_log_class=JsonAccessLogger)
+    caplog.set_level(logging.INFO, logger="wharf.access")
+    async with ClientSession() as session:
+        url = str(server.make_url(f"/v2/{upstream}/{repo_name}/manifests/v1"))
+        for _ in range(2):
+            async with session.get(url, headers={"Authorization": "Basic c2VjcmV0OnNlY3JldA=="}) as resp:
+                await resp.read()
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "wharf.access"]
+    assert [line["cache"] for line in lines] == ["miss", "hit"]
+    assert all(line["status"] == 200 for line in lines)
+    assert "c2VjcmV0" not in caplog.text
+
+
+async def test_budget_evicts_least_recently_pulled_first(make_wharf, registry_upstream, repo_name, tmp_path):
+    images = [make_image(f"evict{i}", (40_000,)) for i in range(4)]
+    for i, image in enumerate(images):
+        await push_image(registry_upstream, repo_name, image, tag=f"t{i}")
+    wharf = await make_wharf(registry_upstream, storage={"root": str(tmp_path / "evict"), "max_cache_bytes": 100_000})
+    name = f"{wharf.upstream_name(registry_upstream)}/{repo_name}"
+    blobs = wharf.app[BLOBS]
+
+    async def pull(image):
+        await (await wharf.client.get(f"/v2/{name}/blobs/{image.layers[0].digest}")).read()
+
+    def stored(image) -> bool:
+        algorithm, hex_part = image.layers[0].digest.split(":")
+        return (blobs.blob_dir / algorithm / hex_part).exists()
+
+    await pull(images[0])
+    await pull(images[1])
+    await asyncio.sleep(0.01)
+    await pull(images[0])          # images[0] is now more recently pulled than images[1]
+    await pull(images[2])          # 120 kB > 100 kB: evict down to 90 kB
+    assert stored(images[0]) and stored(images[2])
+    assert not stored(images[1])
+    text = await (await wharf.client.get("/metrics")).text()
+    assert "wharf_evictions_total 1.0" in text
+    # an evicted blob is simply fetched again
+    await pull(images[1])
+    assert stored(images[1])
+
+
+async def test_redis_shares_negative_answers_between_replicas(make_wharf, fake_upstream, redis_url):
+    fake = await fake_upstream()
+    first = await make_wharf(fake.url, redis={"url": redis_url})
+    second = await make_wharf(fake.url, redis={"url": redis_url})
+    name = f"{first.upstream_name(fake.url)}/{REPO}"
+    tag = f"missing-{os.getpid()}-{id(fake)}"
+    assert (await first.client.get(f"/v2/{name}/manifests/{tag}")).status == 404
+    assert (await second.client.get(f"/v2/{name}/manifests/{tag}")).status == 404
+    assert fake.count(path=fake.manifest_path(REPO, tag)) == 1
+
+
+async def test_redis_shares_tag_freshness_and_tokens(make_wharf, fake_upstream, redis_url):
+    fake = await fake_upstream()
+    image = make_image("redis", (100,))
+    tag = f"t{os.getpid()}{id(fake)}"
+    fake.add_image(REPO, image, tag=tag)
+    fake.require_bearer(users={"u": "p"}, private={REPO})
+    first = await make_wharf(fake.url, redis={"url": redis_url})
+    second = await make_wharf(fake.url, redis={"url": redis_url})
+    name = f"{first.upstream_name(fake.url)}/{REPO}"
+    import base64
+    basic = "Basic " + base64.b64encode(b"u:p").decode()
+    token = (await (await first.client.get("/token", headers={"Authorization": basic})).json())["token"]
+    # a token issued by one replica works on the other
+    resp = await second.client.get(f"/v2/{name}/manifests/{tag}", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200 and await resp.read() == image.manifest

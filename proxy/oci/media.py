@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from proxy.errors import ManifestInvalid
+from proxy.errors import DigestInvalid, ManifestInvalid
 from proxy.oci.digest import Digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -92,7 +92,7 @@ def _descriptor(raw: object) -> Descriptor:
         digest = Digest.parse(str(raw["digest"]))
         size = int(raw["size"])
         media_type = str(raw.get("mediaType", ""))
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, DigestInvalid) as exc:
         raise ManifestInvalid(f"invalid descriptor: {exc}") from None
     if size < 0:
         raise ManifestInvalid("descriptor has a negative size")

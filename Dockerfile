@@ -1,0 +1,69 @@
+# syntax=docker/dockerfile:1
+#
+# Wharf container image.
+#
+#   docker build -t wharf:0.1.0 .
+#   docker run -p 5000:5000 -v wharf-data:/var/lib/wharf/data wharf:0.1.0
+#
+# The config baked in at /etc/wharf/wharf.yaml is config/wharf.yaml; mount your own file over it,
+# or override single keys from the environment (WHARF_LISTEN, WHARF_REDIS__URL, ...).
+# The blob store and metadata live under /var/lib/wharf/data (WHARF_STORAGE__ROOT, which wins
+# over storage.root in the config file); it is the only path the process writes to besides /tmp.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# ---------------------------------------------------------------------------------------------
+# build: install Wharf and its runtime dependencies (no test extras) into a self-contained venv
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/wharf
+
+WORKDIR /src
+# README* is optional: pyproject.toml names README.md, copy it when it exists.
+COPY pyproject.toml README* ./
+COPY proxy ./proxy
+RUN /opt/wharf/bin/pip install . \
+ && /opt/wharf/bin/wharf --help >/dev/null
+
+# ---------------------------------------------------------------------------------------------
+# runtime: the same base image, the venv, the default config, and an unprivileged user
+FROM ${PYTHON_IMAGE}
+
+ARG WHARF_UID=10001
+ARG WHARF_GID=10001
+
+RUN groupadd --gid "${WHARF_GID}" wharf \
+ && useradd --uid "${WHARF_UID}" --gid "${WHARF_GID}" \
+        --home-dir /var/lib/wharf --no-create-home --shell /usr/sbin/nologin wharf \
+ && mkdir -p /var/lib/wharf/data /etc/wharf \
+ && chown -R "${WHARF_UID}:${WHARF_GID}" /var/lib/wharf
+
+COPY --from=build /opt/wharf /opt/wharf
+COPY config/wharf.yaml /etc/wharf/wharf.yaml
+
+LABEL org.opencontainers.image.title="wharf" \
+      org.opencontainers.image.description="Pull-through caching proxy, mirror and registry for OCI / Docker images" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV PATH=/opt/wharf/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    WHARF_STORAGE__ROOT=/var/lib/wharf/data
+
+WORKDIR /var/lib/wharf
+USER ${WHARF_UID}:${WHARF_GID}
+VOLUME ["/var/lib/wharf/data"]
+EXPOSE 5000
+
+# No curl in the slim image: ask /healthz with the interpreter that runs Wharf. The port follows
+# WHARF_LISTEN when it is set (a listen address changed only inside the config file is not seen).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('WHARF_LISTEN', ':5000').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % port, timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["wharf"]
+CMD ["serve", "--config", "/etc/wharf/wharf.yaml"]

@@ -1,0 +1,173 @@
+{{/* Names ------------------------------------------------------------------------------- */}}
+
+{{- define "wharf.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name, at most 63 characters (DNS-1123 label). The release name is used
+alone when it already contains the chart name.
+*/}}
+{{- define "wharf.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The headless Service that governs the StatefulSet's pod names. */}}
+{{- define "wharf.headlessName" -}}
+{{- printf "%s-headless" (include "wharf.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "wharf.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels -------------------------------------------------------------------------------- */}}
+
+{{- define "wharf.labels" -}}
+helm.sh/chart: {{ include "wharf.chart" . }}
+{{ include "wharf.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: wharf
+{{- end }}
+
+{{- define "wharf.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "wharf.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "wharf.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "wharf.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "wharf.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
+{{/* Wharf configuration ------------------------------------------------------------------- */}}
+
+{{/* The port of config.listen ("host:port"); the container port, probes and Service target. */}}
+{{- define "wharf.port" -}}
+{{- $listen := toString .Values.config.listen }}
+{{- $port := regexFind "[0-9]+$" $listen }}
+{{- if or (not $port) (not (contains ":" $listen)) }}
+{{- fail (printf "config.listen must be host:port, e.g. 0.0.0.0:5000 (got %q)" $listen) }}
+{{- end }}
+{{- $port }}
+{{- end }}
+
+{{/* config.storage.root, checked: the data volume is mounted there. */}}
+{{- define "wharf.storageRoot" -}}
+{{- $root := toString .Values.config.storage.root }}
+{{- if not (hasPrefix "/" $root) }}
+{{- fail (printf "config.storage.root must be an absolute path (the data volume is mounted there), got %q" $root) }}
+{{- end }}
+{{- $root }}
+{{- end }}
+
+{{/* WHARF_UPSTREAM_<NAME>_PASSWORD for an upstream name, as proxy/config.py derives it. */}}
+{{- define "wharf.upstreamPasswordEnv" -}}
+{{- printf "WHARF_UPSTREAM_%s_PASSWORD" (regexReplaceAll "[^A-Z0-9]" (upper .) "_") }}
+{{- end }}
+
+{{/* Where the password of upstream number $i is mounted when passwordSecret.mountAs is file. */}}
+{{- define "wharf.upstreamSecretDir" -}}
+{{- printf "/etc/wharf/secrets/upstream-%d" (int .) }}
+{{- end }}
+
+{{/*
+Checks one upstream's passwordSecret and returns its mode ("file" or "env").
+Input: dict "upstream" <entry> "index" <int>.
+*/}}
+{{- define "wharf.upstreamSecretMode" -}}
+{{- $u := .upstream }}
+{{- $s := $u.passwordSecret }}
+{{- if not $s.name }}
+{{- fail (printf "config.upstreams[%d] (%s): passwordSecret.name is required" (int .index) $u.name) }}
+{{- end }}
+{{- if or $u.password_env $u.password_file $u.password }}
+{{- fail (printf "config.upstreams[%d] (%s): give either passwordSecret or password_env / password_file, not both (and never password)" (int .index) $u.name) }}
+{{- end }}
+{{- $mode := default "file" $s.mountAs }}
+{{- if not (has $mode (list "file" "env")) }}
+{{- fail (printf "config.upstreams[%d] (%s): passwordSecret.mountAs must be file or env, got %q" (int .index) $u.name $mode) }}
+{{- end }}
+{{- $mode }}
+{{- end }}
+
+{{/*
+The wharf.yaml the pod reads: .Values.config with each upstream's chart-only passwordSecret
+turned into password_file (a mounted Secret key) or password_env (WHARF_UPSTREAM_<NAME>_PASSWORD).
+*/}}
+{{- define "wharf.config" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- $upstreams := list }}
+{{- $names := list }}
+{{- range $i, $u := (.Values.config.upstreams | default list) }}
+{{- if not $u.name }}
+{{- fail (printf "config.upstreams[%d]: name is required" $i) }}
+{{- end }}
+{{- if not $u.url }}
+{{- fail (printf "config.upstreams[%d] (%s): url is required" $i $u.name) }}
+{{- end }}
+{{- if hasKey $u "password" }}
+{{- fail (printf "config.upstreams[%d] (%s): do not put a password in values; use passwordSecret" $i $u.name) }}
+{{- end }}
+{{- $out := omit $u "passwordSecret" }}
+{{- if $u.passwordSecret }}
+{{- $mode := include "wharf.upstreamSecretMode" (dict "upstream" $u "index" $i) }}
+{{- if eq $mode "env" }}
+{{- $_ := set $out "password_env" (include "wharf.upstreamPasswordEnv" $u.name) }}
+{{- else }}
+{{- $_ := set $out "password_file" (printf "%s/password" (include "wharf.upstreamSecretDir" $i)) }}
+{{- end }}
+{{- end }}
+{{- $upstreams = append $upstreams $out }}
+{{- $names = append $names (toString $u.name) }}
+{{- end }}
+{{- $_ := set $cfg "upstreams" $upstreams }}
+{{- $storage := deepCopy (.Values.config.storage | default dict) }}
+{{- $_ := set $storage "root" (include "wharf.storageRoot" .) }}
+{{- $_ := set $cfg "storage" $storage }}
+{{- if and $cfg.default_upstream (not (has (toString $cfg.default_upstream) $names)) }}
+{{- fail (printf "config.default_upstream %q is not the name of one of config.upstreams" $cfg.default_upstream) }}
+{{- end }}
+{{- /* keep "none" explicit in the file, as config/wharf.yaml does (Helm drops null values) */}}
+{{- if not $cfg.default_upstream }}
+{{- $_ := set $cfg "default_upstream" nil }}
+{{- end }}
+{{- $redis := deepCopy (.Values.config.redis | default dict) }}
+{{- if not $redis.url }}
+{{- $_ := set $redis "url" nil }}
+{{- end }}
+{{- $_ := set $cfg "redis" $redis }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* The mirror address printed in NOTES.txt. */}}
+{{- define "wharf.mirrorEndpoint" -}}
+{{- if .Values.mirrorEndpoint }}
+{{- .Values.mirrorEndpoint | trimSuffix "/" }}
+{{- else if eq .Values.service.type "NodePort" }}
+{{- printf "http://<node-ip>:%s" (.Values.service.nodePort | default "<node-port>" | toString) }}
+{{- else if eq .Values.service.type "LoadBalancer" }}
+{{- printf "http://<load-balancer-ip>:%s" (toString .Values.service.port) }}
+{{- else }}
+{{- printf "http://<cluster-ip-of-%s>:%s" (include "wharf.fullname" .) (toString .Values.service.port) }}
+{{- end }}
+{{- end }}

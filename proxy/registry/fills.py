@@ -1,7 +1,9 @@
 """Single-flight upstream downloads that every concurrent requester streams as they grow.
 
 Rules:
-- at most one fill per digest runs in this process; later requesters join it ("coalesced");
+- at most one fill per digest runs on a storage root, across worker processes: the process
+  holding the digest's flock leads (downloads); the others follow its temporary file;
+- within a process, later requesters join the running fill ("coalesced");
 - a fill is an app-owned task with its own time limit: a client hanging up never aborts it;
 - readers follow the temporary file as it grows (Range included), so the first byte reaches
   every client before the fill completes;
@@ -20,27 +22,65 @@ from typing import AsyncIterator, Awaitable, Callable
 from proxy.errors import OCIError, Unavailable
 from proxy.oci.digest import Digest
 from proxy.registry.tasks import BackgroundTasks
-from proxy.storage.blobs import BlobWriter
+from proxy.storage.blobs import BlobStore
 
 log = logging.getLogger("wharf.fill")
 _READ_CHUNK = 256 * 1024
+_POLL = 0.005
 
 
 class FillFailed(Exception):
     """The fill a reader was following did not complete with verified content."""
 
 
+class RemoteProgress:
+    """How far another process's fill has written, learned by watching its temporary file."""
+
+    def __init__(self, temp_path: Path) -> None:
+        self.temp_path = temp_path
+        self.written = 0
+        self.closed = False
+        self._grown = asyncio.Event()
+
+    def advance(self, size: int) -> None:
+        if size > self.written:
+            self.written = size
+            self._notify()
+
+    def close(self) -> None:
+        self.closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        event, self._grown = self._grown, asyncio.Event()
+        event.set()
+
+    async def wait_for(self, offset: int) -> None:
+        while self.written <= offset and not self.closed:
+            await self._grown.wait()
+
+
 class Fill:
-    """One download in progress: its writer, the size upstream announced, and its outcome."""
+    """One download in progress: how far it got, the size upstream announced, and its outcome."""
 
     def __init__(self, digest: Digest) -> None:
         self.digest = digest
         self.size: int | None = None
-        self.writer: BlobWriter | None = None
+        self.writer = None  # a BlobWriter (we lead) or a RemoteProgress (another process leads)
         loop = asyncio.get_running_loop()
         self.started: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[Path] = loop.create_future()
-        self.readers = 0
+
+    def begin(self, progress, size: int | None) -> None:
+        self.writer, self.size = progress, size
+        if not self.started.done():
+            self.started.set_result(None)
+
+    def finish(self, path: Path) -> None:
+        if not self.started.done():
+            self.started.set_result(None)
+        if not self.done.done():
+            self.done.set_result(path)
 
     def fail(self, exc: BaseException) -> None:
         if not self.started.done():
@@ -50,27 +90,32 @@ class Fill:
             self.done.set_exception(exc)
             self.done.exception()
 
+    def _complete_path(self) -> Path | None:
+        if self.done.done() and self.done.exception() is None:
+            return self.done.result()
+        return None
+
     async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes [start, end) as they are written; raise FillFailed if the fill fails."""
-        if self.done.done() and self.done.exception() is None:
-            async for chunk in _read_complete(self.done.result(), start, end):
+        complete = self._complete_path()
+        fd = None
+        if complete is None:
+            try:
+                fd = os.open(self.writer.temp_path, os.O_RDONLY)
+            except (FileNotFoundError, AttributeError):
+                await asyncio.wait([self.done])  # renamed already (or gone): the verdict decides
+                complete = self._complete_path()
+                if complete is None:
+                    raise FillFailed(str(self.digest)) from None
+        if complete is not None:
+            async for chunk in _read_complete(complete, start, end):
                 yield chunk
             return
-        writer = self.writer
-        assert writer is not None, "read() before the fill started"
-        try:
-            fd = os.open(writer.temp_path, os.O_RDONLY)
-        except FileNotFoundError:
-            if self.done.done() and self.done.exception() is None:
-                async for chunk in _read_complete(self.done.result(), start, end):
-                    yield chunk
-                return
-            raise FillFailed(str(self.digest)) from None
-        self.readers += 1
+        progress = self.writer
         try:
             position = start
             while end is None or position < end:
-                available = writer.written - position
+                available = progress.written - position
                 if available > 0:
                     want = available if end is None else min(available, end - position)
                     data = os.pread(fd, min(want, _READ_CHUNK), position)
@@ -79,23 +124,14 @@ class Fill:
                     position += len(data)
                     yield data
                     continue
-                if self.done.done():
-                    if self.done.exception() is not None:
-                        raise FillFailed(str(self.digest))
+                if self.done.done() or progress.closed:
                     break
-                if writer.closed:
-                    # bytes are all written; wait for the verdict (digest check, rename)
-                    await asyncio.shield(asyncio.wait([self.done]))
-                    continue
-                await writer.wait_for(position)
-            if end is None or position >= end:
-                # do not report success before the digest verified
-                if not self.done.done():
-                    await asyncio.wait([self.done])
-                if self.done.exception() is not None:
-                    raise FillFailed(str(self.digest))
+                await progress.wait_for(position)
+            # never report success before the digest verified
+            await asyncio.wait([self.done])
+            if self.done.exception() is not None:
+                raise FillFailed(str(self.digest))
         finally:
-            self.readers -= 1
             os.close(fd)
 
 
@@ -113,11 +149,12 @@ async def _read_complete(path: Path, start: int, end: int | None) -> AsyncIterat
 
 
 class FillGroup:
-    """The app's running fills by digest, and the tasks that drive them."""
+    """The process's running fills by digest, led here or followed from another worker."""
 
-    def __init__(self, tasks: BackgroundTasks) -> None:
+    def __init__(self, tasks: BackgroundTasks, blobs: BlobStore) -> None:
         self._fills: dict[str, Fill] = {}
         self._tasks = tasks
+        self._blobs = blobs
 
     def get(self, digest: Digest) -> Fill | None:
         return self._fills.get(str(digest))
@@ -125,28 +162,89 @@ class FillGroup:
     def __len__(self) -> int:
         return len(self._fills)
 
-    def start(self, digest: Digest, run: Callable[[Fill], Awaitable[None]], timeout: float) -> Fill:
-        """Start ``run(fill)`` as a tracked task under ``timeout``; the fill is failed if it raises."""
+    def start(self, digest: Digest, run: Callable[[Fill, Path, Path], Awaitable[None]], timeout: float) -> Fill:
+        """Lead the fill with ``run(fill, temp_path, size_path)`` if no process does; else follow it.
+
+        Must be called with no await between ``get()`` returning None and this call.
+        """
         fill = Fill(digest)
         key = str(digest)
         self._fills[key] = fill
+        temp_path, size_path, lock_path = self._blobs.fill_paths(digest)
+        lock = self._blobs.try_lock(lock_path)
+
+        async def lead() -> None:
+            try:
+                final = self._blobs.path(digest)
+                if final.exists():  # another worker finished it between our look and our lock
+                    fill.finish(final)
+                    return
+                await run(fill, temp_path, size_path)
+            finally:
+                size_path.unlink(missing_ok=True)
+                lock_path.unlink(missing_ok=True)  # before unlocking: a newcomer makes a fresh one
+                self._blobs.unlock(lock)
+
+        work = lead() if lock is not None else self._follow(fill, temp_path, size_path, lock_path)
 
         async def drive() -> None:
             try:
                 async with asyncio.timeout(timeout):
-                    await run(fill)
+                    await work
             except asyncio.TimeoutError:
                 fill.fail(Unavailable(f"fill of {digest} exceeded {timeout:.0f}s"))
-            except (OCIError, Exception) as exc:  # every waiter gets the same outcome
-                if not isinstance(exc, OCIError):
-                    log.exception("fill of %s failed", digest)
-                fill.fail(exc)
             except asyncio.CancelledError:
                 fill.fail(FillFailed("cancelled at shutdown"))
                 raise
+            except Exception as exc:  # every waiter gets the same outcome
+                if not isinstance(exc, OCIError):
+                    log.exception("fill of %s failed", digest)
+                fill.fail(exc)
             finally:
                 if self._fills.get(key) is fill:
                     del self._fills[key]
+                if isinstance(fill.writer, RemoteProgress):
+                    fill.writer.close()
 
         self._tasks.spawn(drive(), name=f"fill {digest}")
         return fill
+
+    async def _follow(self, fill: Fill, temp_path: Path, size_path: Path, lock_path: Path) -> None:
+        """Follow another process's fill of the same digest until its blob is committed."""
+        final = self._blobs.path(fill.digest)
+        progress = RemoteProgress(temp_path)
+        while not fill.started.done():
+            if final.exists():
+                fill.finish(final)
+                return
+            try:
+                announced = int(size_path.read_text() or "-1")
+            except (FileNotFoundError, ValueError):
+                announced = None
+            if announced is not None:
+                fill.begin(progress, announced if announced >= 0 else None)
+                break
+            if self._leader_gone(lock_path):
+                raise Unavailable(f"the worker filling {fill.digest} gave up; try again")
+            await asyncio.sleep(_POLL)
+        while True:
+            try:
+                progress.advance(os.stat(temp_path).st_size)
+            except FileNotFoundError:
+                pass
+            if final.exists():
+                progress.advance(final.stat().st_size)
+                fill.finish(final)
+                return
+            if self._leader_gone(lock_path):
+                if final.exists():
+                    continue
+                raise Unavailable(f"the worker filling {fill.digest} failed")
+            await asyncio.sleep(_POLL)
+
+    def _leader_gone(self, lock_path: Path) -> bool:
+        fd = self._blobs.try_lock(lock_path)
+        if fd is None:
+            return False
+        self._blobs.unlock(fd)
+        return True

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
@@ -87,7 +88,7 @@ class PullThroughRegistry:
         self._limits = limits
         self._tasks = tasks
         self._flights = SingleFlight()
-        self.fills = FillGroup(tasks)
+        self.fills = FillGroup(tasks, blobs)
 
     # helpers ---------------------------------------------------------------------------------
     def _upstream(self, target: Target) -> Upstream:
@@ -367,8 +368,10 @@ class PullThroughRegistry:
         else:
             if head:
                 return await self._head_upstream_blob(upstream, target, digest, client, negative_key)
-            fill = self.fills.start(digest, lambda f: self._run_fill(f, upstream, target, credential, public),
-                                    self._cache.fill_timeout)
+            fill = self.fills.start(
+                digest, lambda f, temp, size_file: self._run_fill(f, temp, size_file, upstream, target,
+                                                                  credential, public),
+                self._cache.fill_timeout)
             try:
                 await asyncio.shield(fill.started)
             except BlobUnknown:
@@ -394,9 +397,9 @@ class PullThroughRegistry:
         self._count("blob", "miss")
         return BlobResult(digest, response.content_length, cache_status="miss")
 
-    async def _run_fill(self, fill: Fill, upstream: Upstream, target: Target,
-                        credential: Credential | None, public: bool) -> None:
-        """Download one blob into the store; readers follow ``fill`` while it runs."""
+    async def _run_fill(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
+                        target: Target, credential: Credential | None, public: bool) -> None:
+        """Download one blob into the store; readers here and in other workers follow it."""
         response = await upstream.request("GET", target.repo, f"blobs/{fill.digest}", credential,
                                           not_found=BlobUnknown)
         writer = None
@@ -404,11 +407,11 @@ class PullThroughRegistry:
             size = response.content_length
             if size is not None and size > self._limits.max_layer_bytes:
                 raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
-            writer = self._blobs.new_writer(fill.digest.algorithm,
+            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path,
                                             max_size=size if size is not None else self._limits.max_layer_bytes)
-            fill.writer, fill.size = writer, size
+            size_path.write_text(str(size if size is not None else -1))
             self._meta.grant(str(fill.digest), target.scope, public)
-            fill.started.set_result(None)
+            fill.begin(writer, size)
             self._metrics.fills_in_flight.inc()
             received = self._metrics.upstream_bytes.labels(upstream.name)
             try:
@@ -425,7 +428,7 @@ class PullThroughRegistry:
                                   f"{type(exc).__name__}") from None
             finally:
                 self._metrics.fills_in_flight.dec()
-            fill.done.set_result(path)
+            fill.finish(path)
         except BaseException:
             if writer is not None and not writer.closed:
                 writer.abort()

@@ -9,6 +9,7 @@ path that exists is always complete. Manifests are stored here too, byte-exact.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import time
@@ -30,9 +31,10 @@ class BlobWriter:
     ``written`` and ``wait_for`` let readers follow the file while it grows (streaming fills).
     """
 
-    def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None):
+    def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None,
+                 temp_path: Path | None = None):
         self._store = store
-        self.temp_path = store.tmp_dir / f"{uuid.uuid4().hex}.part"
+        self.temp_path = temp_path or store.tmp_dir / f"{uuid.uuid4().hex}.part"
         self._file = open(self.temp_path, "wb", buffering=0)
         self.algorithm = algorithm
         self._hasher = hashlib.new(algorithm)
@@ -118,8 +120,33 @@ class BlobStore:
         except FileNotFoundError:
             return None
 
-    def new_writer(self, algorithm: str = "sha256", max_size: int | None = None) -> BlobWriter:
-        return BlobWriter(self, algorithm, max_size)
+    def new_writer(self, algorithm: str = "sha256", max_size: int | None = None,
+                   temp_path: Path | None = None) -> BlobWriter:
+        return BlobWriter(self, algorithm, max_size, temp_path)
+
+    def fill_paths(self, digest: Digest) -> tuple[Path, Path, Path]:
+        """Where a fill of ``digest`` keeps its data, its announced size, and its leader lock.
+
+        The names are fixed per digest so that other worker processes can find and follow a
+        fill that one process leads.
+        """
+        stem = self.tmp_dir / f"fill-{digest.algorithm}-{digest.hex}"
+        return stem.with_suffix(".part"), stem.with_suffix(".size"), stem.with_suffix(".lock")
+
+    def try_lock(self, lock_path: Path) -> int | None:
+        """Take an exclusive, non-blocking flock; the fd holds it (None: another holder has it)."""
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    @staticmethod
+    def unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
     def put_bytes(self, data: bytes, expected: Digest) -> Path:
         """Store small content (manifests) after verifying its digest."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterator, Mapping
 
 import pytest
 
@@ -100,16 +100,37 @@ async def fake_upstream(aiohttp_server) -> FakeUpstreamFactory:
 
 
 
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request Wharf answered, as a client sent it and as Wharf answered it (headers included)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    request_headers: dict[str, str]   # repeated headers joined with ", "
+    response_headers: dict[str, str]
+
+
 @dataclass
 class Wharf:
-    """A running Wharf under pytest-aiohttp: its base URL, app, and a client session to it."""
+    """A running Wharf under pytest-aiohttp: its base URL, app, and a client session to it.
+
+    ``seen`` lists every request Wharf answered, in order, so tests can check what real clients
+    sent (``?ns=``, ``Accept``) and what Wharf answered them.
+    """
 
     url: str
     app: object
     client: object  # aiohttp TestClient
+    seen: list[SeenRequest] = field(default_factory=list)
 
     def upstream_name(self, upstream_url: str) -> str:
         return upstream_url.split("://", 1)[1]
+
+
+def _joined(headers) -> dict[str, str]:
+    return {key: ", ".join(headers.getall(key)) for key in headers.keys()}
 
 
 WharfFactory = Callable[..., Awaitable[Wharf]]
@@ -120,23 +141,37 @@ async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
     """Factory: ``await make_wharf(upstream_url, ...)`` starts Wharf with that upstream.
 
     The upstream's name is its ``host:port`` (so clients address it as a path prefix);
-    keyword arguments override config keys (``cache={...}``, ``default_upstream=...``, ...).
+    ``named_upstreams={"docker.io": url}`` adds upstreams under names of the test's choosing;
+    ``port=`` listens on that 127.0.0.1 port instead of a random one (for daemons configured
+    before Wharf starts); other keyword arguments override config keys (``cache={...}``,
+    ``default_upstream=...``, ...).
     """
     from proxy.app import create_app
     from proxy.config import config_from_dict
 
     counter = 0
 
-    async def start(*upstream_urls: str, upstream_options: dict | None = None, **overrides) -> Wharf:
+    async def start(*upstream_urls: str, upstream_options: dict | None = None,
+                    named_upstreams: Mapping[str, str] | None = None, port: int | None = None,
+                    **overrides) -> Wharf:
         nonlocal counter
         counter += 1
-        upstreams = [{"name": url.split("://", 1)[1], "url": url, "tag_ttl": 300, **(upstream_options or {})}
-                     for url in upstream_urls]
+        named = [(url.split("://", 1)[1], url) for url in upstream_urls]
+        named += list((named_upstreams or {}).items())
+        upstreams = [{"name": name, "url": url, "tag_ttl": 300, **(upstream_options or {})}
+                     for name, url in named]
         data = {"listen": "127.0.0.1:0", "storage": {"root": str(tmp_path / f"wharf{counter}")},
                 "upstreams": upstreams, "default_upstream": None, "log": {"access_log": False}}
         data.update(overrides)
         app = create_app(config_from_dict(data))
-        client = await aiohttp_client(app)
-        return Wharf(str(client.make_url("")).rstrip("/"), app, client)
+        seen: list[SeenRequest] = []
+
+        async def record(request, response) -> None:
+            seen.append(SeenRequest(request.method, request.path, dict(request.query), response.status,
+                                    _joined(request.headers), _joined(response.headers)))
+
+        app.on_response_prepare.append(record)
+        client = await aiohttp_client(app, server_kwargs={"port": port} if port else None)
+        return Wharf(str(client.make_url("")).rstrip("/"), app, client, seen)
 
     return start

@@ -15,6 +15,7 @@ from proxy.http import keys
 from proxy.http.routes import setup_routes
 from proxy.metrics import Metrics
 from proxy.registry.addressing import Addressing
+from proxy.registry.gc import collect
 from proxy.registry.local import LocalRegistry
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
@@ -23,6 +24,7 @@ from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
+from proxy.storage.uploads import UploadStore
 from proxy.upstream.client import Upstream
 
 log = logging.getLogger("wharf")
@@ -31,13 +33,16 @@ BLOBS = web.AppKey("blobs", BlobStore)
 META = web.AppKey("meta", MetaStore)
 BUDGET = web.AppKey("budget", Budget)
 TASKS = web.AppKey("tasks", BackgroundTasks)
+UPLOADS = web.AppKey("uploads", UploadStore)
 
 
 async def _periodic(interval: float, action) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            action()
+            result = action()
+            if asyncio.iscoroutine(result):
+                await result
         except Exception:
             log.exception("periodic %s failed", getattr(action, "__name__", action))
 
@@ -55,7 +60,8 @@ def create_app(config: Config) -> web.Application:
     budget.scan()
     blobs.on_added = budget.added
     tasks = BackgroundTasks()
-    local = LocalRegistry(blobs, meta)
+    uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes)
+    local = LocalRegistry(blobs, meta, uploads)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
@@ -67,6 +73,10 @@ def create_app(config: Config) -> web.Application:
     app[keys.REGISTRY] = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
                                              config.cache, config.limits, tasks)
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
+    app[UPLOADS] = uploads
+
+    async def gc_pass() -> None:
+        await collect(blobs, meta, uploads, config.gc.grace_seconds)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
@@ -74,13 +84,17 @@ def create_app(config: Config) -> web.Application:
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics)
-        flusher = asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times))
+        periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
+                    asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire))]
+        if config.gc.interval_seconds:
+            periodic.append(asyncio.ensure_future(_periodic(config.gc.interval_seconds, gc_pass)))
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in periodic:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await tasks.close()
             await session.close()
             blobs.flush_access_times()

@@ -104,6 +104,13 @@ class LimitsConfig(_Frozen):
         return parse_size(value)
 
 
+class GcConfig(_Frozen):
+    """Garbage collection of pushed content no manifest references, and of expired uploads."""
+
+    interval_seconds: float = Field(default=3600, ge=0)  # background pass every so often; 0: never
+    grace_seconds: float = Field(default=3600, ge=0)     # content linked more recently is never collected
+
+
 class LogConfig(_Frozen):
     level: str = "info"
     access_log: bool = True
@@ -118,6 +125,7 @@ class Config(_Frozen):
     redis: RedisConfig = RedisConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
+    gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
 
     @field_validator("listen")

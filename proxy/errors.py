@@ -58,6 +58,10 @@ class ManifestUnknown(OCIError):
     code, status, default_message = "MANIFEST_UNKNOWN", 404, "manifest unknown to registry"
 
 
+class ManifestTooLarge(OCIError):
+    code, status, default_message = "SIZE_INVALID", 413, "manifest is larger than the registry accepts"
+
+
 class NameInvalid(OCIError):
     code, status, default_message = "NAME_INVALID", 400, "invalid repository name"
 

@@ -6,7 +6,7 @@ import time
 
 from aiohttp import web
 
-from proxy.http import auth, ops, pull
+from proxy.http import auth, ops, pull, push
 from proxy.http.errors import error_middleware
 from proxy.http.keys import METRICS
 
@@ -42,10 +42,21 @@ def setup_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/v2/", pull.base, name="base")
     r.add_get("/v2", pull.base, name="base_noslash")
+    r.add_get("/v2/_catalog", push.catalog, name="catalog")
+    r.add_post(f"/v2/{_NAME}/blobs/uploads/", push.start_upload, name="upload_start")
+    r.add_post(f"/v2/{_NAME}/blobs/uploads", push.start_upload, name="upload_start_noslash")
+    _upload = f"/v2/{_NAME}/blobs/uploads/{{upload_id}}"
+    r.add_route("PATCH", _upload, push.upload_chunk, name="upload_chunk")
+    r.add_route("PUT", _upload, push.finish_upload, name="upload_finish")
+    r.add_route("GET", _upload, push.upload_status, name="upload_status")
+    r.add_route("DELETE", _upload, push.cancel_upload, name="upload_cancel")
     r.add_route("GET", f"/v2/{_NAME}/manifests/{{reference}}", pull.manifest, name="manifest")
     r.add_route("HEAD", f"/v2/{_NAME}/manifests/{{reference}}", pull.manifest, name="manifest_head")
+    r.add_route("PUT", f"/v2/{_NAME}/manifests/{{reference}}", push.put_manifest, name="manifest_put")
+    r.add_route("DELETE", f"/v2/{_NAME}/manifests/{{reference}}", push.delete_manifest, name="manifest_delete")
     r.add_route("GET", f"/v2/{_NAME}/blobs/{{digest}}", pull.blob, name="blob")
     r.add_route("HEAD", f"/v2/{_NAME}/blobs/{{digest}}", pull.blob, name="blob_head")
+    r.add_route("DELETE", f"/v2/{_NAME}/blobs/{{digest}}", push.delete_blob, name="blob_delete")
     r.add_get(f"/v2/{_NAME}/tags/list", pull.tags, name="tags", allow_head=True)
     r.add_get(f"/v2/{_NAME}/referrers/{{digest}}", pull.referrers, name="referrers", allow_head=True)
     r.add_get("/token", auth.token, name="token")

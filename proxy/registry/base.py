@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable, ContextManager, Protocol
+from typing import AsyncIterable, AsyncIterator, Callable, ContextManager, Protocol
 
 from proxy.oci.digest import Digest
 from proxy.upstream.auth import Credential
@@ -68,6 +68,36 @@ class ReferrersResult:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class UploadState:
+    """Where a blob upload session stands: its id and how many bytes it holds."""
+
+    id: str
+    offset: int
+
+
+@dataclass(slots=True)
+class PushedManifest:
+    digest: Digest
+    tags: list[str] = field(default_factory=list)
+    subject: Digest | None = None
+
+
+@dataclass(slots=True)
+class CatalogPage:
+    repositories: list[str]
+    next_query: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A request body on its way into an upload: the bytes, and what the client declared."""
+
+    data: AsyncIterable[bytes]
+    start: int | None = None   # first byte's offset, from Content-Range
+    length: int | None = None  # from Content-Length or Content-Range
+
+
 class Registry(Protocol):
     """Everything a pull handler may ask; handlers never know which implementation they hold."""
 
@@ -80,3 +110,27 @@ class Registry(Protocol):
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
                         client: Client) -> ReferrersResult: ...
+
+    # push and manage: only local targets accept these; upstream ones raise Denied ----------------
+    async def start_upload(self, target: Target, algorithm: str, client: Client) -> UploadState: ...
+
+    async def mount_blob(self, target: Target, digest: Digest, source: Target | None,
+                         client: Client) -> bool: ...
+
+    async def upload_chunk(self, target: Target, upload_id: str, chunk: Chunk, client: Client) -> UploadState: ...
+
+    async def upload_status(self, target: Target, upload_id: str, client: Client) -> UploadState: ...
+
+    async def finish_upload(self, target: Target, upload_id: str, digest: Digest, chunk: Chunk | None,
+                            client: Client) -> Digest: ...
+
+    async def cancel_upload(self, target: Target, upload_id: str, client: Client) -> None: ...
+
+    async def put_manifest(self, target: Target, reference: str, body: bytes, content_type: str | None,
+                           tags: list[str], client: Client) -> PushedManifest: ...
+
+    async def delete_manifest(self, target: Target, reference: str, client: Client) -> None: ...
+
+    async def delete_blob(self, target: Target, digest: Digest, client: Client) -> None: ...
+
+    async def catalog(self, n: int | None, last: str | None, client: Client) -> CatalogPage: ...

@@ -1,26 +1,45 @@
-"""The embedded registry: repositories whose content was pushed to Wharf (read side).
+"""The embedded registry: repositories whose content was pushed to Wharf.
 
 A blob or manifest is visible in a local repository only when that repository links it
-(``MetaStore.grant`` with the repository's scope); the push path records those links.
+(``MetaStore.grant`` with the repository's scope). Links are made by a finished upload, a mount
+and a manifest push, and removed by the DELETE endpoints; ``wharf gc`` removes content no
+repository's manifests reference any more. Everything pushed is marked pushed before it enters
+the blob store, so the cache budget never evicts it.
+
+Rules of the push path:
+- a manifest is accepted only when every blob and child manifest it names is linked in the same
+  repository, except non-distributable (foreign) layers, which are taken as they are, and the
+  ``subject``, which may name anything (the referrers API answers for unknown subjects too);
+- a manifest pushed by digest must hash to that digest (with that digest's algorithm); one pushed
+  by tag is named by its sha256;
+- a mount links a blob that is readable in the source: linked there when the source is local,
+  cached as public content when it is an upstream repository; an anonymous mount (no ``from``)
+  takes any blob linked in some local repository.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from urllib.parse import urlencode
 
-from proxy.errors import BlobUnknown, ManifestUnknown, NameUnknown
+from proxy.errors import (BlobUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge,
+                          ManifestUnknown, NameUnknown, OCIError)
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import OCI_INDEX, accepts
+from proxy.oci.media import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, accepts, parse_manifest
 from proxy.oci.names import validate_tag
-from proxy.registry.base import BlobResult, Client, ManifestResult, ReferrersResult, TagsPage, Target
+from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
+                                 ReferrersResult, TagsPage, Target, UploadState)
 from proxy.storage.blobs import BlobStore
-from proxy.storage.meta import MetaStore
+from proxy.storage.meta import MetaStore, TagRecord
+from proxy.storage.uploads import UploadStore
 
 
 class LocalRegistry:
-    def __init__(self, blobs: BlobStore, meta: MetaStore) -> None:
+    def __init__(self, blobs: BlobStore, meta: MetaStore, uploads: UploadStore) -> None:
         self._blobs = blobs
         self._meta = meta
+        self._uploads = uploads
 
     def is_local_repo(self, name: str) -> bool:
         return bool(self._meta.document(f"repo:{name}"))
@@ -54,16 +73,16 @@ class LocalRegistry:
                           reading=lambda: self._blobs.reading(digest), cache_status="local")
 
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
-        tags = self._meta.document(f"repo:{target.repo}")
-        if not tags:
+        record = self._meta.repo(target.repo)
+        if record is None:
             raise NameUnknown(f"repository {target.repo} is not known")
-        names = sorted(t for t in tags.get("tags", []) if last is None or t > last)
-        link = None
-        if n is not None and len(names) > n:
-            names = names[:n]
-            link = f"n={n}&last={names[-1]}" if names else None
+        names, link = _page(record.get("tags", []), n, last)
         body = json.dumps({"name": target.repo, "tags": names}).encode()
         return TagsPage(body, link, "local")
+
+    async def catalog(self, n: int | None, last: str | None, client: Client) -> CatalogPage:
+        names, link = _page(self._meta.catalog(), n, last)
+        return CatalogPage(names, link)
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
                         client: Client) -> ReferrersResult:
@@ -73,3 +92,167 @@ class LocalRegistry:
         body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found}).encode()
         return ReferrersResult(body, OCI_INDEX, "artifactType" if artifact_type else None,
                                cache_status="local")
+
+    # uploads -----------------------------------------------------------------------------------
+    def _link_blob(self, target: Target, digest: Digest) -> None:
+        self._meta.mark_pushed(str(digest))
+        self._meta.grant(str(digest), target.scope, False)
+        self._meta.ensure_repo(target.repo)
+
+    async def start_upload(self, target: Target, algorithm: str, client: Client) -> UploadState:
+        session = self._uploads.create(target.repo, algorithm)
+        return UploadState(session.id, 0)
+
+    async def mount_blob(self, target: Target, digest: Digest, source: Target | None, client: Client) -> bool:
+        """Link a blob readable elsewhere into ``target``; False when it cannot (the client uploads it)."""
+        if self._blobs.size(digest) is None:
+            return False
+        visibility = self._meta.visibility(str(digest))
+        if source is None:
+            allowed = any(scope.startswith("/") for scope in visibility.repos)
+        elif source.upstream is None:
+            allowed = source.scope in visibility.repos
+        else:
+            allowed = visibility.public and source.scope in visibility.repos
+        if not allowed:
+            return False
+        self._link_blob(target, digest)
+        return True
+
+    async def upload_chunk(self, target: Target, upload_id: str, chunk: Chunk, client: Client) -> UploadState:
+        session = self._uploads.get(target.repo, upload_id)
+        offset = await self._uploads.append(session, chunk.data, chunk.start, chunk.length)
+        return UploadState(session.id, offset)
+
+    async def upload_status(self, target: Target, upload_id: str, client: Client) -> UploadState:
+        session = self._uploads.get(target.repo, upload_id)
+        self._uploads.touch(session)
+        return UploadState(session.id, session.offset)
+
+    async def finish_upload(self, target: Target, upload_id: str, digest: Digest, chunk: Chunk | None,
+                            client: Client) -> Digest:
+        """Append the last chunk (if any), verify, mark pushed, then move the data into the store."""
+        session = self._uploads.get(target.repo, upload_id)
+        if chunk is not None:
+            try:
+                await self._uploads.append(session, chunk.data, chunk.start, chunk.length)
+            except OCIError:
+                raise
+            except Exception:
+                self._uploads.cancel(session)  # the closing request broke: nothing to resume
+                raise
+        path, size = await self._uploads.finish(session, digest)
+        self._meta.mark_pushed(str(digest))  # before the store sees it: never evicted
+        if self._blobs.size(digest) is None:
+            self._blobs.adopt(path, digest, size)
+        else:
+            self._uploads.discard(path)
+        self._link_blob(target, digest)
+        return digest
+
+    async def cancel_upload(self, target: Target, upload_id: str, client: Client) -> None:
+        self._uploads.cancel(self._uploads.get(target.repo, upload_id))
+
+    # manifests ---------------------------------------------------------------------------------
+    async def put_manifest(self, target: Target, reference: str, body: bytes, content_type: str | None,
+                           tags: list[str], client: Client) -> PushedManifest:
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise ManifestTooLarge(f"a manifest may be at most {MAX_MANIFEST_BYTES} bytes")
+        tags = [validate_tag(t) for t in tags]
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            actual = Digest.of(body, digest.algorithm)
+            if actual != digest:
+                raise DigestInvalid(f"manifest has digest {actual}, not {digest}")
+        else:
+            tags.insert(0, validate_tag(reference))
+            digest = Digest.of(body)
+        header_type = (content_type or "").split(";")[0].strip().lower()
+        parsed = parse_manifest(body, header_type if header_type in MANIFEST_TYPES else None)
+        media_type = header_type if header_type in MANIFEST_TYPES else parsed.media_type
+        if media_type not in MANIFEST_TYPES:
+            raise ManifestInvalid(f"unsupported manifest media type {media_type[:100]!r}")
+        self._check_references(target, parsed)
+        # commit: everything below is synchronous, so gc never sees half of it
+        for descriptor in (*parsed.blobs, *parsed.manifests):
+            if self._linked(target, descriptor.digest):
+                self._meta.mark_pushed(str(descriptor.digest))  # renews gc's grace for what it names
+        self._meta.mark_pushed(str(digest))
+        if self._blobs.size(digest) is None:
+            self._blobs.put_bytes(body, digest)
+        self._meta.set_manifest_type(str(digest), media_type)
+        self._meta.grant(str(digest), target.scope, False)
+        self._meta.add_repo_manifest(target.repo, str(digest))
+        now = time.time()
+        for tag in dict.fromkeys(tags):
+            self._meta.set_tag(target.scope, tag, TagRecord(str(digest), media_type, len(body), now))
+            self._meta.add_repo_tag(target.repo, tag)
+        subject = parsed.subject.digest if parsed.subject else None
+        if subject is not None:
+            descriptor = {"mediaType": media_type, "digest": str(digest), "size": len(body)}
+            if parsed.artifact_type:
+                descriptor["artifactType"] = parsed.artifact_type
+            if parsed.annotations:
+                descriptor["annotations"] = parsed.annotations
+            self._meta.add_referrer(target.scope, str(subject), descriptor)
+        return PushedManifest(digest, list(dict.fromkeys(tags)), subject)
+
+    def _check_references(self, target: Target, parsed) -> None:
+        for descriptor in parsed.blobs:
+            if descriptor.non_distributable:
+                continue
+            if self._blobs.size(descriptor.digest) is None or not self._linked(target, descriptor.digest):
+                raise ManifestBlobUnknown(f"blob {descriptor.digest} is not in {target.repo}",
+                                          detail={"digest": str(descriptor.digest)})
+        for descriptor in parsed.manifests:
+            if (self._meta.manifest_type(str(descriptor.digest)) is None
+                    or self._blobs.size(descriptor.digest) is None
+                    or not self._linked(target, descriptor.digest)):
+                raise ManifestBlobUnknown(f"manifest {descriptor.digest} is not in {target.repo}",
+                                          detail={"digest": str(descriptor.digest)})
+
+    async def delete_manifest(self, target: Target, reference: str, client: Client) -> None:
+        """By tag: remove the tag. By digest: remove the manifest from the repository, with its tags."""
+        record = self._meta.repo(target.repo)
+        if record is None:
+            raise NameUnknown(f"repository {target.repo} is not known")
+        if not is_digest(reference):
+            tag = validate_tag(reference)
+            if self._meta.tag(target.scope, tag) is None:
+                raise ManifestUnknown(f"tag {tag} unknown in {target.repo}")
+            self._meta.delete_tag(target.scope, tag)
+            self._meta.remove_repo_tag(target.repo, tag)
+            return
+        digest = Digest.parse(reference)
+        if self._meta.manifest_type(str(digest)) is None or not self._linked(target, digest):
+            raise ManifestUnknown(f"manifest {digest} unknown in {target.repo}")
+        for tag in list(record.get("tags", [])):
+            tagged = self._meta.tag(target.scope, tag)
+            if tagged is not None and tagged.digest == str(digest):
+                self._meta.delete_tag(target.scope, tag)
+                self._meta.remove_repo_tag(target.repo, tag)
+        self._meta.revoke(str(digest), target.scope)
+        self._meta.remove_repo_manifest(target.repo, str(digest))
+        body = self._blobs.read_bytes(digest)
+        if body is not None:
+            try:
+                parsed = parse_manifest(body, self._meta.manifest_type(str(digest)))
+            except OCIError:
+                parsed = None
+            if parsed is not None and parsed.subject is not None:
+                self._meta.remove_referrer(target.scope, str(parsed.subject.digest), str(digest))
+
+    async def delete_blob(self, target: Target, digest: Digest, client: Client) -> None:
+        """Unlink a blob from the repository; the bytes go when gc finds nothing else needs them."""
+        if self._blobs.size(digest) is None or not self._linked(target, digest):
+            raise BlobUnknown(f"blob {digest} unknown in {target.repo}")
+        self._meta.revoke(str(digest), target.scope)
+
+
+def _page(names: list[str], n: int | None, last: str | None) -> tuple[list[str], str | None]:
+    """Sorted names after ``last``, at most ``n``; the query of the next page when there is more."""
+    found = sorted(name for name in names if last is None or name > last)
+    if n is None or len(found) <= n:
+        return found, None
+    found = found[:n]
+    return found, (urlencode({"n": n, "last": found[-1]}) if found else None)

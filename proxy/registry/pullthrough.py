@@ -29,14 +29,14 @@ from typing import Awaitable, Callable
 from urllib.parse import urlencode, urlsplit
 
 from proxy.config import CacheConfig, LimitsConfig
-from proxy.errors import (BlobUnknown, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
+from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
                           SizeInvalid, TooManyRequests, Unavailable, UpstreamInvalid)
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import MAX_MANIFEST_BYTES, OCI_INDEX, UPSTREAM_ACCEPT, accepts
 from proxy.oci.names import validate_tag
-from proxy.registry.base import (BlobResult, Client, ManifestResult, ReferrersResult, Registry,
-                                 TagsPage, Target)
+from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
+                                 ReferrersResult, Registry, TagsPage, Target, UploadState)
 from proxy.registry.fills import Fill, FillGroup
 from proxy.registry.tasks import BackgroundTasks, SingleFlight
 from proxy.storage.blobs import BlobStore
@@ -492,3 +492,44 @@ class PullThroughRegistry:
             return ReferrersResult(EMPTY_INDEX, OCI_INDEX)
         body = self._blobs.read_bytes(Digest.parse(record.digest)) or EMPTY_INDEX
         return ReferrersResult(body, OCI_INDEX)
+
+    # push and manage: local repositories only; upstreams are read-only mirrors ---------------
+    def _local_only(self, target: Target, action: str) -> Registry:
+        if target.upstream is not None:
+            raise Denied(f"{action} refused: {target.upstream}/{target.repo} is in the namespace of the "
+                         f"upstream registry {target.upstream}, which Wharf only mirrors; push to a "
+                         f"repository name without the {target.upstream}/ prefix or ns= instead")
+        return self._local
+
+    async def start_upload(self, target: Target, algorithm: str, client: Client) -> UploadState:
+        return await self._local_only(target, "push").start_upload(target, algorithm, client)
+
+    async def mount_blob(self, target: Target, digest: Digest, source: Target | None, client: Client) -> bool:
+        return await self._local_only(target, "push").mount_blob(target, digest, source, client)
+
+    async def upload_chunk(self, target: Target, upload_id: str, chunk: Chunk, client: Client) -> UploadState:
+        return await self._local_only(target, "push").upload_chunk(target, upload_id, chunk, client)
+
+    async def upload_status(self, target: Target, upload_id: str, client: Client) -> UploadState:
+        return await self._local_only(target, "push").upload_status(target, upload_id, client)
+
+    async def finish_upload(self, target: Target, upload_id: str, digest: Digest, chunk: Chunk | None,
+                            client: Client) -> Digest:
+        return await self._local_only(target, "push").finish_upload(target, upload_id, digest, chunk, client)
+
+    async def cancel_upload(self, target: Target, upload_id: str, client: Client) -> None:
+        await self._local_only(target, "push").cancel_upload(target, upload_id, client)
+
+    async def put_manifest(self, target: Target, reference: str, body: bytes, content_type: str | None,
+                           tags: list[str], client: Client) -> PushedManifest:
+        return await self._local_only(target, "push").put_manifest(target, reference, body, content_type,
+                                                                   tags, client)
+
+    async def delete_manifest(self, target: Target, reference: str, client: Client) -> None:
+        await self._local_only(target, "delete").delete_manifest(target, reference, client)
+
+    async def delete_blob(self, target: Target, digest: Digest, client: Client) -> None:
+        await self._local_only(target, "delete").delete_blob(target, digest, client)
+
+    async def catalog(self, n: int | None, last: str | None, client: Client) -> CatalogPage:
+        return await self._local.catalog(n, last, client)

@@ -8,6 +8,8 @@ authorization answers, negative answers) live in ``proxy.storage.shared``.
 
 from __future__ import annotations
 
+import bisect
+import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
@@ -102,12 +104,94 @@ class MetaStore:
         current.public = current.public or public
         self._set(f"vis:{digest}", {"public": current.public, "repos": sorted(current.repos)})
 
+    def revoke(self, digest: str, scope: str) -> None:
+        """Unlink ``digest`` from ``scope`` (a deleted blob or manifest); the rest stays."""
+        current = self.visibility(digest)
+        if scope not in current.repos:
+            return
+        current.repos.discard(scope)
+        if current.repos or current.public:
+            self._set(f"vis:{digest}", {"public": current.public, "repos": sorted(current.repos)})
+        else:
+            self._delete(f"vis:{digest}")
+
     # pushed content --------------------------------------------------------------------------
     def is_pushed(self, digest: str) -> bool:
         return bool(self._get(f"pushed:{digest}"))
 
     def mark_pushed(self, digest: str) -> None:
-        self._set(f"pushed:{digest}", True)
+        """Pushed content is never evicted; the value is when it was last linked (for gc's grace)."""
+        self._set(f"pushed:{digest}", time.time())
+
+    def pushed_at(self, digest: str) -> float | None:
+        """When ``digest`` was last pushed or linked, read from disk (another process may have linked it)."""
+        value = self._disk.get(f"pushed:{digest}")
+        if value is None:
+            return None
+        return 0.0 if value is True else float(value)
+
+    def unmark_pushed(self, digest: str) -> None:
+        self._delete(f"pushed:{digest}")
+
+    # local repositories ----------------------------------------------------------------------
+    # ``repo:<name>`` -> {"tags": [sorted tags], "manifests": [sorted digests]}; ``catalog`` -> sorted
+    # names; ``referrers:/<name>:<subject>`` -> descriptors of the manifests naming that subject.
+    def repo(self, name: str) -> dict | None:
+        return self.document(f"repo:{name}")
+
+    def catalog(self) -> list[str]:
+        return list(self.document("catalog") or [])
+
+    def ensure_repo(self, name: str) -> dict:
+        """The repository's index, created (and listed in the catalog) on first use."""
+        record = self.repo(name)
+        if record is None:
+            record = {"tags": [], "manifests": []}
+            self.set_document(f"repo:{name}", record)
+            names = self.catalog()
+            if name not in names:
+                bisect.insort(names, name)
+                self.set_document("catalog", names)
+        return record
+
+    def _update_repo_list(self, name: str, key: str, value: str, present: bool) -> None:
+        record = dict(self.ensure_repo(name))
+        items = list(record.get(key, []))
+        index = bisect.bisect_left(items, value)
+        found = index < len(items) and items[index] == value
+        if present and not found:
+            items.insert(index, value)
+        elif not present and found:
+            del items[index]
+        else:
+            return
+        record[key] = items
+        self.set_document(f"repo:{name}", record)
+
+    def add_repo_manifest(self, name: str, digest: str) -> None:
+        self._update_repo_list(name, "manifests", digest, True)
+
+    def remove_repo_manifest(self, name: str, digest: str) -> None:
+        self._update_repo_list(name, "manifests", digest, False)
+
+    def add_repo_tag(self, name: str, tag: str) -> None:
+        self._update_repo_list(name, "tags", tag, True)
+
+    def remove_repo_tag(self, name: str, tag: str) -> None:
+        self._update_repo_list(name, "tags", tag, False)
+
+    def add_referrer(self, scope: str, subject: str, descriptor: dict) -> None:
+        key = f"referrers:{scope}:{subject}"
+        found = [d for d in self.document(key) or [] if d.get("digest") != descriptor["digest"]]
+        found.append(descriptor)
+        self.set_document(key, found)
+
+    def remove_referrer(self, scope: str, subject: str, digest: str) -> None:
+        key = f"referrers:{scope}:{subject}"
+        found = self.document(key) or []
+        kept = [d for d in found if d.get("digest") != digest]
+        if len(kept) != len(found):
+            self.set_document(key, kept)
 
     # opaque documents (tag lists kept for stale serving) -------------------------------------
     def document(self, key: str) -> Any:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
-
-from aiohttp import web
 
 from proxy.config import ConfigError, load_config
 
@@ -19,21 +16,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"wharf: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log.level.upper(), format="%(message)s" if config.log.access_log else None)
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-    from proxy.app import create_app
-    from proxy.http.accesslog import JsonAccessLogger
+    logging.basicConfig(level=config.log.level.upper(), format="%(message)s")
+    from proxy.server import serve
 
-    config.storage.root.mkdir(parents=True, exist_ok=True)
-    app = create_app(config)
-    access_log = logging.getLogger("wharf.access") if config.log.access_log else None
-    print(f"wharf: serving on {config.listen}, store at {os.path.abspath(config.storage.root)}", file=sys.stderr)
-    web.run_app(app, host=config.host, port=config.port, access_log=access_log,
-                access_log_class=JsonAccessLogger, print=None, reuse_port=config.workers > 1)
+    serve(config)
     return 0
 
 

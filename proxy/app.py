@@ -53,9 +53,9 @@ def create_app(config: Config) -> web.Application:
     metrics = Metrics()
     root = config.storage.root
     blobs = BlobStore(root)
-    blobs.clean_tmp()
     meta = MetaStore(root / "meta")
-    shared = SharedCache(config.redis.url)
+    # several workers on one machine share short-lived facts through diskcache, replicas through Redis
+    shared = SharedCache(config.redis.url, root / "shared" if config.workers > 1 else None)
     budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)
     budget.scan()
     blobs.on_added = budget.added

@@ -210,10 +210,20 @@ class PullThroughRegistry:
                               name=f"revalidate {target.scope}:{tag}")
             self._count("tag", "stale")
             return record, "stale"
+        flight = ("revalidate", target.scope, tag, self._cred_id(upstream, client))
+        lock_key = None
+        if not self._flights.running(flight):
+            lock_key = f"lock:{target.scope}:{tag}"
+            if not await self._shared.add(lock_key, 1, upstream.config.read_timeout + 5):
+                lock_key = None
+                # another worker or replica is revalidating this tag right now: its answer is
+                # moments away, and what we hold was right until just now
+                if await self._may_serve_stale(target, record.digest, client, upstream):
+                    self._count("tag", "coalesced")
+                    return record, "coalesced"
         try:
             fresh, joined = await self._coalesced(
-                "tag", ("revalidate", target.scope, tag, self._cred_id(upstream, client)),
-                lambda: self._revalidate(upstream, target, tag, client, record))
+                "tag", flight, lambda: self._revalidate(upstream, target, tag, client, record))
         except _STALE_ERRORS:
             if await self._may_serve_stale(target, record.digest, client, upstream):
                 self._count("tag", "stale")
@@ -222,6 +232,9 @@ class PullThroughRegistry:
         except ManifestUnknown:
             self._meta.delete_tag(target.scope, tag)
             raise
+        finally:
+            if lock_key is not None:
+                await self._shared.delete(lock_key)
         if not joined:
             self._count("tag", "revalidated")
         return fresh, "revalidated"

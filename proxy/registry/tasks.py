@@ -44,6 +44,9 @@ class SingleFlight:
     def __init__(self) -> None:
         self._running: dict[Hashable, asyncio.Future] = {}
 
+    def running(self, key: Hashable) -> bool:
+        return key in self._running
+
     async def run(self, key: Hashable, factory: Callable[[], Awaitable[Any]]) -> tuple[Any, bool]:
         """Return (result, joined): joined is True when this caller merged into a running call."""
         running = self._running.get(key)

@@ -2,28 +2,64 @@
 
 Built on aiocache so the same calls run against either backend. Keys carry a purpose prefix:
 ``fresh:`` (a tag upstream confirmed within its TTL), ``authz:`` (a credential may read a
-repository), ``neg:`` (upstream said 404), ``tok:`` (a token Wharf issued), ``rl:`` (rate limits).
-Every value has a TTL; nothing here is needed after a restart.
+repository), ``neg:`` (upstream said 404), ``tok:`` (a token Wharf issued),
+``lock:`` (one worker or replica revalidates a tag at a time). Every value has a TTL; nothing
+here is needed after a restart.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import diskcache
 
 from aiocache import Cache
 from aiocache.serializers import JsonSerializer
 
 
-class SharedCache:
-    """A TTL key/value cache; ``add`` is atomic (set-if-absent) on both backends."""
+class _DiskBackend:
+    """diskcache (SQLite) with expiry: shared by the worker processes of one machine."""
 
-    def __init__(self, redis_url: str | None = None, namespace: str = "wharf:") -> None:
-        self.backend = "redis" if redis_url else "memory"
+    def __init__(self, directory: Path) -> None:
+        self._cache = diskcache.Cache(str(directory), eviction_policy="none")
+
+    async def get(self, key: str) -> Any:
+        return self._cache.get(key)
+
+    async def set(self, key: str, value: Any, ttl: float) -> None:
+        self._cache.set(key, value, expire=ttl)
+
+    async def add(self, key: str, value: Any, ttl: float) -> bool:
+        return bool(self._cache.add(key, value, expire=ttl))
+
+    async def delete(self, key: str) -> None:
+        self._cache.delete(key)
+
+    async def close(self) -> None:
+        self._cache.expire()
+        self._cache.close()
+
+
+class SharedCache:
+    """A TTL key/value cache; ``add`` is atomic (set-if-absent) on every backend.
+
+    Backends: Redis when a URL is configured (shared by replicas), diskcache when several worker
+    processes share one machine, otherwise process memory.
+    """
+
+    def __init__(self, redis_url: str | None = None, disk_dir: Path | None = None,
+                 namespace: str = "wharf:") -> None:
         if redis_url:
+            self.backend = "redis"
             self._cache = Cache.from_url(redis_url)
             self._cache.serializer = JsonSerializer()
             self._cache.namespace = namespace
+        elif disk_dir is not None:
+            self.backend = "disk"
+            self._cache = _DiskBackend(disk_dir)
         else:
+            self.backend = "memory"
             self._cache = Cache(Cache.MEMORY, serializer=JsonSerializer(), namespace=namespace)
 
     async def get(self, key: str) -> Any:
@@ -45,7 +81,7 @@ class SharedCache:
         await self._cache.delete(key)
 
     async def ping(self) -> bool:
-        if self.backend == "memory":
+        if self.backend != "redis":
             return True
         try:
             await self._cache.exists("ping")

@@ -1,0 +1,98 @@
+"""Running the app: one listening socket, one or several worker processes sharing it.
+
+The parent prepares the store (removing temporary files a crash left) and binds the socket
+before forking, so workers never race each other at start. Workers coordinate through the
+store: fills by flock, tag revalidation and short-lived facts through the shared cache
+(diskcache on one machine, Redis across replicas). A worker that dies is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.storage.blobs import BlobStore
+
+log = logging.getLogger("wharf")
+
+
+def _bind(config: Config) -> socket.socket:
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_worker(config: Config, sock: socket.socket) -> None:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    from proxy.app import create_app
+    from proxy.http.accesslog import JsonAccessLogger
+
+    access_log = logging.getLogger("wharf.access") if config.log.access_log else None
+    web.run_app(create_app(config), sock=sock, access_log=access_log,
+                access_log_class=JsonAccessLogger, print=None)
+
+
+def serve(config: Config) -> None:
+    """Serve until SIGINT/SIGTERM with ``config.workers`` processes."""
+    config.storage.root.mkdir(parents=True, exist_ok=True)
+    BlobStore(config.storage.root).clean_tmp()
+    sock = _bind(config)
+    print(f"wharf: serving on {config.listen} with {config.workers} worker(s), "
+          f"store at {os.path.abspath(config.storage.root)}", file=sys.stderr)
+    if config.workers == 1:
+        _run_worker(config, sock)
+        return
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                _run_worker(config, sock)
+            finally:
+                os._exit(0)
+        children[pid] = slot
+
+    def stop(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for slot in range(config.workers):
+        spawn(slot)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is not None and not stopping:
+            log.warning("worker %d exited (status %d); starting another", pid, status)
+            time.sleep(0.5)
+            spawn(slot)

@@ -1,0 +1,108 @@
+"""Several worker processes on one store: still one upstream download per blob and one HEAD per
+tag; and the real `wharf serve` command with two workers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import yaml
+
+from support.fake_upstream import Fault
+from support.images import MANIFEST_ACCEPT, make_image, push_image
+
+REPO = "team/app"
+
+
+async def _two_workers(make_wharf, upstream_url, root, **options):
+    """Two apps on one storage root, configured as workers of one server (diskcache shared)."""
+    common = {"storage": {"root": str(root)}, "workers": 2, **options}
+    return await make_wharf(upstream_url, **common), await make_wharf(upstream_url, **common)
+
+
+async def test_workers_share_one_blob_download(fake_upstream, make_wharf, tmp_path):
+    fake = await fake_upstream()
+    data = os.urandom(400_000)
+    digest = fake.add_blob(REPO, data)
+    fake.fault(fake.blob_path(REPO, digest), Fault(bytes_per_second=800_000))
+    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store")
+    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/blobs/{digest}"
+
+    async def pull(wharf) -> bytes:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(wharf.url + path) as resp:
+                assert resp.status == 200
+                return await resp.read()
+
+    bodies = await asyncio.gather(*(pull(w) for w in (first, second) * 3))
+    assert all(hashlib.sha256(b).hexdigest() == digest.split(":")[1] for b in bodies)
+    assert fake.count("GET", fake.blob_path(REPO, digest)) == 1
+
+
+async def test_workers_revalidate_a_tag_once(fake_upstream, make_wharf, tmp_path):
+    fake = await fake_upstream()
+    image = make_image("workers", (100,))
+    fake.add_image(REPO, image, tag="1.0")
+    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store",
+                                       upstream_options={"tag_ttl": 0.3})
+    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/manifests/1.0"
+    await first.client.get(path)
+    await second.client.get(path)
+    assert fake.count("GET", fake.manifest_path(REPO, "1.0")) == 1, "the second worker fetched again"
+    await asyncio.sleep(0.4)
+    fake.fault(fake.manifest_path(REPO, "1.0"), Fault(bytes_per_second=1_000, methods=("HEAD",)))
+    results = await asyncio.gather(*(w.client.get(path) for w in (first, second) * 4))
+    assert all(r.status == 200 for r in results)
+    assert fake.count("HEAD", fake.manifest_path(REPO, "1.0")) == 1
+    assert fake.count("GET", fake.manifest_path(REPO, "1.0")) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_wharf_serve_command_with_two_workers(registry_upstream, repo_name, tmp_path):
+    image = make_image("serve", (3000, 5000))
+    await push_image(registry_upstream, repo_name, image, tag="v1")
+    upstream = registry_upstream.split("://", 1)[1]
+    port = _free_port()
+    config = tmp_path / "wharf.yaml"
+    config.write_text(yaml.safe_dump({
+        "listen": f"127.0.0.1:{port}", "workers": 2, "storage": {"root": str(tmp_path / "data")},
+        "upstreams": [{"name": upstream, "url": registry_upstream}], "default_upstream": upstream}))
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    async with session.get(base + "/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline, "wharf serve did not become ready"
+                await asyncio.sleep(0.2)
+            for _ in range(4):  # prefix-less name: the default upstream
+                async with session.get(f"{base}/v2/{repo_name}/manifests/v1",
+                                       headers={"Accept": MANIFEST_ACCEPT}) as resp:
+                    assert resp.status == 200 and await resp.read() == image.manifest
+                for layer in image.layers:
+                    async with session.get(f"{base}/v2/{repo_name}/blobs/{layer.digest}") as resp:
+                        assert await resp.read() == layer.data
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert "2 worker(s)" in output

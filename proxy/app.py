@@ -68,7 +68,7 @@ def create_app(config: Config) -> web.Application:
     app[keys.SHARED] = shared
     app[keys.TOKENS] = TokenService(shared)
     app[keys.UPSTREAMS] = upstreams
-    app[keys.ADDRESSING] = Addressing([u.name for u in config.upstreams], config.default_upstream,
+    app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream,
                                       local.is_local_repo)
     app[keys.REGISTRY] = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
                                              config.cache, config.limits, tasks)

@@ -54,6 +54,7 @@ class UpstreamConfig(_Frozen):
     password: str | None = Field(default=None, repr=False)
     password_env: str | None = None
     password_file: str | None = None
+    aliases: tuple[str, ...] = ()  # other names clients may use in a path prefix or ns=
     realm_hosts: tuple[str, ...] = ()
     connect_timeout: float = Field(default=10, gt=0)
     read_timeout: float = Field(default=60, gt=0)
@@ -139,9 +140,10 @@ class Config(_Frozen):
     @model_validator(mode="after")
     def _upstream_names(self) -> "Config":
         names = [u.name for u in self.upstreams]
-        duplicates = {n for n in names if names.count(n) > 1}
+        every = names + [a for u in self.upstreams for a in u.aliases]
+        duplicates = {n for n in every if every.count(n) > 1}
         if duplicates:
-            raise ValueError(f"upstreams: duplicate name(s) {sorted(duplicates)}")
+            raise ValueError(f"upstreams: duplicate name(s) or alias(es) {sorted(duplicates)}")
         if self.default_upstream is not None and self.default_upstream not in names:
             raise ValueError(f"default_upstream: {self.default_upstream!r} is not one of the upstreams {names}")
         return self
@@ -153,6 +155,10 @@ class Config(_Frozen):
     @property
     def port(self) -> int:
         return int(self.listen.rpartition(":")[2])
+
+    def upstream_names(self) -> dict[str, str]:
+        """Every name or alias a client may use, mapped to the upstream's name."""
+        return {alias: u.name for u in self.upstreams for alias in (u.name, *u.aliases)}
 
     def upstream(self, name: str) -> UpstreamConfig | None:
         for upstream in self.upstreams:

@@ -11,7 +11,8 @@ from proxy.registry.addressing import Addressing
 from proxy.registry.base import Target
 from support.images import MANIFEST_ACCEPT, make_image, make_index, push_image
 
-NAMES = ["docker.io", "ghcr.io", "127.0.0.1:5000"]
+NAMES = {"docker.io": "docker.io", "ghcr.io": "ghcr.io", "127.0.0.1:5000": "127.0.0.1:5000",
+         "mirror.local": "127.0.0.1:5000"}
 
 
 @pytest.mark.parametrize("name, ns, default, expected", [
@@ -19,6 +20,8 @@ NAMES = ["docker.io", "ghcr.io", "127.0.0.1:5000"]
     ("docker.io/alpine", None, None, Target("docker.io", "library/alpine")),
     ("docker.io/someorg/tool", None, None, Target("docker.io", "someorg/tool")),
     ("127.0.0.1:5000/a/b", None, None, Target("127.0.0.1:5000", "a/b")),
+    ("mirror.local/a/b", None, None, Target("127.0.0.1:5000", "a/b")),
+    ("a/b", "mirror.local", None, Target("127.0.0.1:5000", "a/b")),
     ("owner/img", "ghcr.io", None, Target("ghcr.io", "owner/img")),
     ("alpine", "docker.io", None, Target("docker.io", "library/alpine")),
     ("alpine", None, "docker.io", Target("docker.io", "library/alpine")),

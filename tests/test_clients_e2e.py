@@ -44,7 +44,7 @@ from support.servers import _die_with_parent, free_port, require_binary
 
 pytestmark = pytest.mark.clients
 
-ALIAS = "upstream.test"          # a port-less name for the upstream, usable as a path prefix
+ALIAS = "upstream.test"          # a port-less alias of the upstream, usable as a path prefix
 CLIENT_TIMEOUT = 60.0            # one client command
 DAEMON_START_TIMEOUT = 30.0
 DAEMON_STOP_TIMEOUT = 10.0
@@ -333,7 +333,7 @@ def skopeo_files(clients_dir: Path, registries_conf: str = "") -> list[str]:
 async def test_skopeo_path_prefix(registry_upstream, make_wharf, repo_name, clients_dir, tmp_path):
     skopeo = require_binary("skopeo")
     pushed = await push_pair(registry_upstream, repo_name)
-    wharf = await make_wharf(registry_upstream, named_upstreams={ALIAS: registry_upstream})
+    wharf = await make_wharf(registry_upstream, upstream_options={"aliases": [ALIAS]})
     wharf_host = wharf.url.split("://", 1)[1]
     env = client_env(clients_dir / "home")
     options = skopeo_files(clients_dir)
@@ -363,7 +363,7 @@ async def test_skopeo_path_prefix(registry_upstream, make_wharf, repo_name, clie
 async def test_skopeo_registries_conf_mirror(registry_upstream, make_wharf, repo_name, clients_dir, tmp_path):
     skopeo = require_binary("skopeo")
     pushed = await push_pair(registry_upstream, repo_name)
-    wharf = await make_wharf(registry_upstream, named_upstreams={ALIAS: registry_upstream})
+    wharf = await make_wharf(registry_upstream, upstream_options={"aliases": [ALIAS]})
     wharf_host = wharf.url.split("://", 1)[1]
     upstream_host = wharf.upstream_name(registry_upstream)
     env = client_env(clients_dir / "home")

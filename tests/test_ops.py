@@ -7,7 +7,7 @@ import json
 import logging
 import os
 
-from proxy.app import BLOBS
+from proxy.app import BLOBS, BUDGET
 from support.images import make_image, push_image
 
 REPO = "team/app"
@@ -131,3 +131,31 @@ async def test_redis_shares_tag_freshness_and_tokens(make_wharf, fake_upstream, 
     # a token issued by one replica works on the other
     resp = await second.client.get(f"/v2/{name}/manifests/{tag}", headers={"Authorization": f"Bearer {token}"})
     assert resp.status == 200 and await resp.read() == image.manifest
+
+
+async def test_eviction_skips_a_blob_that_is_being_read(make_wharf, fake_upstream, tmp_path):
+    import aiohttp
+
+    fake = await fake_upstream()
+    big = os.urandom(16 * 1024 * 1024)
+    small = [os.urandom(3 * 1024 * 1024) for _ in range(3)]
+    big_digest = fake.add_blob(REPO, big)
+    small_digests = [fake.add_blob(REPO, data) for data in small]
+    wharf = await make_wharf(fake.url, storage={"root": str(tmp_path / "s"), "max_cache_bytes": 20 * 1024 * 1024})
+    name = f"{wharf.upstream_name(fake.url)}/{REPO}"
+    blobs = wharf.app[BLOBS]
+    big_path = blobs.blob_dir / "sha256" / big_digest.split(":")[1]
+    await (await wharf.client.get(f"/v2/{name}/blobs/{big_digest}")).read()  # cached, least recent
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{wharf.url}/v2/{name}/blobs/{big_digest}") as slow_reader:
+            first = await slow_reader.content.readexactly(64 * 1024)  # then stop reading for a while
+            for digest in small_digests:  # 16 + 9 MiB > 20 MiB budget: the big blob is the LRU one
+                await (await wharf.client.get(f"/v2/{name}/blobs/{digest}")).read()
+            assert big_path.exists(), "evicted while a client was still reading it"
+            rest = await slow_reader.read()
+    assert first + rest == big
+    # once nobody reads it, the next eviction may take it
+    await (await wharf.client.get(f"/v2/{name}/blobs/{small_digests[0]}")).read()
+    blobs.flush_access_times()
+    wharf.app[BUDGET].evict()
+    assert not big_path.exists()

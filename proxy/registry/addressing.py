@@ -12,7 +12,7 @@ On docker.io a single-component repository means ``library/<name>``.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Mapping
 
 from proxy.errors import NameUnknown
 from proxy.oci.names import validate_name
@@ -29,18 +29,18 @@ def _normalise(upstream: str, repo: str) -> str:
 
 
 class Addressing:
-    """Turns (path name, ns) into a Target using the configured upstream names."""
+    """Turns (path name, ns) into a Target using the configured upstream names and aliases."""
 
-    def __init__(self, upstream_names: Iterable[str], default_upstream: str | None,
+    def __init__(self, upstream_names: Mapping[str, str], default_upstream: str | None,
                  is_local_repo: Callable[[str], bool]) -> None:
-        self._names = set(upstream_names)
+        self._names = dict(upstream_names)  # name or alias -> upstream name
         self._default = default_upstream
         self._is_local_repo = is_local_repo
-        self._hub_name = next((n for n in self._names if n in _HUB_ALIASES), None)
+        self._hub_name = next((n for a, n in self._names.items() if a in _HUB_ALIASES), None)
 
     def _upstream_for(self, host: str) -> str | None:
         if host in self._names:
-            return host
+            return self._names[host]
         if host in _HUB_ALIASES:
             return self._hub_name
         return None

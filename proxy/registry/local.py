@@ -26,7 +26,8 @@ from urllib.parse import urlencode
 from proxy.errors import (BlobUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge,
                           ManifestUnknown, NameUnknown, OCIError)
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, accepts, parse_manifest
+from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, accepts,
+                             parse_manifest)
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, TagsPage, Target, UploadState)
@@ -172,6 +173,8 @@ class LocalRegistry:
         media_type = header_type if header_type in MANIFEST_TYPES else parsed.media_type
         if media_type not in MANIFEST_TYPES:
             raise ManifestInvalid(f"unsupported manifest media type {media_type[:100]!r}")
+        if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
+            raise ManifestInvalid("an image manifest must have a config descriptor")
         self._check_references(target, parsed)
         # commit: everything below is synchronous, so gc never sees half of it
         for descriptor in (*parsed.blobs, *parsed.manifests):

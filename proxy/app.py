@@ -76,7 +76,9 @@ def create_app(config: Config) -> web.Application:
     app[UPLOADS] = uploads
 
     async def gc_pass() -> None:
-        await collect(blobs, meta, uploads, config.gc.grace_seconds)
+        report = await collect(blobs, meta, uploads, config.gc.grace_seconds)
+        if report.removed or report.released_to_cache:
+            budget.scan()  # recount pushed and cached bytes after content left or changed hands
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)

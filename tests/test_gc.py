@@ -184,3 +184,20 @@ async def test_wharf_gc_command(make_wharf, repo_name, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "proxy", "gc", "--config", str(tmp_path / "none.yaml")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2
+
+
+async def test_background_pass_collects_and_recounts_the_budget(make_wharf, repo_name):
+    from proxy.app import BUDGET
+
+    wharf = await make_wharf(gc={"interval_seconds": 0.2, "grace_seconds": 0})
+    image = make_image("gc-background", (40_000,))
+    await push_image(wharf.url, repo_name, image, tag="x")
+    budget = wharf.app[BUDGET]
+    pushed = budget.pushed_bytes
+    assert pushed >= len(image.manifest) + sum(len(b) for b in image.blobs.values())
+    await wharf.client.delete(f"/v2/{repo_name}/manifests/{image.digest}")
+    deadline = asyncio.get_running_loop().time() + 5
+    while stored(wharf, image.layers[0].digest) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    assert not any(stored(wharf, d) for d in (image.digest, *image.blobs))
+    assert budget.pushed_bytes == pushed - len(image.manifest) - sum(len(b) for b in image.blobs.values())

@@ -39,5 +39,16 @@ class Metrics:
         self.store_budget = Gauge("wharf_store_budget_bytes", "Size budget for cached content",
                                   registry=r)
         self.evictions = Counter("wharf_evictions", "Blobs evicted under the size budget", registry=r)
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
         self.evicted_bytes = Counter("wharf_evicted_bytes", "Bytes evicted under the size budget",
                                      registry=r)
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count a request and its duration; labelled children are looked up once, then kept."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.request_seconds.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -40,11 +40,15 @@ def _run_worker(config: Config, sock: socket.socket) -> None:
     except ImportError:
         pass
     from proxy.app import create_app
-    from proxy.http.accesslog import JsonAccessLogger
+    from proxy.http.accesslog import AccessLogSink, JsonAccessLogger
 
-    access_log = logging.getLogger("wharf.access") if config.log.access_log else None
-    web.run_app(create_app(config), sock=sock, access_log=access_log,
-                access_log_class=JsonAccessLogger, print=None)
+    sink = AccessLogSink() if config.log.access_log else None
+    try:
+        web.run_app(create_app(config), sock=sock, access_log=sink,
+                    access_log_class=JsonAccessLogger, print=None)
+    finally:
+        if sink is not None:
+            sink.flush()
 
 
 def serve(config: Config) -> None:

@@ -1,16 +1,13 @@
-"""The one writer of OCI error bodies, and the middleware that routes every failure through it."""
+"""The one writer of OCI error bodies."""
 
 from __future__ import annotations
 
 import json
-import logging
 
 from aiohttp import web
 
 from proxy.errors import OCIError, Unauthorized, Unsupported
 from proxy.http.keys import ERROR_CODE
-
-log = logging.getLogger("wharf.http")
 
 
 class RouteUnknown(OCIError):
@@ -39,18 +36,10 @@ def error_response(request: web.Request, error: OCIError) -> web.Response:
     return response
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except OCIError as error:
-        return error_response(request, error)
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            return error_response(request, RouteUnknown())
-        if exc.status == 405:
-            return error_response(request, Unsupported(f"{request.method} is not supported here"))
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(request, OCIError("internal error"))
+def http_exception_response(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own 404/405 (no such endpoint / method) in OCI form; anything else as it is."""
+    if exc.status == 404:
+        return error_response(request, RouteUnknown())
+    if exc.status == 405:
+        return error_response(request, Unsupported(f"{request.method} is not supported here"))
+    return exc

@@ -126,6 +126,7 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
     """A blob still being filled: stream it as it grows; abort the connection if the fill fails."""
     span = parse_range(request.headers.get("Range"), result.size)
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
+    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"  # prepared before the middleware sees it
     start, end = span if span else (0, result.size)
     if span:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{result.size}"

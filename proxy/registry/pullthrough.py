@@ -38,6 +38,7 @@ from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
 from proxy.registry.fills import Fill, FillGroup
+from proxy.registry.hot import HotManifest, HotSet
 from proxy.registry.tasks import BackgroundTasks, SingleFlight
 from proxy.storage.blobs import BlobStore
 from proxy.storage.meta import MetaStore, TagRecord
@@ -89,6 +90,7 @@ class PullThroughRegistry:
         self._tasks = tasks
         self._flights = SingleFlight()
         self.fills = FillGroup(tasks, blobs)
+        self._hot = HotSet()
 
     # helpers ---------------------------------------------------------------------------------
     def _upstream(self, target: Target) -> Upstream:
@@ -154,6 +156,10 @@ class PullThroughRegistry:
                        head: bool) -> ManifestResult:
         if target.upstream is None:
             return await self._local.manifest(target, reference, accept, client, head)
+        hot = self._hot_manifest(target, reference)
+        if hot is not None and accepts(accept, hot.media_type):
+            self._count("manifest" if is_digest(reference) else "tag", "hit")
+            return ManifestResult(hot.digest, hot.media_type, len(hot.body), None if head else hot.body, "hit")
         upstream = self._upstream(target)
         if is_digest(reference):
             digest = Digest.parse(reference)
@@ -164,15 +170,41 @@ class PullThroughRegistry:
             if not accepts(accept, record.media_type):
                 record, status = await self._manifest_for_accept(upstream, target, reference, accept, client)
         digest = Digest.parse(record.digest)
-        body = None
-        if not head:
+        body = self._blobs.read_bytes(digest)
+        if body is None:  # evicted between lookup and read: fetch it again
+            await self._fetch_manifest(upstream, target, str(digest), client)
             body = self._blobs.read_bytes(digest)
-            if body is None:  # evicted between lookup and read: fetch it again
-                await self._fetch_manifest(upstream, target, str(digest), client)
-                body = self._blobs.read_bytes(digest)
-                if body is None:
-                    raise Unavailable("manifest vanished from the store")
-        return ManifestResult(digest, record.media_type, record.size, body, status)
+            if body is None:
+                raise Unavailable("manifest vanished from the store")
+        if self._meta.visibility(record.digest).public:
+            self._hot.add_manifest(HotManifest(digest, record.media_type, body))
+        return ManifestResult(digest, record.media_type, record.size, None if head else body, status)
+
+    def _hot_manifest(self, target: Target, reference: str) -> HotManifest | None:
+        """A public manifest answered from memory: by digest, or by a tag that is still fresh."""
+        if not is_digest(reference):
+            reference = self._hot.fresh_digest(target.scope, reference)
+            if reference is None:
+                return None
+        hot = self._hot.manifest(reference)
+        if hot is None or not self._meta.visibility(reference).public:
+            return None
+        return hot
+
+    async def _is_fresh(self, target: Target, tag: str, digest: str) -> bool:
+        """Whether upstream confirmed ``tag`` → ``digest`` within the TTL (any worker or replica)."""
+        if self._hot.fresh_digest(target.scope, tag) == digest:
+            return True
+        value = await self._shared.get(f"fresh:{target.scope}:{tag}")
+        if not value or value[0] != digest:
+            return False
+        self._hot.set_fresh(target.scope, tag, digest, value[1])
+        return True
+
+    async def _mark_fresh(self, upstream: Upstream, target: Target, tag: str, digest: str) -> None:
+        until = time.time() + upstream.config.tag_ttl
+        self._hot.set_fresh(target.scope, tag, digest, until)
+        await self._shared.set(f"fresh:{target.scope}:{tag}", [digest, until], upstream.config.tag_ttl)
 
     async def _manifest_by_digest(self, upstream: Upstream, target: Target, digest: Digest,
                                   client: Client) -> tuple[TagRecord, str]:
@@ -201,7 +233,7 @@ class PullThroughRegistry:
             self._count("tag", "miss")
             return fetched, "miss"
         digest = Digest.parse(record.digest)
-        if await self._shared.get(f"fresh:{target.scope}:{tag}") == record.digest:
+        if await self._is_fresh(target, tag, record.digest):
             await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
             self._count("tag", "hit")
             return record, "hit"
@@ -267,7 +299,7 @@ class PullThroughRegistry:
             self._meta.grant(record.digest, target.scope, public)
             await self._shared.set(f"authz:{credential.id if credential else 'anon'}:{target.scope}", 1,
                                    self._cache.authz_ttl)
-            await self._shared.set(f"fresh:{target.scope}:{tag}", record.digest, upstream.config.tag_ttl)
+            await self._mark_fresh(upstream, target, tag, record.digest)
             return fresh
         fetched, _ = await self._fetch_manifest(upstream, target, tag, client, coalesce=False)
         return fetched
@@ -304,8 +336,7 @@ class PullThroughRegistry:
             record = await self._store_manifest(response, target, reference, public)
             if not is_digest(reference):
                 self._meta.set_tag(target.scope, reference, record)
-                await self._shared.set(f"fresh:{target.scope}:{reference}", record.digest,
-                                       upstream.config.tag_ttl)
+                await self._mark_fresh(upstream, target, reference, record.digest)
             await self._shared.set(f"authz:{cred_id}:{target.scope}", 1, self._cache.authz_ttl)
             return record
 

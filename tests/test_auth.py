@@ -130,3 +130,12 @@ async def test_basic_auth_upstream_docker_registry(auth_registry_upstream, make_
     # cached, but still not for anonymous clients
     resp = await wharf.client.get(path, headers={"Accept": MANIFEST_ACCEPT})
     assert resp.status == 401
+
+
+async def test_token_endpoint_checks_basic_credentials_at_a_basic_upstream(auth_registry_upstream, make_wharf):
+    wharf = await make_wharf(auth_registry_upstream.url)
+    scope = f"repository:{wharf.upstream_name(auth_registry_upstream.url)}/any/repo:pull"
+    resp = await wharf.client.get("/token", params={"scope": scope}, headers=basic(auth_registry_upstream.username, "nope"))
+    assert resp.status == 401
+    resp = await wharf.client.get("/token", params={"scope": scope}, headers=auth_registry_upstream.headers)
+    assert resp.status == 200 and (await resp.json())["token"]

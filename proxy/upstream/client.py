@@ -108,9 +108,16 @@ class Upstream:
         probe = await self._send("GET", f"{self.base_url}/v2/", pull_scope(repo), None, None, None)
         challenge = parse_challenge(probe.headers.get("WWW-Authenticate"))
         probe.release()
-        if probe.status == 401 and challenge is not None and challenge.scheme == "bearer":
-            self._challenge = challenge
+        if probe.status != 401 or challenge is None:
+            return
+        self._challenge = challenge
+        if challenge.scheme == "bearer":
             await self._fetch_token(challenge, pull_scope(repo), credential)
+        elif challenge.scheme == "basic":
+            answer = await self._send("GET", f"{self.base_url}/v2/", pull_scope(repo), credential, None, None)
+            answer.release()
+            if answer.status in (401, 403):
+                raise Unauthorized("upstream refused the credentials", detail={"upstream": self.name})
 
     # internals -------------------------------------------------------------------------------
     @staticmethod

@@ -89,6 +89,7 @@ class CacheConfig(_Frozen):
     negative_ttl: float = Field(default=30, ge=0)
     authz_ttl: float = Field(default=60, ge=0)
     low_quota_remaining: int = Field(default=10, ge=0)
+    revalidate_timeout: float = Field(default=3, gt=0)
     fill_timeout: float = Field(default=3600, gt=0)
     access_flush_interval: float = Field(default=30, gt=0)
 

@@ -188,3 +188,21 @@ async def test_client_accepting_only_docker_types_gets_upstream_answer_for_its_a
     # the fake, like a registry without conversion, has nothing of that type
     assert resp.status == 404
     assert (await resp.json())["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+
+
+async def test_hung_upstream_serves_stale_tag_after_the_revalidate_timeout(fake_upstream, make_wharf):
+    fake = await fake_upstream()
+    image = make_image("hung", (100,))
+    fake.add_image(REPO, image, tag="1.0")
+    wharf = await make_wharf(fake.url, upstream_options={"tag_ttl": 0.1, "read_timeout": 60},
+                             cache={"revalidate_timeout": 0.5})
+    name = f"{wharf.upstream_name(fake.url)}/{REPO}"
+    await wharf.client.get(f"/v2/{name}/manifests/1.0")
+    await asyncio.sleep(0.2)
+    fake.fault(ANY_PATH, Fault(hang=True))
+    resp = await asyncio.wait_for(wharf.client.get(f"/v2/{name}/manifests/1.0"), timeout=5)
+    assert resp.status == 200 and await resp.read() == image.manifest
+    # the revalidation is still waiting on upstream; others are not made to wait for it
+    resp = await asyncio.wait_for(wharf.client.head(f"/v2/{name}/manifests/1.0"), timeout=5)
+    assert resp.status == 200
+    assert fake.count("HEAD", fake.manifest_path(REPO, "1.0")) == 1

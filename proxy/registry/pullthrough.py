@@ -9,7 +9,9 @@ Cache policy, rule by rule:
   revalidated with a HEAD, and the manifest is fetched with GET only when the digest changed;
 - when upstream is rate-limited (429 / Retry-After) or its quota is below
   ``cache.low_quota_remaining``, a stale tag is served at once and revalidated in the background;
-- when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale;
+- when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale; a
+  revalidation that takes longer than ``cache.revalidate_timeout`` is left running in the
+  background and the stored answer is served meanwhile;
 - a 404 from upstream is remembered for ``cache.negative_ttl`` per credential;
 - concurrent requests for the same manifest or blob share one upstream request.
 
@@ -243,19 +245,33 @@ class PullThroughRegistry:
             self._count("tag", "stale")
             return record, "stale"
         flight = ("revalidate", target.scope, tag, self._cred_id(upstream, client))
-        lock_key = None
+        lock_key = f"lock:{target.scope}:{tag}"
+        owns_lock = False
         if not self._flights.running(flight):
-            lock_key = f"lock:{target.scope}:{tag}"
-            if not await self._shared.add(lock_key, 1, upstream.config.read_timeout + 5):
-                lock_key = None
+            owns_lock = await self._shared.add(lock_key, 1, upstream.config.read_timeout + 5)
+            if not owns_lock and await self._may_serve_stale(target, record.digest, client, upstream):
                 # another worker or replica is revalidating this tag right now: its answer is
                 # moments away, and what we hold was right until just now
-                if await self._may_serve_stale(target, record.digest, client, upstream):
-                    self._count("tag", "coalesced")
-                    return record, "coalesced"
+                self._count("tag", "coalesced")
+                return record, "coalesced"
+
+        async def revalidate() -> TagRecord:
+            try:
+                return await self._revalidate(upstream, target, tag, client, record)
+            finally:
+                if owns_lock:
+                    await self._shared.delete(lock_key)
+
         try:
-            fresh, joined = await self._coalesced(
-                "tag", flight, lambda: self._revalidate(upstream, target, tag, client, record))
+            try:
+                fresh, joined = await asyncio.wait_for(self._coalesced("tag", flight, revalidate),
+                                                       self._cache.revalidate_timeout)
+            except asyncio.TimeoutError:
+                # upstream is slow or hung: serve what we have; the revalidation goes on
+                if await self._may_serve_stale(target, record.digest, client, upstream):
+                    self._count("tag", "stale")
+                    return record, "stale"
+                fresh, joined = await self._coalesced("tag", flight, revalidate)
         except _STALE_ERRORS:
             if await self._may_serve_stale(target, record.digest, client, upstream):
                 self._count("tag", "stale")
@@ -264,9 +280,6 @@ class PullThroughRegistry:
         except ManifestUnknown:
             self._meta.delete_tag(target.scope, tag)
             raise
-        finally:
-            if lock_key is not None:
-                await self._shared.delete(lock_key)
         if not joined:
             self._count("tag", "revalidated")
         return fresh, "revalidated"

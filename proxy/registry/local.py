@@ -46,7 +46,7 @@ class LocalRegistry:
         return bool(self._meta.document(f"repo:{name}"))
 
     def _linked(self, target: Target, digest: Digest) -> bool:
-        return target.scope in self._meta.visibility(str(digest)).repos
+        return target.scope in self._meta.visibility(str(digest), fresh=True).repos
 
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
@@ -108,7 +108,7 @@ class LocalRegistry:
         """Link a blob readable elsewhere into ``target``; False when it cannot (the client uploads it)."""
         if self._blobs.size(digest) is None:
             return False
-        visibility = self._meta.visibility(str(digest))
+        visibility = self._meta.visibility(str(digest), fresh=True)
         if source is None:
             allowed = any(scope.startswith("/") for scope in visibility.repos)
         elif source.upstream is None:

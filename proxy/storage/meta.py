@@ -17,6 +17,9 @@ from typing import Any
 import diskcache
 
 _FRONT_LIMIT = 100_000
+# Local repositories change under every worker process at once (a push through one, a pull through
+# another): their records are always read from disk, never from this process's front.
+_LIVE_PREFIXES = ("tag:/", "doc:repo:", "doc:catalog", "doc:referrers:/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,8 @@ class MetaStore:
         self._disk.close()
 
     def _get(self, key: str) -> Any:
+        if key.startswith(_LIVE_PREFIXES):
+            return self._disk.get(key)
         try:
             return self._front[key]
         except KeyError:
@@ -61,6 +66,8 @@ class MetaStore:
 
     def _set(self, key: str, value: Any) -> None:
         self._disk.set(key, value)
+        if key.startswith(_LIVE_PREFIXES):
+            return
         if len(self._front) >= _FRONT_LIMIT:
             self._front.clear()
         self._front[key] = value
@@ -89,8 +96,9 @@ class MetaStore:
         self._delete(f"tag:{scope}:{tag}")
 
     # visibility ------------------------------------------------------------------------------
-    def visibility(self, digest: str) -> Visibility:
-        raw = self._get(f"vis:{digest}")
+    def visibility(self, digest: str, fresh: bool = False) -> Visibility:
+        """Who may see ``digest``; ``fresh`` reads disk (links another worker may just have changed)."""
+        raw = self._disk.get(f"vis:{digest}") if fresh else self._get(f"vis:{digest}")
         if not raw:
             return Visibility()
         return Visibility(raw["public"], set(raw["repos"]))
@@ -100,20 +108,24 @@ class MetaStore:
         current = self.visibility(digest)
         if scope in current.repos and (current.public or not public):
             return
-        current.repos.add(scope)
-        current.public = current.public or public
-        self._set(f"vis:{digest}", {"public": current.public, "repos": sorted(current.repos)})
+        with self._disk.transact():  # read-modify-write against other workers
+            current = self.visibility(digest, fresh=True)
+            current.repos.add(scope)
+            current.public = current.public or public
+            self._set(f"vis:{digest}", {"public": current.public, "repos": sorted(current.repos)})
 
     def revoke(self, digest: str, scope: str) -> None:
         """Unlink ``digest`` from ``scope`` (a deleted blob or manifest); the rest stays."""
-        current = self.visibility(digest)
-        if scope not in current.repos:
-            return
-        current.repos.discard(scope)
-        if current.repos or current.public:
-            self._set(f"vis:{digest}", {"public": current.public, "repos": sorted(current.repos)})
-        else:
-            self._delete(f"vis:{digest}")
+        with self._disk.transact():
+            current = self.visibility(digest, fresh=True)
+            if scope not in current.repos:
+                self._front.pop(f"vis:{digest}", None)
+                return
+            current.repos.discard(scope)
+            if current.repos or current.public:
+                self._set(f"vis:{digest}", {"public": current.public, "repos": sorted(current.repos)})
+            else:
+                self._delete(f"vis:{digest}")
 
     # pushed content --------------------------------------------------------------------------
     def is_pushed(self, digest: str) -> bool:
@@ -145,28 +157,33 @@ class MetaStore:
     def ensure_repo(self, name: str) -> dict:
         """The repository's index, created (and listed in the catalog) on first use."""
         record = self.repo(name)
-        if record is None:
-            record = {"tags": [], "manifests": []}
-            self.set_document(f"repo:{name}", record)
-            names = self.catalog()
-            if name not in names:
-                bisect.insort(names, name)
-                self.set_document("catalog", names)
+        if record is not None:
+            return record
+        with self._disk.transact():  # read-modify-write against other workers
+            record = self.repo(name)
+            if record is None:
+                record = {"tags": [], "manifests": []}
+                self.set_document(f"repo:{name}", record)
+                names = self.catalog()
+                if name not in names:
+                    bisect.insort(names, name)
+                    self.set_document("catalog", names)
         return record
 
     def _update_repo_list(self, name: str, key: str, value: str, present: bool) -> None:
-        record = dict(self.ensure_repo(name))
-        items = list(record.get(key, []))
-        index = bisect.bisect_left(items, value)
-        found = index < len(items) and items[index] == value
-        if present and not found:
-            items.insert(index, value)
-        elif not present and found:
-            del items[index]
-        else:
-            return
-        record[key] = items
-        self.set_document(f"repo:{name}", record)
+        with self._disk.transact():
+            record = dict(self.ensure_repo(name))
+            items = list(record.get(key, []))
+            index = bisect.bisect_left(items, value)
+            found = index < len(items) and items[index] == value
+            if present and not found:
+                items.insert(index, value)
+            elif not present and found:
+                del items[index]
+            else:
+                return
+            record[key] = items
+            self.set_document(f"repo:{name}", record)
 
     def add_repo_manifest(self, name: str, digest: str) -> None:
         self._update_repo_list(name, "manifests", digest, True)
@@ -182,16 +199,18 @@ class MetaStore:
 
     def add_referrer(self, scope: str, subject: str, descriptor: dict) -> None:
         key = f"referrers:{scope}:{subject}"
-        found = [d for d in self.document(key) or [] if d.get("digest") != descriptor["digest"]]
-        found.append(descriptor)
-        self.set_document(key, found)
+        with self._disk.transact():
+            found = [d for d in self.document(key) or [] if d.get("digest") != descriptor["digest"]]
+            found.append(descriptor)
+            self.set_document(key, found)
 
     def remove_referrer(self, scope: str, subject: str, digest: str) -> None:
         key = f"referrers:{scope}:{subject}"
-        found = self.document(key) or []
-        kept = [d for d in found if d.get("digest") != digest]
-        if len(kept) != len(found):
-            self.set_document(key, kept)
+        with self._disk.transact():
+            found = self.document(key) or []
+            kept = [d for d in found if d.get("digest") != digest]
+            if len(kept) != len(found):
+                self.set_document(key, kept)
 
     # opaque documents (tag lists kept for stale serving) -------------------------------------
     def document(self, key: str) -> Any:

@@ -16,7 +16,7 @@ import re
 from aiohttp import web
 
 from proxy.errors import (BlobUploadInvalid, DigestInvalid, ManifestTooLarge, NameInvalid, NameUnknown,
-                          OCIError, PaginationNumberInvalid, RangeInvalid)
+                          PaginationNumberInvalid, RangeInvalid)
 from proxy.http.keys import ADDRESSING, REGISTRY
 from proxy.http.pull import client_of
 from proxy.oci.digest import Digest

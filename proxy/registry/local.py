@@ -134,14 +134,8 @@ class LocalRegistry:
                             client: Client) -> Digest:
         """Append the last chunk (if any), verify, mark pushed, then move the data into the store."""
         session = self._uploads.get(target.repo, upload_id)
-        if chunk is not None:
-            try:
-                await self._uploads.append(session, chunk.data, chunk.start, chunk.length)
-            except OCIError:
-                raise
-            except Exception:
-                self._uploads.cancel(session)  # the closing request broke: nothing to resume
-                raise
+        if chunk is not None:  # a broken closing request keeps what arrived, like a PATCH
+            await self._uploads.append(session, chunk.data, chunk.start, chunk.length)
         path, size = await self._uploads.finish(session, digest)
         self._meta.mark_pushed(str(digest))  # before the store sees it: never evicted
         if self._blobs.size(digest) is None:

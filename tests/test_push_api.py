@@ -684,6 +684,9 @@ async def test_push_with_a_default_upstream_lands_locally(make_wharf, fake_upstr
     wharf = await make_wharf(fake.url, default_upstream=upstream)
     image = make_image("default-upstream", (100,))
     await push_image(wharf.url, repo_name, image, tag="v1")
+    # only the HEAD before the first upload could not know the repository is local
+    assert fake.count("HEAD") <= 1
+    assert fake.count("GET") == 0
     resp = await wharf.client.get(f"/v2/{repo_name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
     assert resp.status == 200
     assert await resp.read() == image.manifest

@@ -101,7 +101,9 @@ class LocalRegistry:
         self._meta.ensure_repo(target.repo)
 
     async def start_upload(self, target: Target, algorithm: str, client: Client) -> UploadState:
+        """A push makes the repository local at once, so a default upstream no longer answers for it."""
         session = self._uploads.create(target.repo, algorithm)
+        self._meta.ensure_repo(target.repo)
         return UploadState(session.id, 0)
 
     async def mount_blob(self, target: Target, digest: Digest, source: Target | None, client: Client) -> bool:

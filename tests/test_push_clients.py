@@ -177,7 +177,7 @@ async def test_ctr_push(make_wharf, repo_name, clients_dir, containerd, tmp_path
 
 
 async def test_oras_push_artifact_with_subject_then_referrers(make_wharf, repo_name, tmp_path):
-    oras_provider = pytest.importorskip("oras.provider")
+    oras_provider = pytest.importorskip("oras.provider", reason="python oras (PyPI) is a test dependency: pip install oras")
     import oras.oci
 
     wharf = await make_wharf()

@@ -131,6 +131,8 @@ class PullThroughRegistry:
                          client: Client, not_found: type[OCIError]) -> None:
         """Let the client see a stored object only if it is public or upstream confirms access."""
         visibility = self._meta.visibility(str(digest))
+        if not visibility.public:  # another worker may have learned more since this one looked
+            visibility = self._meta.visibility(str(digest), fresh=True)
         if visibility.public:
             return
         credential, public = self._effective(upstream, client)
@@ -234,6 +236,11 @@ class PullThroughRegistry:
                 return fetched, "coalesced"
             self._count("tag", "miss")
             return fetched, "miss"
+        if not await self._is_fresh(target, tag, record.digest):
+            latest = self._meta.tag(target.scope, tag, fresh=True)  # another worker may have moved it
+            if latest is not None and latest.digest != record.digest \
+                    and self._blobs.size(Digest.parse(latest.digest)) is not None:
+                record = latest
         digest = Digest.parse(record.digest)
         if await self._is_fresh(target, tag, record.digest):
             await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)

@@ -85,8 +85,15 @@ class MetaStore:
             self._set(f"mt:{digest}", media_type)
 
     # tags ------------------------------------------------------------------------------------
-    def tag(self, scope: str, tag: str) -> TagRecord | None:
-        raw = self._get(f"tag:{scope}:{tag}")
+    def tag(self, scope: str, tag: str, fresh: bool = False) -> TagRecord | None:
+        """A tag's record; ``fresh`` reads disk (another worker may just have updated it)."""
+        key = f"tag:{scope}:{tag}"
+        raw = self._get(key)
+        if fresh:
+            latest = self._disk.get(key)
+            if latest != raw and latest is not None and not key.startswith(_LIVE_PREFIXES):
+                self._front[key] = latest
+            raw = latest
         return TagRecord(**raw) if raw else None
 
     def set_tag(self, scope: str, tag: str, record: TagRecord) -> None:
@@ -98,7 +105,13 @@ class MetaStore:
     # visibility ------------------------------------------------------------------------------
     def visibility(self, digest: str, fresh: bool = False) -> Visibility:
         """Who may see ``digest``; ``fresh`` reads disk (links another worker may just have changed)."""
-        raw = self._disk.get(f"vis:{digest}") if fresh else self._get(f"vis:{digest}")
+        key = f"vis:{digest}"
+        raw = self._get(key)
+        if fresh:
+            latest = self._disk.get(key)
+            if latest is not None and latest != raw:
+                self._front[key] = latest
+            raw = latest
         if not raw:
             return Visibility()
         return Visibility(raw["public"], set(raw["repos"]))

@@ -16,7 +16,7 @@ Go itself comes from PyPI: ``python -m venv /tmp/gobin && /tmp/gobin/bin/pip ins
 Nothing is written inside the Wharf checkout.
 
     scripts/build_conformance.py --mirrors /work/.mirror --go /tmp/gobin/bin/go --out /tmp/conf
-    CONFORMANCE_BIN=/tmp/conf/conformance pytest tests/test_conformance.py
+    scripts/run_conformance.py /tmp/conf/conformance
 """
 
 from __future__ import annotations

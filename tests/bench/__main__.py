@@ -21,7 +21,7 @@ import psutil
 
 from . import imagegen, report, scenarios
 from .imagegen import Store
-from .profile import FULL, QUICK, RESULTS, SHM, WORK
+from .profile import FULL, PROJECT, QUICK, RESULTS, SHM, WORK
 from .results_model import Results
 from .servers import Upstream, Wharf
 
@@ -48,11 +48,19 @@ def machine() -> dict:
         _version(["docker-registry", "--version"]),
         _version(["skopeo", "--version"]),
         _version(["wrk", "--version"]).split(" Copyright")[0],
-        _version(["ab", "-V"]).split(",")[1].strip() if "," in _version(["ab", "-V"]) else "ab",
+        "ab " + _version(["ab", "-V"]).split("Version ")[-1].split()[0],
     ])
+    try:
+        commit = subprocess.run(["git", "-C", str(PROJECT), "log", "-1", "--format=%h %s"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()[:100]
+        dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain", "--", "proxy"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit += " (+ uncommitted changes in proxy/)" if dirty else ""
+    except Exception:
+        commit = "?"
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "kernel": platform.release(), "python": platform.python_version(), "tools": tools,
-            "hostname": platform.node()}
+            "hostname": platform.node(), "wharf_commit": commit}
 
 
 ALL = ["2", "1", "4", "5", "3", "6", "7"]

@@ -92,7 +92,9 @@ async def skopeo_pull(ref: str, timeout: float) -> tuple[bool, float, str]:
     if code is None:
         return False, secs, f"no answer in {timeout:.0f} s"
     if code != 0:
-        return False, secs, out.strip().splitlines()[-1][-300:] if out.strip() else f"exit {code}"
+        last = out.strip().splitlines()[-1] if out.strip() else f"exit {code}"
+        msg = re.search(r'msg="(.*)"', last)
+        return False, secs, (msg.group(1).split(": ", 1)[-1] if msg else last)[-300:]
     return True, secs, ""
 
 
@@ -216,3 +218,53 @@ async def fetch_status(url: str, method: str = "GET", accept: str | None = None,
         async with s.request(method, url, headers=headers) as r:
             await r.read()
             return r.status, dict(r.headers)
+
+
+def _raw_get_loop(host: str, port: int, path: str, seconds: float, bufsize: int = 4 * 2**20) -> tuple[float, int, int]:
+    """GET ``path`` again and again on one keep-alive connection for ``seconds``, reading with a big
+    buffer (wrk reads 8 KiB at a time and becomes the bottleneck for big blobs); whole responses only.
+    Returns (bytes per second over complete responses, responses, errors)."""
+    import socket
+    buf = bytearray(bufsize)
+    view = memoryview(buf)
+    req = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: wharf-bench\r\n\r\n".encode()
+    done_bytes, responses, errors = 0, 0, 0
+    t0 = time.monotonic()
+    sock = socket.create_connection((host, port), timeout=30)
+    try:
+        while time.monotonic() - t0 < seconds:
+            sock.sendall(req)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed in headers")
+                head += chunk
+            header, _, rest = head.partition(b"\r\n\r\n")
+            status = int(header.split(b" ", 2)[1])
+            length = None
+            for line in header.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    length = int(v.strip())
+            if status != 200 or length is None:
+                errors += 1
+                break
+            got = len(rest)
+            while got < length:
+                n = sock.recv_into(view, min(bufsize, length - got))
+                if not n:
+                    raise ConnectionError("closed in body")
+                got += n
+            done_bytes += length
+            responses += 1
+    finally:
+        sock.close()
+    elapsed = time.monotonic() - t0
+    return done_bytes / elapsed, responses, errors
+
+
+async def big_get(url: str, seconds: float) -> Load:
+    u = __import__("urllib.parse").parse.urlsplit(url)
+    bps, n, errors = await asyncio.to_thread(_raw_get_loop, u.hostname, u.port, u.path, seconds)
+    return Load(rps=n / seconds, p50_ms=float("nan"), p99_ms=float("nan"), requests=n, errors=errors, bytes_per_s=bps)

@@ -41,6 +41,9 @@ def markdown(data: dict) -> str:
         f"Machine: {m.get('cpu')} × {m.get('cores')} cores, {m.get('memory_gib')} GiB RAM, "
         f"Linux {m.get('kernel')}, Python {m.get('python')}; {m.get('tools')}.",
         "",
+        f"Wharf at `{m.get('wharf_commit', '?')}`, `workers: {data.get('config', {}).get('wharf_workers', 1)}`; "
+        f"{data.get('config', {}).get('reps', '?')} interleaved repetitions (test 1: 2 more).",
+        "",
         "Everything runs on 127.0.0.1 on this one machine, load generators included, so absolute "
         "numbers are noise; the ratios are the result. Medians of interleaved repetitions.",
         "",
@@ -49,13 +52,13 @@ def markdown(data: dict) -> str:
         "| test | what | goal | Wharf | references | |",
         "|---|---|---|---|---|---|",
     ]
-    for key, test in data["tests"].items():
+    for key, test in sorted(data["tests"].items()):
         for c in test["checks"]:
             verdict = {True: "✅", False: "❌ miss", None: "n/a"}[c["pass"]]
             lines.append(f"| {key.split('_')[0]} | {c['what']} | {c['goal']} | {_fmt(c['value'])} | "
                          f"{_fmt(c['references'])} | {verdict} |")
     lines += ["", "## Figures", ""]
-    for key, test in data["tests"].items():
+    for key, test in sorted(data["tests"].items()):
         lines += [f"### {key}: {test['title']}", ""]
         metrics = test["metrics"]
         if metrics:
@@ -100,7 +103,7 @@ def chart(data: dict, path: Path) -> None:
         ("3_concurrent_cold", ["upstream_copies"], "herd: upstream copies of the blob", False),
         ("4_manifest_digest", ["get_rps", "head_rps"], "manifest by digest GET / HEAD (req/s)", True),
         ("5_manifest_tag", ["get_rps", "head_rps"], "manifest by tag GET / HEAD (req/s)", True),
-        ("3_concurrent_cold", ["peak_rss_mib"], "herd: peak RSS (MiB)", True),
+        ("3_concurrent_cold", ["peak_rss_mib"], "herd: peak RSS of the process tree (MiB)", False),
         ("7_upstream_outage", ["down_pull_s", "hung_pull_s"], "pull, upstream down / hung (s; ✗ failed)", False),
     ]
     fig, axes = plt.subplots(2, 4, figsize=(18, 8))

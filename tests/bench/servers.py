@@ -203,7 +203,12 @@ http: {{addr: "{HOST}:{PORTS.registry}"}}
   access_log {self.access_log} front;
   upstream registry {{ server {HOST}:{PORTS.registry}; keepalive 64; }}
   server {{ listen {HOST}:{PORTS.front}; {proxy} }}
-  server {{ listen {HOST}:{PORTS.front_throttled}; limit_rate {self.throttle_bps}; {proxy} }}
+  server {{
+    listen {HOST}:{PORTS.front_throttled};
+    # limit_rate is not applied to unbuffered proxying: buffer in memory only, never to disk
+    limit_rate {self.throttle_bps};
+    {proxy.replace("proxy_buffering off;", "proxy_buffering on; proxy_max_temp_file_size 0;")}
+  }}
   server {{ listen {HOST}:{PORTS.front_status}; access_log off; location / {{ stub_status; }} }}
 """
         self.front = start_nginx(self.work / "front", nginx_main(self.work / "front", body))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import logging
 from typing import AsyncIterator
 
@@ -74,6 +75,9 @@ def create_app(config: Config) -> web.Application:
                                              config.cache, config.limits, tasks)
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
+    # threads that push stored blobs with os.sendfile; they mostly wait on sockets
+    sendfile_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sendfile")
+    app[keys.SENDFILE_POOL] = sendfile_pool
 
     async def gc_pass() -> None:
         report = await collect(blobs, meta, uploads, config.gc.grace_seconds)
@@ -99,6 +103,7 @@ def create_app(config: Config) -> web.Application:
                     await task
             await tasks.close()
             await session.close()
+            sendfile_pool.shutdown(wait=False, cancel_futures=True)
             blobs.flush_access_times()
             await shared.close()
             meta.close()

@@ -71,7 +71,7 @@ def _free_port() -> int:
 
 
 async def test_wharf_serve_command_with_two_workers(registry_upstream, repo_name, tmp_path):
-    image = make_image("serve", (3000, 5000))
+    image = make_image("serve", (3000, 3_000_000))  # the big layer goes out by sendfile under uvloop
     await push_image(registry_upstream, repo_name, image, tag="v1")
     upstream = registry_upstream.split("://", 1)[1]
     port = _free_port()
@@ -101,6 +101,10 @@ async def test_wharf_serve_command_with_two_workers(registry_upstream, repo_name
                 for layer in image.layers:
                     async with session.get(f"{base}/v2/{repo_name}/blobs/{layer.digest}") as resp:
                         assert await resp.read() == layer.data
+            big = image.layers[1]
+            async with session.get(f"{base}/v2/{repo_name}/blobs/{big.digest}",
+                                   headers={"Range": "bytes=1000000-"}) as resp:
+                assert resp.status == 206 and await resp.read() == big.data[1000000:]
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()

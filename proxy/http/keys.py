@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from aiohttp import web
 
 from proxy.config import Config
@@ -19,6 +21,7 @@ ADDRESSING = web.AppKey("addressing", Addressing)
 TOKENS = web.AppKey("tokens", TokenService)
 SHARED = web.AppKey("shared", SharedCache)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
+SENDFILE_POOL = web.AppKey("sendfile_pool", ThreadPoolExecutor)
 
 # per-request notes the access log and metrics read
 CACHE_STATUS = web.RequestKey("cache_status", str)

@@ -11,8 +11,9 @@ import re
 
 from aiohttp import web
 
-from proxy.errors import PaginationNumberInvalid, RangeInvalid
-from proxy.http.keys import ADDRESSING, CACHE_STATUS, METRICS, REGISTRY, TOKENS
+from proxy.errors import PaginationNumberInvalid, RangeInvalid, Unauthorized
+from proxy.http.keys import ADDRESSING, CACHE_STATUS, METRICS, REGISTRY, SENDFILE_POOL, TOKENS
+from proxy.http.sendfile import SendfileResponse
 from proxy.oci.digest import Digest
 from proxy.oci.media import parse_accept
 from proxy.registry.base import BlobResult, Client, Target
@@ -38,8 +39,22 @@ def _common_headers(request: web.Request) -> dict[str, str]:
     return {"OCI-Namespace": ns} if ns else {}
 
 
+def _is_docker(request: web.Request) -> bool:
+    """dockerd's registry client (``docker/20.10.24 go/… UpstreamClient(Docker-Client/…)``)."""
+    return request.headers.get("User-Agent", "")[:7].lower() == "docker/"
+
+
 async def base(request: web.Request) -> web.Response:
-    """``GET /v2/``: the API version check every client may start with."""
+    """``GET /v2/``: the API version check every client may start with; 200.
+
+    Except for dockerd pinging without credentials: docker learns how to authenticate only from a
+    401 on this ping (a 200 means "no auth": ``docker login`` succeeds with any password and pulls
+    never send the login's credentials). So docker gets the challenge to Wharf's ``/token``, where
+    it fetches a token with its login's credentials, or an anonymous one without a login.
+    containerd, skopeo and the rest keep their 200.
+    """
+    if _is_docker(request) and "Authorization" not in request.headers:
+        raise Unauthorized("Wharf issues tokens at its /token endpoint (anonymous ones too)")
     return web.json_response({})
 
 
@@ -96,11 +111,11 @@ async def blob(request: web.Request) -> web.StreamResponse:
     return await _send_stream(request, result, headers)
 
 
-class _StoredBlobResponse(web.FileResponse):
-    """FileResponse that marks the blob as being read while it is sent (eviction skips it)."""
+class _StoredBlobResponse(SendfileResponse):
+    """A stored blob, marked as being read while it is sent (eviction skips it)."""
 
-    def __init__(self, result: BlobResult, headers: dict[str, str], on_sent) -> None:
-        super().__init__(result.path, chunk_size=1024 * 1024, headers=headers)
+    def __init__(self, result: BlobResult, headers: dict[str, str], on_sent, executor) -> None:
+        super().__init__(result.path, executor, chunk_size=1024 * 1024, headers=headers)
         self._result = result
         self._on_sent = on_sent
 
@@ -119,7 +134,8 @@ async def _send_file(request: web.Request, result: BlobResult, headers: dict[str
     """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD."""
     if request.headers.get("Range"):
         parse_range(request.headers["Range"], result.size)  # 416 in OCI form for bad ranges
-    return _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc)
+    return _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc,
+                               request.app[SENDFILE_POOL])
 
 
 async def _send_stream(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:

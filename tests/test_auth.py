@@ -7,6 +7,7 @@ import base64
 
 from support.fake_upstream import FakeRegistry
 from support.images import MANIFEST_ACCEPT, make_image, push_image
+from support.servers import free_port
 
 PRIVATE = "org/secret"
 PUBLIC = "org/open"
@@ -139,3 +140,94 @@ async def test_token_endpoint_checks_basic_credentials_at_a_basic_upstream(auth_
     assert resp.status == 401
     resp = await wharf.client.get("/token", params={"scope": scope}, headers=auth_registry_upstream.headers)
     assert resp.status == 200 and (await resp.json())["token"]
+
+
+# --- docker login <wharf>: the ping challenge for docker, the login check at /token --------------
+
+DOCKERD_AGENT = ("docker/20.10.24+dfsg1 go/go1.19.8 git-commit/5d6db84 kernel/6.1.0 os/linux arch/amd64 "
+                 "UpstreamClient(Docker-Client/28.2.2 \\(linux\\))")
+
+
+async def test_anonymous_ping_is_challenged_for_docker_only(fake_upstream, make_wharf):
+    """dockerd learns how to authenticate only from a 401 on ``GET /v2/``: it gets the challenge to
+    Wharf's /token there; every other client (containerd, skopeo, plain HTTP) keeps its 200."""
+    fake, wharf, prefix, _, public = await _setup(fake_upstream, make_wharf)
+    for agent in (None, "containerd/1.6.20+unknown", "skopeo/1.9.3", "Python/3.11 aiohttp/3.9"):
+        resp = await wharf.client.get("/v2/", headers={"User-Agent": agent} if agent else {"User-Agent": ""})
+        assert resp.status == 200, agent
+        assert "WWW-Authenticate" not in resp.headers
+    resp = await wharf.client.get("/v2/", headers={"User-Agent": DOCKERD_AGENT})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == f'Bearer realm="{wharf.url}/token",service="wharf"'
+    assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+    assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
+    # what docker does next without a login: an anonymous token, which pings and pulls public content
+    resp = await wharf.client.get("/token", params={"service": "wharf", "scope": f"repository:{prefix}/{PUBLIC}:pull"},
+                                  headers={"User-Agent": DOCKERD_AGENT})
+    assert resp.status == 200
+    bearer = {"Authorization": f"Bearer {(await resp.json())['token']}", "User-Agent": DOCKERD_AGENT}
+    resp = await wharf.client.get("/v2/", headers=bearer)
+    assert resp.status == 200
+    resp = await wharf.client.get(f"/v2/{prefix}/{PUBLIC}/manifests/1.0", headers={**bearer, "Accept": MANIFEST_ACCEPT})
+    assert resp.status == 200 and await resp.read() == public.manifest
+    resp = await wharf.client.get(f"/v2/{prefix}/{PRIVATE}/manifests/1.0", headers={**bearer, "Accept": MANIFEST_ACCEPT})
+    assert resp.status == 401
+
+
+async def _login(wharf, headers: dict[str, str]):
+    """``docker login``'s token request: Basic credentials, no scope."""
+    return await wharf.client.get("/token", params={"account": "x", "client_id": "docker", "offline_token": "true",
+                                                    "service": "wharf"}, headers=headers)
+
+
+async def test_login_without_scope_checks_credentials_at_a_bearer_upstream(fake_upstream, make_wharf):
+    fake, wharf, *_ = await _setup(fake_upstream, make_wharf)
+    resp = await _login(wharf, basic("alice", "wrong"))
+    assert resp.status == 401
+    assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
+    assert resp.headers["WWW-Authenticate"].startswith(f'Bearer realm="{wharf.url}/token"')
+    refused = fake.calls("GET", "/token")[-1]
+    assert "scope" not in refused.query, "a login asks upstream for no particular repository"
+    resp = await _login(wharf, basic("alice", "alice-pw"))
+    assert resp.status == 200 and (await resp.json())["token"].startswith("wharf.")
+    # anonymous clients still get a token without any upstream check
+    before = fake.count()
+    resp = await _login(wharf, {})
+    assert resp.status == 200 and fake.count() == before
+
+
+async def test_login_without_scope_checks_credentials_at_a_basic_upstream(auth_registry_upstream, make_wharf):
+    wharf = await make_wharf(auth_registry_upstream.url, upstream_options={"aliases": ["private.test"]})
+    resp = await _login(wharf, basic(auth_registry_upstream.username, "nope"))
+    assert resp.status == 401
+    resp = await _login(wharf, auth_registry_upstream.headers)
+    assert resp.status == 200
+
+
+async def test_login_is_good_when_any_upstream_accepts_it(fake_upstream, auth_registry_upstream,
+                                                          registry_upstream, make_wharf):
+    """Several upstreams, each with its own accounts, one open: a login is accepted when one that
+    asks for authentication accepts it, refused when those that ask all refuse it."""
+    fake, *_ = await _setup(fake_upstream, make_wharf)
+    wharf = await make_wharf(fake.url, auth_registry_upstream.url, registry_upstream)
+    assert (await _login(wharf, basic("alice", "alice-pw"))).status == 200        # the fake's account
+    assert (await _login(wharf, auth_registry_upstream.headers)).status == 200    # the htpasswd account
+    assert (await _login(wharf, basic("alice", "wrong"))).status == 401
+    assert (await _login(wharf, basic(auth_registry_upstream.username, "alice-pw"))).status == 401
+
+
+async def test_login_with_nothing_to_check_against_is_accepted(registry_upstream, make_wharf):
+    """Open upstreams and unreachable ones can neither accept nor refuse: the login goes through
+    (the credential is checked again at pull time, per repository)."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    wharf = await make_wharf(registry_upstream, dead)
+    assert (await _login(wharf, basic("anyone", "anything"))).status == 200
+    wharf = await make_wharf()
+    assert (await _login(wharf, basic("anyone", "anything"))).status == 200
+
+
+async def test_login_is_refused_when_the_only_asking_upstream_refuses(auth_registry_upstream, make_wharf):
+    dead = f"http://127.0.0.1:{free_port()}"
+    wharf = await make_wharf(dead, auth_registry_upstream.url)
+    assert (await _login(wharf, basic(auth_registry_upstream.username, "nope"))).status == 401
+    assert (await _login(wharf, auth_registry_upstream.headers)).status == 200

@@ -66,26 +66,32 @@ def client_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def run(argv: list[str], env: dict[str, str], timeout: float = CLIENT_TIMEOUT,
-              diagnostics: Callable[[], str] | None = None) -> str:
-    """Run a client without blocking the loop Wharf serves on; fail with its output (and
-    ``diagnostics()``, e.g. a daemon's log and what Wharf saw) if it fails."""
+async def run_status(argv: list[str], env: dict[str, str], timeout: float = CLIENT_TIMEOUT,
+                     stdin: bytes | None = None) -> tuple[int | None, str, str]:
+    """Run a client without blocking the loop Wharf serves on: (exit status, stdout, stderr);
+    the status is None when it timed out (and was killed)."""
     process = await asyncio.create_subprocess_exec(
-        *argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        preexec_fn=_die_with_parent)
+        *argv, env=env, stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        stdout, stderr = await asyncio.wait_for(process.communicate(stdin), timeout)
     except asyncio.TimeoutError:
         process.kill()
         stdout, stderr = await process.communicate()
-        failure = f"timed out after {timeout}s"
-    else:
-        if process.returncode == 0:
-            return stdout.decode()
-        failure = f"exit {process.returncode}"
+        return None, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+
+
+async def run(argv: list[str], env: dict[str, str], timeout: float = CLIENT_TIMEOUT,
+              diagnostics: Callable[[], str] | None = None, stdin: bytes | None = None) -> str:
+    """Run a client (``stdin``: bytes to feed it); its stdout, or fail with its output (and
+    ``diagnostics()``, e.g. a daemon's log and what Wharf saw) if it fails."""
+    status, stdout, stderr = await run_status(argv, env, timeout, stdin)
+    if status == 0:
+        return stdout
+    failure = f"timed out after {timeout}s" if status is None else f"exit {status}"
     extra = f"\n--- diagnostics ---\n{diagnostics()}" if diagnostics else ""
-    raise AssertionError(f"{failure}: {' '.join(argv)}\n{stdout.decode(errors='replace')}"
-                         f"{stderr.decode(errors='replace')}{extra}")
+    raise AssertionError(f"{failure}: {' '.join(argv)}\n{stdout}{stderr}{extra}")
 
 
 # --- private daemons ------------------------------------------------------------------------------
@@ -475,3 +481,91 @@ async def test_dockerd_registry_mirrors(registry_upstream, make_wharf, clients_d
     amd64 = library.index.image_for("amd64")
     assert (await run([docker, "image", "inspect", "--format", "{{.Id}}", ref], env)).strip() == amd64.config.digest
     assert await cache_count(wharf, "blob", "hit") - hits == len(amd64.blobs)
+
+
+PRIVATE_ALIAS = "private.test"   # a port-less alias of the htpasswd upstream
+REFUSED = re.compile(r"unauthorized|denied|authentication required", re.IGNORECASE)
+
+
+async def test_dockerd_login_to_wharf_for_private_upstream(auth_registry_upstream, make_wharf, repo_name,
+                                                           clients_dir, dockerd, tmp_path):
+    """The issue's requirement with the real docker CLI and dockerd: a client with no credentials
+    gets a challenge for private upstream content; ``docker login <wharf>`` (a wrong password is
+    refused) plus pull satisfies it; after ``docker logout`` the content Wharf now holds is not
+    served to the credential-less client.
+
+    dockerd learns how to authenticate only from a 401 on its ``GET /v2/`` ping, so Wharf answers
+    docker's anonymous ping with the challenge to its ``/token``; the login then exchanges the
+    credentials there (checked at the upstreams), and pulls fetch scoped tokens with them.
+    """
+    docker = require_binary("docker")
+    upstream = auth_registry_upstream
+    image = make_image(f"{repo_name}:private", (2000, 40_000))
+    await push_image(upstream.url, repo_name, image, tag=IMAGE_TAG, auth=upstream.auth)
+    wharf = await make_wharf(upstream.url, upstream_options={"aliases": [PRIVATE_ALIAS]})
+    wharf_host = wharf.url.split("://", 1)[1]
+    name = f"{PRIVATE_ALIAS}/{repo_name}"
+    ref = f"{wharf_host}/{name}:{IMAGE_TAG}"
+    config_dir = tmp_path / "docker-config"  # this test's login state only, never ~/.docker
+    env = client_env(clients_dir / "home", DOCKER_HOST=dockerd.host, DOCKER_CONFIG=str(config_dir))
+    login = [docker, "login", wharf_host, "-u", upstream.username, "--password-stdin"]
+
+    def diagnostics() -> str:
+        return f"Wharf saw:\n{summary(wharf)}\n--- dockerd log ---\n{dockerd.daemon.log_tail()}"
+
+    async def refused(argv: list[str], stdin: bytes | None = None) -> None:
+        status, stdout, stderr = await run_status(argv, env, stdin=stdin)
+        output = stdout + stderr
+        outcome = "timed out" if status is None else "succeeded" if status == 0 else ""
+        assert not outcome, f"{' '.join(argv)} {outcome}:\n{output}\n{diagnostics()}"
+        assert REFUSED.search(output), f"{' '.join(argv)} failed for another reason:\n{output}\n{diagnostics()}"
+
+    def logged_in() -> bool:
+        path = config_dir / "config.json"
+        return path.exists() and wharf_host in json.loads(path.read_text() or "{}").get("auths", {})
+
+    def token_requests(status: int) -> list:
+        return [s for s in wharf.seen if s.path == "/token" and s.status == status]
+
+    def challenged_on_manifest() -> bool:
+        realm = f'Bearer realm="{wharf.url}/token"'
+        return any(s.path == f"/v2/{name}/manifests/{IMAGE_TAG}" and s.status == 401
+                   and s.response_headers.get("WWW-Authenticate", "").startswith(realm) for s in wharf.seen)
+
+    # 1. no credentials: refused, with a challenge that points at Wharf's own /token
+    await refused([docker, "pull", "-q", ref])
+    assert challenged_on_manifest(), diagnostics()
+    assert not any(s.status == 200 for s in wharf.seen if "/manifests/" in s.path), diagnostics()
+
+    # 2. docker login checks the password at Wharf's /token: a wrong one is refused, the right one accepted
+    wharf.seen.clear()
+    await refused(login, stdin=b"not-" + upstream.password.encode() + b"\n")
+    assert not logged_in()
+    assert [s for s in token_requests(401) if s.request_headers.get("Authorization", "").startswith("Basic ")], \
+        diagnostics()
+    await run(login, env, diagnostics=diagnostics, stdin=upstream.password.encode() + b"\n")
+    assert logged_in()
+    assert token_requests(200), diagnostics()
+
+    # 3. logged in: the pull sends Wharf's token and gets upstream's image, digest for digest
+    wharf.seen.clear()
+    await run([docker, "pull", "-q", ref], env, diagnostics=diagnostics)
+    inspect = [docker, "image", "inspect", "--format"]
+    assert (await run([*inspect, "{{index .RepoDigests 0}}", ref], env)).strip() == \
+        f"{wharf_host}/{name}@{image.digest}"
+    assert (await run([*inspect, "{{.Id}}", ref], env)).strip() == image.config.digest
+    assert_pulled_through(wharf, name, IMAGE_TAG, image)
+    anonymous = [f"{s.method} {s.path}" for s in wharf.seen if s.path.startswith(f"/v2/{name}/")
+                 and not s.request_headers.get("Authorization", "").startswith("Bearer wharf.")]
+    assert not anonymous, f"pulled without Wharf's token: {anonymous}"
+
+    # 4. logged out and removed: the content Wharf now holds is not served without credentials
+    await run([docker, "logout", wharf_host], env)
+    assert not logged_in()
+    await run([docker, "rmi", ref], env)
+    wharf.seen.clear()
+    await refused([docker, "pull", "-q", ref])
+    assert challenged_on_manifest(), diagnostics()
+    assert not any("Authorization" in s.request_headers for s in wharf.seen if s.path == "/token"), diagnostics()
+    leaked = [f"{s.method} {s.path}" for s in wharf.seen if s.status == 200 and s.path.startswith(f"/v2/{name}/")]
+    assert not leaked, f"served without credentials: {leaked}"

@@ -103,21 +103,30 @@ class Upstream:
     async def close_token_cache(self) -> None:
         self._tokens.clear()
 
-    async def check_credentials(self, repo: str, credential: Credential) -> None:
-        """Exchange the credential for a pull token on ``repo``; raises Unauthorized if refused."""
-        probe = await self._send("GET", f"{self.base_url}/v2/", pull_scope(repo), None, None, None)
+    async def check_credentials(self, repo: str | None, credential: Credential) -> bool:
+        """Have upstream verify ``credential``: exchange it for a token (on ``repo``'s pull scope, or
+        with no scope for a login) or present it as Basic at ``/v2/``.
+
+        True: upstream accepted it; False: upstream asks for no authentication, so nothing was
+        checked; raises Unauthorized if upstream refused it.
+        """
+        scope = pull_scope(repo) if repo else ""
+        probe = await self._send("GET", f"{self.base_url}/v2/", scope, None, None, None)
         challenge = parse_challenge(probe.headers.get("WWW-Authenticate"))
         probe.release()
         if probe.status != 401 or challenge is None:
-            return
+            return False
         self._challenge = challenge
         if challenge.scheme == "bearer":
-            await self._fetch_token(challenge, pull_scope(repo), credential)
-        elif challenge.scheme == "basic":
-            answer = await self._send("GET", f"{self.base_url}/v2/", pull_scope(repo), credential, None, None)
+            await self._fetch_token(challenge, scope, credential)
+            return True
+        if challenge.scheme == "basic":
+            answer = await self._send("GET", f"{self.base_url}/v2/", scope, credential, None, None)
             answer.release()
             if answer.status in (401, 403):
                 raise Unauthorized("upstream refused the credentials", detail={"upstream": self.name})
+            return True
+        return False
 
     # internals -------------------------------------------------------------------------------
     @staticmethod
@@ -189,7 +198,7 @@ class Upstream:
             raise Unavailable(f"upstream {self.name} sent an untrusted token realm")
         if credential is not None and credential.scheme == "bearer":
             return  # the client's own token goes through as it is
-        params = {"scope": scope}
+        params = {"scope": scope} if scope else {}  # no scope: a login, checking the credential only
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         headers = {"Authorization": credential.header()} if credential else {}

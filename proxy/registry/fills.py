@@ -122,6 +122,12 @@ class Fill:
                     if not data:
                         raise FillFailed(f"{self.digest}: temporary file shrank")
                     position += len(data)
+                    if end is not None and position >= end:
+                        # hold the last bytes back until the digest verified: a client must never
+                        # receive a complete response of content that turns out to be wrong
+                        await asyncio.wait([self.done])
+                        if self.done.exception() is not None:
+                            raise FillFailed(str(self.digest))
                     yield data
                     continue
                 if self.done.done() or progress.closed:

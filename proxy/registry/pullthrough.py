@@ -43,6 +43,7 @@ from proxy.registry.fills import Fill, FillGroup
 from proxy.registry.hot import HotManifest, HotSet
 from proxy.registry.tasks import BackgroundTasks, SingleFlight
 from proxy.storage.blobs import BlobStore
+from proxy.storage.hashing import ThreadedHasher
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.shared import SharedCache
 from proxy.upstream.auth import Credential
@@ -471,8 +472,9 @@ class PullThroughRegistry:
             size = response.content_length
             if size is not None and size > self._limits.max_layer_bytes:
                 raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
-            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path,
+            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
                                             max_size=size if size is not None else self._limits.max_layer_bytes)
+            hasher = ThreadedHasher(fill.digest.algorithm)
             size_path.write_text(str(size if size is not None else -1))
             self._meta.grant(str(fill.digest), target.scope, public)
             fill.begin(writer, size)
@@ -482,7 +484,8 @@ class PullThroughRegistry:
                 async for chunk in response.content.iter_any():
                     writer.write(chunk)
                     received.inc(len(chunk))
-                path = writer.commit(fill.digest, size)
+                    await hasher.update(chunk)
+                path = writer.commit(fill.digest, size, actual=await hasher.digest())
             except OCIError:
                 writer.abort()
                 raise

@@ -32,12 +32,12 @@ class BlobWriter:
     """
 
     def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None,
-                 temp_path: Path | None = None):
+                 temp_path: Path | None = None, hash_inline: bool = True):
         self._store = store
         self.temp_path = temp_path or store.tmp_dir / f"{uuid.uuid4().hex}.part"
         self._file = open(self.temp_path, "wb", buffering=0)
         self.algorithm = algorithm
-        self._hasher = hashlib.new(algorithm)
+        self._hasher = hashlib.new(algorithm) if hash_inline else None  # else the caller hashes
         self.written = 0
         self.max_size = max_size
         self.closed = False
@@ -48,7 +48,8 @@ class BlobWriter:
         if self.max_size is not None and self.written + len(chunk) > self.max_size:
             raise SizeInvalid(f"content is larger than the declared {self.max_size} bytes")
         self._file.write(chunk)
-        self._hasher.update(chunk)
+        if self._hasher is not None:
+            self._hasher.update(chunk)
         self.written += len(chunk)
         self._notify()
 
@@ -62,12 +63,17 @@ class BlobWriter:
             await self._grown.wait()
 
     def digest(self) -> Digest:
+        assert self._hasher is not None, "this writer does not hash"
         return Digest(self.algorithm, self._hasher.hexdigest())
 
-    def commit(self, expected: Digest, expected_size: int | None = None) -> Path:
-        """Verify digest (and size, when known) and atomically move the file into the store."""
+    def commit(self, expected: Digest, expected_size: int | None = None, actual: Digest | None = None) -> Path:
+        """Verify digest (and size, when known) and atomically move the file into the store.
+
+        ``actual`` is the content's digest when the caller hashed it (``hash_inline=False``).
+        """
         self._close()
-        actual = Digest(expected.algorithm, self._hasher.hexdigest())
+        if actual is None:
+            actual = Digest(expected.algorithm, self.digest().hex)
         if expected_size is not None and self.written != expected_size:
             self.abort()
             raise SizeInvalid(f"received {self.written} bytes, expected {expected_size}")
@@ -121,8 +127,8 @@ class BlobStore:
             return None
 
     def new_writer(self, algorithm: str = "sha256", max_size: int | None = None,
-                   temp_path: Path | None = None) -> BlobWriter:
-        return BlobWriter(self, algorithm, max_size, temp_path)
+                   temp_path: Path | None = None, hash_inline: bool = True) -> BlobWriter:
+        return BlobWriter(self, algorithm, max_size, temp_path, hash_inline)
 
     def fill_paths(self, digest: Digest) -> tuple[Path, Path, Path]:
         """Where a fill of ``digest`` keeps its data, its announced size, and its leader lock.

@@ -148,19 +148,16 @@ DOCKERD_AGENT = ("docker/20.10.24+dfsg1 go/go1.19.8 git-commit/5d6db84 kernel/6.
                  "UpstreamClient(Docker-Client/28.2.2 \\(linux\\))")
 
 
-async def test_anonymous_ping_is_challenged_for_docker_only(fake_upstream, make_wharf):
-    """dockerd learns how to authenticate only from a 401 on ``GET /v2/``: it gets the challenge to
-    Wharf's /token there; every other client (containerd, skopeo, plain HTTP) keeps its 200."""
+async def test_anonymous_ping_is_challenged_like_docker_hub(fake_upstream, make_wharf):
+    """Clients learn how to authenticate only from a 401 on ``GET /v2/`` (docker and skopeo alike):
+    every anonymous ping gets the challenge to Wharf's /token."""
     fake, wharf, prefix, _, public = await _setup(fake_upstream, make_wharf)
-    for agent in (None, "containerd/1.6.20+unknown", "skopeo/1.9.3", "Python/3.11 aiohttp/3.9"):
-        resp = await wharf.client.get("/v2/", headers={"User-Agent": agent} if agent else {"User-Agent": ""})
-        assert resp.status == 200, agent
-        assert "WWW-Authenticate" not in resp.headers
-    resp = await wharf.client.get("/v2/", headers={"User-Agent": DOCKERD_AGENT})
-    assert resp.status == 401
-    assert resp.headers["WWW-Authenticate"] == f'Bearer realm="{wharf.url}/token",service="wharf"'
-    assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
-    assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
+    for agent in (DOCKERD_AGENT, "skopeo/1.9.3", "Python/3.11 aiohttp/3.9", ""):
+        resp = await wharf.client.get("/v2/", headers={"User-Agent": agent})
+        assert resp.status == 401, agent
+        assert resp.headers["WWW-Authenticate"] == f'Bearer realm="{wharf.url}/token",service="wharf"'
+        assert resp.headers["Docker-Distribution-API-Version"] == "registry/2.0"
+        assert (await resp.json())["errors"][0]["code"] == "UNAUTHORIZED"
     # what docker does next without a login: an anonymous token, which pings and pulls public content
     resp = await wharf.client.get("/token", params={"service": "wharf", "scope": f"repository:{prefix}/{PUBLIC}:pull"},
                                   headers={"User-Agent": DOCKERD_AGENT})

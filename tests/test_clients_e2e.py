@@ -569,3 +569,27 @@ async def test_dockerd_login_to_wharf_for_private_upstream(auth_registry_upstrea
     assert not any("Authorization" in s.request_headers for s in wharf.seen if s.path == "/token"), diagnostics()
     leaked = [f"{s.method} {s.path}" for s in wharf.seen if s.status == 200 and s.path.startswith(f"/v2/{name}/")]
     assert not leaked, f"served without credentials: {leaked}"
+
+
+async def test_skopeo_credentials_for_private_upstream(auth_registry_upstream, make_wharf, repo_name,
+                                                       clients_dir, tmp_path):
+    """skopeo (the containers/image family) with --creds: refused without or with wrong
+    credentials, digest-exact with the right ones; the cached private content stays refused."""
+    skopeo = require_binary("skopeo")
+    upstream = auth_registry_upstream
+    image = make_image(f"{repo_name}:skopeo-private", (3000, 50_000))
+    await push_image(upstream.url, repo_name, image, tag=IMAGE_TAG, auth=upstream.auth)
+    wharf = await make_wharf(upstream.url, upstream_options={"aliases": [PRIVATE_ALIAS]})
+    ref = f"docker://{wharf.url.split('://', 1)[1]}/{PRIVATE_ALIAS}/{repo_name}:{IMAGE_TAG}"
+    env = client_env(clients_dir / "home")
+    options = skopeo_files(clients_dir)
+    copy = [skopeo, *options, "copy", "--src-tls-verify=false"]
+
+    for creds in ([], ["--src-creds", f"{upstream.username}:wrong"]):
+        status, stdout, stderr = await run_status([*copy, *creds, ref, f"dir:{tmp_path / 'refused'}"], env)
+        assert status not in (0, None) and REFUSED.search(stdout + stderr), stdout + stderr
+    dest = tmp_path / "granted"
+    await run([*copy, "--src-creds", f"{upstream.username}:{upstream.password}", ref, f"dir:{dest}"], env)
+    assert_dir_copy(dest, image)
+    status, stdout, stderr = await run_status([*copy, ref, f"dir:{tmp_path / 'after'}"], env)
+    assert status not in (0, None) and REFUSED.search(stdout + stderr), stdout + stderr

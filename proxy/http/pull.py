@@ -39,21 +39,16 @@ def _common_headers(request: web.Request) -> dict[str, str]:
     return {"OCI-Namespace": ns} if ns else {}
 
 
-def _is_docker(request: web.Request) -> bool:
-    """dockerd's registry client (``docker/20.10.24 go/… UpstreamClient(Docker-Client/…)``)."""
-    return request.headers.get("User-Agent", "")[:7].lower() == "docker/"
-
-
 async def base(request: web.Request) -> web.Response:
-    """``GET /v2/``: the API version check every client may start with; 200.
+    """``GET /v2/``: the API version check; without credentials, the challenge to Wharf's ``/token``.
 
-    Except for dockerd pinging without credentials: docker learns how to authenticate only from a
-    401 on this ping (a 200 means "no auth": ``docker login`` succeeds with any password and pulls
-    never send the login's credentials). So docker gets the challenge to Wharf's ``/token``, where
-    it fetches a token with its login's credentials, or an anonymous one without a login.
-    containerd, skopeo and the rest keep their 200.
+    Like Docker Hub and GHCR, an anonymous ping gets 401: clients learn how to authenticate only
+    from this ping (on a 200, docker and the containers/image family — skopeo, podman, buildah —
+    never send a login's credentials, and ``login`` accepts any password). Anonymous clients
+    fetch an anonymous token at ``/token`` and pull public content with it; containerd does not
+    ping at all.
     """
-    if _is_docker(request) and "Authorization" not in request.headers:
+    if "Authorization" not in request.headers:
         raise Unauthorized("Wharf issues tokens at its /token endpoint (anonymous ones too)")
     return web.json_response({})
 

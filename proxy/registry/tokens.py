@@ -15,6 +15,7 @@ from proxy.upstream.auth import Credential
 
 TOKEN_TTL = 3600
 _ANONYMOUS = "-"
+ANONYMOUS_TOKEN = "wharf.anonymous"  # stands for no credential: nothing to store or look up
 
 
 def _key(token: str) -> str:
@@ -26,15 +27,19 @@ class TokenService:
         self._shared = shared
 
     async def issue(self, credential: Credential | None) -> str:
-        """A new opaque token standing for ``credential`` (None: an anonymous client)."""
+        """A new opaque token standing for ``credential``; anonymous clients share one constant."""
+        if credential is None:
+            return ANONYMOUS_TOKEN
         token = "wharf." + secrets.token_urlsafe(32)
-        await self._shared.set(_key(token), credential.secret if credential else _ANONYMOUS, TOKEN_TTL)
+        await self._shared.set(_key(token), credential.secret, TOKEN_TTL)
         return token
 
     async def resolve(self, credential: Credential | None) -> Credential | None:
         """Turn a Wharf token back into the credential it stands for; pass anything else through."""
         if credential is None or credential.scheme != "bearer" or not credential.secret.startswith("wharf."):
             return credential
+        if credential.secret == ANONYMOUS_TOKEN:
+            return None
         secret = await self._shared.get(_key(credential.secret))
         if secret is None or secret == _ANONYMOUS:
             return None

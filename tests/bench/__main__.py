@@ -23,7 +23,7 @@ from . import imagegen, report, scenarios
 from .imagegen import Store
 from .profile import FULL, PROJECT, QUICK, RESULTS, SHM, WORK
 from .results_model import Results
-from .servers import Upstream, Wharf
+from .servers import Upstream
 
 
 def _version(argv: list[str]) -> str:
@@ -51,7 +51,7 @@ def machine() -> dict:
         "ab " + _version(["ab", "-V"]).split("Version ")[-1].split()[0],
     ])
     try:
-        commit = subprocess.run(["git", "-C", str(PROJECT), "log", "-1", "--format=%h %s"], capture_output=True,
+        commit = subprocess.run(["git", "-C", str(PROJECT), "log", "-1", "--format=%h %<(60,trunc)%s"], capture_output=True,
                                 text=True, timeout=10).stdout.strip()[:100]
         dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain", "--", "proxy"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
@@ -82,14 +82,15 @@ async def main(args: argparse.Namespace) -> int:
     results.data["config"] = {"reps": profile.reps, "load_seconds": profile.load_seconds,
                               "throttle_bytes_per_s": profile.throttle_bps, "clients": profile.clients,
                               "wharf_workers": args.wharf_workers,
+                              "wharf_upstream_name": "upstream.local",
                               "images": {k: {"repo": v.repo, "digest": v.digest, "pull_bytes": v.pull_bytes,
                                              "layers": len(v.layers)} for k, v in images.items()}}
-    Wharf.workers = args.wharf_workers
     upstream = Upstream(work / "servers", store.root, profile.throttle_bps)
     await upstream.start()
-    bench = scenarios.Bench(profile, results, upstream, store, images, work / "targets")
+    workers = tuple(int(w) for w in args.wharf_workers.split(",") if w.strip())
+    bench = scenarios.Bench(profile, results, upstream, store, images, work / "targets", wharf_workers=workers)
     if args.skip_wharf:
-        bench.skip.add("wharf")
+        bench.skip.update(bench.wharfs)
     steps = {
         "2": scenarios.cold_pull,
         "1": scenarios.warm_blob,
@@ -127,7 +128,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="small blobs, 2 repetitions, short loads (development)")
     p.add_argument("--only", help="comma-separated test numbers to run, e.g. 1,4 (order is fixed)")
     p.add_argument("--reps", type=int, help="override the number of interleaved repetitions")
-    p.add_argument("--wharf-workers", type=int, default=1, help="`workers:` in Wharf's config (default 1)")
+    p.add_argument("--wharf-workers", default="1,2",
+                   help="comma-separated `workers:` settings; each is a Wharf target (default 1,2: wharf, wharf-2w)")
     p.add_argument("--skip-wharf", action="store_true", help="measure only the references")
     p.add_argument("--out", help="results JSON path (default results/latest.json, quick.json with --quick)")
     p.add_argument("--report", action="store_true", help="write REPORT.md and chart.png next to --out")

@@ -54,7 +54,7 @@ class Profile:
 
 FULL = Profile(
     name="full", big_bytes=512 * MiB, layer_count=20, layer_bytes=5 * MiB, multi_layer_bytes=1 * MiB,
-    mem_small=64 * MiB, mem_large=4 * GiB, reps=3, load_seconds=5, blob_seconds=4,
+    mem_small=64 * MiB, mem_large=4 * GiB, reps=3, load_seconds=5, blob_seconds=3,
     throttle_bps=40_000_000, clients=50, stall_timeout=30.0, fill_timeout=240.0,
 )
 

@@ -29,7 +29,14 @@ def _fmt(v) -> str:
 
 def _targets(metrics: dict) -> list[str]:
     seen = {t for m in metrics.values() for t in m["targets"]}
-    return [t for t in ORDER if t in seen] + sorted(seen - set(ORDER))
+    wharfs = sorted(t for t in seen if t.startswith("wharf"))
+    return wharfs + [t for t in ORDER if t in seen and t not in wharfs] + sorted(seen - set(ORDER) - set(wharfs))
+
+
+def _color(target: str) -> str:
+    if target.startswith("wharf-"):
+        return "#17becf"
+    return COLORS.get(target, "#999")
 
 
 def markdown(data: dict) -> str:
@@ -41,22 +48,26 @@ def markdown(data: dict) -> str:
         f"Machine: {m.get('cpu')} × {m.get('cores')} cores, {m.get('memory_gib')} GiB RAM, "
         f"Linux {m.get('kernel')}, Python {m.get('python')}; {m.get('tools')}.",
         "",
-        f"Wharf at `{m.get('wharf_commit', '?')}`, `workers: {data.get('config', {}).get('wharf_workers', 1)}`; "
-        f"{data.get('config', {}).get('reps', '?')} interleaved repetitions (test 1: 2 more).",
+        f"Wharf at `{m.get('wharf_commit', '?')}`; Wharf targets: " + ", ".join(
+            ("wharf" if w.strip() == "1" else f"wharf-{w.strip()}w") + f" (`workers: {w.strip()}`)"
+            for w in str(data.get("config", {}).get("wharf_workers", "1")).split(",")) + "; "
+        f"{data.get('config', {}).get('reps', '?')} interleaved repetitions (test 1: three times as many; "
+        "tests 3, 6, 7: one run each).",
         "",
         "Everything runs on 127.0.0.1 on this one machine, load generators included, so absolute "
-        "numbers are noise; the ratios are the result. Medians of interleaved repetitions.",
+        "numbers are noise; the ratios are the result. Each cell: median [min–max] (runs) of interleaved "
+        "repetitions.",
         "",
         "## Goals (issue 3)",
         "",
-        "| test | what | goal | Wharf | references | |",
-        "|---|---|---|---|---|---|",
+        "| test | what | goal | Wharf | value | references | |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, test in sorted(data["tests"].items()):
         for c in test["checks"]:
             verdict = {True: "✅", False: "❌ miss", None: "n/a"}[c["pass"]]
-            lines.append(f"| {key.split('_')[0]} | {c['what']} | {c['goal']} | {_fmt(c['value'])} | "
-                         f"{_fmt(c['references'])} | {verdict} |")
+            lines.append(f"| {key.split('_')[0]} | {c['what']} | {c['goal']} | {c.get('who', 'wharf')} | "
+                         f"{_fmt(c['value'])} | {_fmt(c['references'])} | {verdict} |")
     lines += ["", "## Figures", ""]
     for key, test in sorted(data["tests"].items()):
         lines += [f"### {key}: {test['title']}", ""]
@@ -73,7 +84,11 @@ def markdown(data: dict) -> str:
                         cells.append("")
                         continue
                     samples = [s for s in d["samples"] if s is not None]
-                    extra = f" ({len(samples)}/{len(d['samples'])} runs)" if len(d["samples"]) > 1 else ""
+                    extra = ""
+                    if len(d["samples"]) > 1:
+                        spread = f" [{_fmt(float(min(samples)))}–{_fmt(float(max(samples)))}]" if samples else ""
+                        failed = f", {len(d['samples']) - len(samples)} failed" if len(samples) < len(d["samples"]) else ""
+                        extra = f"{spread} ({len(d['samples'])} runs{failed})"
                     if d["median"] is None and d["details"]:
                         cells.append("fail: " + str(d["details"][-1].get("error", ""))[:60])
                     else:
@@ -104,9 +119,10 @@ def chart(data: dict, path: Path) -> None:
         ("4_manifest_digest", ["get_rps", "head_rps"], "manifest by digest GET / HEAD (req/s)", True),
         ("5_manifest_tag", ["get_rps", "head_rps"], "manifest by tag GET / HEAD (req/s)", True),
         ("3_concurrent_cold", ["peak_rss_mib"], "herd: peak RSS of the process tree (MiB)", False),
+        ("6_memory", ["peak_rss_mib_mem_small", "peak_rss_mib_mem_large"], "peak RSS, small / huge blob (MiB)", False),
         ("7_upstream_outage", ["down_pull_s", "hung_pull_s"], "pull, upstream down / hung (s; ✗ failed)", False),
     ]
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 12))
     for ax, (key, metrics, title, log) in zip(axes.flat, panels):
         ax.set_title(title, fontsize=10)
         test = data["tests"].get(key)
@@ -126,7 +142,7 @@ def chart(data: dict, path: Path) -> None:
                     if d is not None:
                         ax.text(x, 0, "✗", ha="center", va="bottom", color="red", fontsize=12)
                     continue
-                ax.bar(x, v, width * 0.9, color=COLORS.get(t, "#999"), alpha=1.0 if i == 0 else 0.55,
+                ax.bar(x, v, width * 0.9, color=_color(t), alpha=1.0 if i == 0 else 0.55,
                        edgecolor="black", linewidth=0.4)
                 ax.text(x, v, _fmt(float(v)), ha="center", va="bottom", fontsize=7)
         ax.set_xticks(range(len(targets)))

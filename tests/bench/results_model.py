@@ -52,13 +52,14 @@ class Results:
             return None
 
     def check(self, key: str, what: str, goal: str, value: float | str | None, ok: bool | None,
-              refs: dict[str, Any] | None = None) -> None:
-        self.data["tests"][key]["checks"].append({"what": what, "goal": goal, "value": value, "pass": ok,
-                                                  "references": refs or {}})
+              refs: dict[str, Any] | None = None, who: str = "wharf") -> None:
+        self.data["tests"][key]["checks"].append({"what": what, "goal": goal, "who": who, "value": value,
+                                                  "pass": ok, "references": refs or {}})
         mark = {True: "PASS", False: "MISS", None: "n/a "}[ok]
         shown = f"{value:,.3f}" if isinstance(value, float) else value
         refs_s = ", ".join(f"{k}: {(f'{v:,.3f}' if isinstance(v, float) else v)}" for k, v in (refs or {}).items())
-        print(f"  [{key}] {mark} {what}: {shown} (goal {goal})" + (f" [{refs_s}]" if refs_s else ""), flush=True)
+        print(f"  [{key}] {mark} {who}: {what}: {shown} (goal {goal})" + (f" [{refs_s}]" if refs_s else ""),
+              flush=True)
 
     def finish(self, path: Path) -> None:
         self.data["duration_s"] = round(time.monotonic() - self._t0, 1)

@@ -372,10 +372,15 @@ class Target:
 
 
 class Wharf(Target):
-    name = "wharf"
-    port = PORTS.wharf
+    """``wharf serve``; one target per ``workers:`` setting compared (wharf, wharf-2w, ...)."""
+
     prefix = WHARF_UPSTREAM_NAME + "/"
-    workers = 1
+
+    def __init__(self, work: Path, workers: int = 1, index: int = 0):
+        self.workers = workers
+        self.name = "wharf" if workers == 1 else f"wharf-{workers}w"
+        self.port = PORTS.wharf + index
+        super().__init__(work)
 
     def _spawn(self, upstream_url: str, tag_ttl: float) -> Proc:
         cfg = self.work / "wharf.yaml"

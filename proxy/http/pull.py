@@ -7,13 +7,14 @@ the registry behind them is the local store or the pull-through cache.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from aiohttp import web
 
 from proxy.errors import PaginationNumberInvalid, RangeInvalid, Unauthorized
 from proxy.http.keys import ADDRESSING, CACHE_STATUS, METRICS, REGISTRY, SENDFILE_POOL, TOKENS
-from proxy.http.sendfile import SendfileResponse
+from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
 from proxy.oci.digest import Digest
 from proxy.oci.media import parse_accept
 from proxy.registry.base import BlobResult, Client, Target
@@ -21,6 +22,8 @@ from proxy.registry.fills import FillFailed
 from proxy.upstream.auth import credential_from_header
 
 log = logging.getLogger("wharf.http")
+_CHUNK = 256 * 1024
+_SENDFILE_BATCH = 1024 * 1024  # a follower sends at least this much per sendfile while the fill runs
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -99,7 +102,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
                     "ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
     if result.path is not None:
         return await _send_file(request, result, headers)
-    if head or result.stream is None:
+    if head or result.segments is None:
         if result.size is not None:
             headers["Content-Length"] = str(result.size)
         return web.Response(status=200, headers=headers)
@@ -143,13 +146,23 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{result.size}"
     if end is not None:
         response.content_length = end - start
-    await response.prepare(request)
+    writer = await response.prepare(request)
     sent = 0
-    assert result.stream is not None
+    assert result.segments is not None
+    sock = await direct_socket(request, writer) if end is not None else None  # chunked needs framing
+    pool = request.app[SENDFILE_POOL]
     try:
-        async for chunk in result.stream(start, end):
-            await response.write(chunk)
-            sent += len(chunk)
+        async for fd, offset, count in result.segments(start, end, _SENDFILE_BATCH if sock else 0):
+            if sock is not None:
+                await send_region(request, pool, sock, fd, offset, count)
+                sent += count
+                continue
+            while count > 0:
+                chunk = os.pread(fd, min(count, _CHUNK), offset)
+                if not chunk:
+                    raise FillFailed(f"{result.digest}: temporary file shrank")
+                await response.write(chunk)
+                offset, count, sent = offset + len(chunk), count - len(chunk), sent + len(chunk)
     except FillFailed:
         log.warning("fill of %s failed after %d bytes were sent; aborting the connection", result.digest, sent)
         request[CACHE_STATUS] = "aborted"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -29,6 +30,10 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         response = error_response(request, OCIError("internal error"))
+    except asyncio.CancelledError:  # the client went away mid-response (as nginx, count a 499)
+        request.app[METRICS].observe_request(request.match_info.route.name or "unknown", request.method,
+                                             499, time.perf_counter() - started)
+        raise
     if not response.prepared and request.path.startswith("/v2"):
         response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
     request.app[METRICS].observe_request(request.match_info.route.name or "unknown", request.method,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -20,20 +21,62 @@ _STALL_SECONDS = 60.0
 
 
 def _sendfile_all(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
-    """Blocking: send ``count`` bytes of the file from ``offset``; waits while the socket is full."""
-    poller = select.poll()
-    poller.register(sock_fd, select.POLLOUT)
-    while count > 0:
-        try:
-            sent = os.sendfile(sock_fd, file_fd, offset, count)
-        except BlockingIOError:
-            if not poller.poll(int(_STALL_SECONDS * 1000)):
-                raise TimeoutError("client stopped reading") from None
-            continue
-        if sent == 0:
-            raise ConnectionResetError("connection closed during sendfile")
-        offset += sent
-        count -= sent
+    """Blocking: send ``count`` bytes of the file from ``offset``; waits while the socket is full.
+
+    Owns both descriptors (duplicates made for it) and closes them, whatever happens to the
+    request that asked for the send meanwhile.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sock_fd, select.POLLOUT)
+        while count > 0:
+            try:
+                sent = os.sendfile(sock_fd, file_fd, offset, count)
+            except BlockingIOError:
+                if not poller.poll(int(_STALL_SECONDS * 1000)):
+                    raise TimeoutError("client stopped reading") from None
+                continue
+            if sent == 0:
+                raise ConnectionResetError("connection closed during sendfile")
+            offset += sent
+            count -= sent
+    finally:
+        os.close(sock_fd)
+        os.close(file_fd)
+
+
+async def direct_socket(request: web.BaseRequest, writer) -> socket.socket | None:
+    """Flush the headers onto the wire and return the connection's socket for direct sends.
+
+    None when the transport has no socket (the caller then writes through aiohttp).
+    """
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return None
+    writer.send_headers()
+    await writer.drain()
+    while transport.get_write_buffer_size():  # the headers must be on the wire first
+        if transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        await asyncio.sleep(0.0005)
+    return sock
+
+
+async def send_region(request: web.BaseRequest, executor: ThreadPoolExecutor, sock: socket.socket,
+                      file_fd: int, offset: int, count: int) -> None:
+    """Send a file region on the connection from a thread that works on duplicates of both
+    descriptors, so neither can be closed and reused under it (a cancelled request included)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("connection lost")
+    sock_fd = os.dup(sock.fileno())
+    try:
+        file_dup = os.dup(file_fd)
+    except OSError:
+        os.close(sock_fd)
+        raise
+    await asyncio.get_running_loop().run_in_executor(executor, _sendfile_all, sock_fd, file_dup, offset, count)
 
 
 class SendfileResponse(web.FileResponse):
@@ -44,23 +87,13 @@ class SendfileResponse(web.FileResponse):
         self._executor = executor
 
     async def _sendfile(self, request: web.BaseRequest, fobj, offset: int, count: int):
-        transport = request.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or count < _SMALL or self.compression:
+        if count < _SMALL or self.compression:
             return await super()._sendfile(request, fobj, offset, count)
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None
-        writer.send_headers()
-        await writer.drain()
-        while transport.get_write_buffer_size():  # the headers must be on the wire first
-            if transport.is_closing():
-                raise ConnectionResetError("connection lost")
-            await asyncio.sleep(0.0005)
-        sock_fd = os.dup(sock.fileno())
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, _sendfile_all, sock_fd, fobj.fileno(), offset, count)
-        finally:
-            os.close(sock_fd)
+        sock = await direct_socket(request, writer)
+        if sock is None:
+            return await self._sendfile_fallback(writer, fobj, offset, count)
+        await send_region(request, self._executor, sock, fobj.fileno(), offset, count)
         await web.StreamResponse.write_eof(self)
         return writer

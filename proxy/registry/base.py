@@ -46,7 +46,8 @@ class BlobResult:
     digest: Digest
     size: int | None
     path: Path | None = None
-    stream: Callable[[int, int | None], AsyncIterator[bytes]] | None = None
+    # regions (fd, offset, count) of [start, end) as a fill writes them; batch: bytes to gather
+    segments: Callable[[int, int | None, int], AsyncIterator[tuple[int, int, int]]] | None = None
     reading: Callable[[], ContextManager[None]] | None = None
     cache_status: str = "hit"
     media_type: str = "application/octet-stream"

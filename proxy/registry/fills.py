@@ -25,8 +25,8 @@ from proxy.registry.tasks import BackgroundTasks
 from proxy.storage.blobs import BlobStore
 
 log = logging.getLogger("wharf.fill")
-_READ_CHUNK = 256 * 1024
 _POLL = 0.005
+_BATCH_WAIT = 0.05
 
 
 class FillFailed(Exception):
@@ -95,8 +95,15 @@ class Fill:
             return self.done.result()
         return None
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """Yield bytes [start, end) as they are written; raise FillFailed if the fill fails."""
+    async def segments(self, start: int = 0, end: int | None = None,
+                       batch: int = 0) -> AsyncIterator[tuple[int, int, int]]:
+        """Yield (fd, offset, count) regions of [start, end) as they are written.
+
+        After the first region (sent at once, for the first byte), regions wait up to
+        ``_BATCH_WAIT`` for ``batch`` bytes, so a consumer that pays per region (a thread hop
+        for sendfile) is not called for every small write. The region that completes the range
+        is held back until the digest verified; a failed fill raises FillFailed.
+        """
         complete = self._complete_path()
         fd = None
         if complete is None:
@@ -108,50 +115,47 @@ class Fill:
                 if complete is None:
                     raise FillFailed(str(self.digest)) from None
         if complete is not None:
-            async for chunk in _read_complete(complete, start, end):
-                yield chunk
+            fd = os.open(complete, os.O_RDONLY)
+            try:
+                stop = os.fstat(fd).st_size if end is None else end
+                if stop > start:
+                    yield fd, start, stop - start
+            finally:
+                os.close(fd)
             return
         progress = self.writer
         try:
             position = start
+            first = True
             while end is None or position < end:
                 available = progress.written - position
+                if available > 0 and not first and available < batch and not progress.closed \
+                        and (end is None or position + available < end):
+                    try:
+                        await asyncio.wait_for(progress.wait_for(position + batch - 1), _BATCH_WAIT)
+                    except asyncio.TimeoutError:
+                        pass
+                    available = progress.written - position
                 if available > 0:
-                    want = available if end is None else min(available, end - position)
-                    data = os.pread(fd, min(want, _READ_CHUNK), position)
-                    if not data:
-                        raise FillFailed(f"{self.digest}: temporary file shrank")
-                    position += len(data)
-                    if end is not None and position >= end:
-                        # hold the last bytes back until the digest verified: a client must never
-                        # receive a complete response of content that turns out to be wrong
-                        await asyncio.wait([self.done])
-                        if self.done.exception() is not None:
-                            raise FillFailed(str(self.digest))
-                    yield data
+                    count = available if end is None else min(available, end - position)
+                    if end is not None and position + count >= end:
+                        await self._verified()
+                    yield fd, position, count
+                    position += count
+                    first = False
                     continue
                 if self.done.done() or progress.closed:
                     break
                 await progress.wait_for(position)
-            # never report success before the digest verified
-            await asyncio.wait([self.done])
-            if self.done.exception() is not None:
-                raise FillFailed(str(self.digest))
+            await self._verified()  # never report success before the digest verified
         finally:
             os.close(fd)
 
-
-async def _read_complete(path: Path, start: int, end: int | None) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:
-        f.seek(start)
-        remaining = None if end is None else end - start
-        while remaining is None or remaining > 0:
-            data = f.read(_READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining))
-            if not data:
-                break
-            if remaining is not None:
-                remaining -= len(data)
-            yield data
+    async def _verified(self) -> None:
+        """Wait for the fill's verdict; raise FillFailed unless its content verified."""
+        await asyncio.wait([self.done])
+        if self.done.exception() is not None:
+            raise FillFailed(str(self.digest))
 
 
 class FillGroup:

@@ -446,7 +446,7 @@ class PullThroughRegistry:
             status = "miss"
         if head:
             return BlobResult(digest, fill.size, cache_status=status)
-        return BlobResult(digest, fill.size, stream=fill.read, cache_status=status)
+        return BlobResult(digest, fill.size, segments=fill.segments, cache_status=status)
 
     async def _head_upstream_blob(self, upstream: Upstream, target: Target, digest: Digest,
                                   client: Client, negative_key: str) -> BlobResult:

@@ -120,7 +120,15 @@ class LogConfig(_Frozen):
 
 class Config(_Frozen):
     listen: str = "0.0.0.0:5000"
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=1, ge=1, le=64)  # "auto": one per CPU core
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto":
+            return max(1, min(64, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1))
+        return value
     storage: StorageConfig = StorageConfig()
     upstreams: tuple[UpstreamConfig, ...] = ()
     default_upstream: str | None = None

@@ -19,6 +19,7 @@ def write(tmp_path, text: str):
 def test_embedded_default_has_the_documented_upstreams():
     config = load_config(environ={})
     assert config.listen == "0.0.0.0:5000"
+    assert config.workers >= 1
     assert str(config.storage.root) == "data"
     assert [u.name for u in config.upstreams] == ["docker.io", "ghcr.io", "quay.io", "gcr.io", "registry.k8s.io"]
     assert config.default_upstream == "docker.io"
@@ -73,3 +74,11 @@ def test_serve_refuses_a_bad_config_at_start(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "listen" in result.stderr
+
+
+def test_workers_auto_means_one_per_core():
+    import os
+
+    config = load_config(environ={"WHARF_WORKERS": "auto"})
+    assert config.workers == len(os.sched_getaffinity(0))
+    assert load_config(environ={"WHARF_WORKERS": "3"}).workers == 3

@@ -8,6 +8,7 @@ store: fills by flock, tag revalidation and short-lived facts through the shared
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -61,6 +62,11 @@ def serve(config: Config) -> None:
     if config.workers == 1:
         _run_worker(config, sock)
         return
+    # import everything before forking: the workers then share those pages with the parent
+    import proxy.app  # noqa: F401
+    import proxy.http.accesslog  # noqa: F401
+    import uvloop  # noqa: F401
+    gc.freeze()  # keep the parent's objects out of the collector, so workers don't copy their pages
     children: dict[int, int] = {}
     stopping = False
 

@@ -10,11 +10,18 @@ import sys
 from proxy.config import ConfigError, load_config
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    """The validated config, or None after saying on stderr what is wrong with it."""
     try:
-        config = load_config(args.config)
+        return load_config(args.config)
     except ConfigError as exc:
         print(f"wharf: {exc}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config is None:
         return 2
     logging.basicConfig(level=config.log.level.upper(), format="%(message)s")
     from proxy.server import serve
@@ -33,10 +40,8 @@ def _gc(args: argparse.Namespace) -> int:
     from proxy.storage.meta import MetaStore
     from proxy.storage.uploads import UploadStore
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"wharf: {exc}", file=sys.stderr)
+    config = _config(args)
+    if config is None:
         return 2
     root = config.storage.root
     if not (root / "blobs").is_dir():

@@ -181,14 +181,19 @@ def _next_link(request: web.Request, query: str) -> str:
     return f'</v2/{request.match_info["name"]}/tags/list?{query}{suffix}>; rel="next"'
 
 
+def page_size(request: web.Request) -> int | None:
+    """The ``n`` query parameter of a paged list: a non-negative integer, or None when absent."""
+    n_raw = request.query.get("n")
+    if n_raw is None:
+        return None
+    if not n_raw.isdigit():
+        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {n_raw[:20]!r}")
+    return int(n_raw)
+
+
 async def tags(request: web.Request) -> web.Response:
     target = target_of(request)
-    n_raw = request.query.get("n")
-    n = None
-    if n_raw is not None:
-        if not n_raw.isdigit():
-            raise PaginationNumberInvalid(f"n must be a non-negative integer, not {n_raw[:20]!r}")
-        n = int(n_raw)
+    n = page_size(request)
     page = await request.app[REGISTRY].tags(target, n, request.query.get("last"), await client_of(request))
     request[CACHE_STATUS] = page.cache_status
     headers = _common_headers(request)

@@ -16,9 +16,9 @@ import re
 from aiohttp import web
 
 from proxy.errors import (BlobUploadInvalid, DigestInvalid, ManifestTooLarge, NameInvalid, NameUnknown,
-                          PaginationNumberInvalid, RangeInvalid)
+                          RangeInvalid)
 from proxy.http.keys import ADDRESSING, REGISTRY
-from proxy.http.pull import client_of
+from proxy.http.pull import client_of, page_size
 from proxy.oci.digest import Digest
 from proxy.oci.media import MAX_MANIFEST_BYTES
 from proxy.oci.names import validate_name
@@ -201,12 +201,7 @@ async def delete_blob(request: web.Request) -> web.Response:
 
 async def catalog(request: web.Request) -> web.Response:
     """``GET /v2/_catalog``: the local repositories, paged with ``n`` / ``last`` and ``Link``."""
-    n_raw = request.query.get("n")
-    n = None
-    if n_raw is not None:
-        if not n_raw.isdigit():
-            raise PaginationNumberInvalid(f"n must be a non-negative integer, not {n_raw[:20]!r}")
-        n = int(n_raw)
+    n = page_size(request)
     page = await request.app[REGISTRY].catalog(n, request.query.get("last"), await client_of(request))
     headers = {}
     if page.next_query:

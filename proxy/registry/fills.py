@@ -22,7 +22,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from proxy.errors import OCIError, Unavailable
 from proxy.oci.digest import Digest
 from proxy.registry.tasks import BackgroundTasks
-from proxy.storage.blobs import BlobStore
+from proxy.storage.blobs import BlobStore, Growth
 
 log = logging.getLogger("wharf.fill")
 _POLL = 0.005
@@ -33,14 +33,8 @@ class FillFailed(Exception):
     """The fill a reader was following did not complete with verified content."""
 
 
-class RemoteProgress:
+class RemoteProgress(Growth):
     """How far another process's fill has written, learned by watching its temporary file."""
-
-    def __init__(self, temp_path: Path) -> None:
-        self.temp_path = temp_path
-        self.written = 0
-        self.closed = False
-        self._grown = asyncio.Event()
 
     def advance(self, size: int) -> None:
         if size > self.written:
@@ -50,14 +44,6 @@ class RemoteProgress:
     def close(self) -> None:
         self.closed = True
         self._notify()
-
-    def _notify(self) -> None:
-        event, self._grown = self._grown, asyncio.Event()
-        event.set()
-
-    async def wait_for(self, offset: int) -> None:
-        while self.written <= offset and not self.closed:
-            await self._grown.wait()
 
 
 class Fill:

@@ -25,23 +25,36 @@ from proxy.oci.digest import Digest
 _CHUNK = 1024 * 1024
 
 
-class BlobWriter:
-    """Writes one blob to a temporary file, hashing as it goes; commit verifies then renames.
+class Growth:
+    """How many bytes of a growing file exist, and a way to wait for more (readers follow fills)."""
 
-    ``written`` and ``wait_for`` let readers follow the file while it grows (streaming fills).
-    """
+    def __init__(self, temp_path: Path) -> None:
+        self.temp_path = temp_path
+        self.written = 0
+        self.closed = False
+        self._grown = asyncio.Event()
+
+    def _notify(self) -> None:
+        event, self._grown = self._grown, asyncio.Event()
+        event.set()
+
+    async def wait_for(self, offset: int) -> None:
+        """Wait until more than ``offset`` bytes exist or the file is closed."""
+        while self.written <= offset and not self.closed:
+            await self._grown.wait()
+
+
+class BlobWriter(Growth):
+    """Writes one blob to a temporary file, hashing as it goes; commit verifies then renames."""
 
     def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None,
                  temp_path: Path | None = None, hash_inline: bool = True):
+        super().__init__(temp_path or store.tmp_dir / f"{uuid.uuid4().hex}.part")
         self._store = store
-        self.temp_path = temp_path or store.tmp_dir / f"{uuid.uuid4().hex}.part"
         self._file = open(self.temp_path, "wb", buffering=0)
         self.algorithm = algorithm
         self._hasher = hashlib.new(algorithm) if hash_inline else None  # else the caller hashes
-        self.written = 0
         self.max_size = max_size
-        self.closed = False
-        self._grown = asyncio.Event()
 
     def write(self, chunk: bytes) -> None:
         """Append bytes; refuse to grow past ``max_size`` so a lying upstream cannot fill the disk."""
@@ -52,15 +65,6 @@ class BlobWriter:
             self._hasher.update(chunk)
         self.written += len(chunk)
         self._notify()
-
-    def _notify(self) -> None:
-        event, self._grown = self._grown, asyncio.Event()
-        event.set()
-
-    async def wait_for(self, offset: int) -> None:
-        """Wait until more than ``offset`` bytes exist or the writer is closed."""
-        while self.written <= offset and not self.closed:
-            await self._grown.wait()
 
     def digest(self) -> Digest:
         assert self._hasher is not None, "this writer does not hash"

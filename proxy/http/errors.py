@@ -42,4 +42,4 @@ def http_exception_response(request: web.Request, exc: web.HTTPException) -> web
         return error_response(request, RouteUnknown())
     if exc.status == 405:
         return error_response(request, Unsupported(f"{request.method} is not supported here"))
-    return exc
+    return web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)

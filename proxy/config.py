@@ -120,6 +120,7 @@ class LogConfig(_Frozen):
 
 class Config(_Frozen):
     listen: str = "0.0.0.0:5000"
+    public_url: str | None = None  # how clients reach Wharf, e.g. https://wharf.example (token realm)
     workers: int = Field(default=1, ge=1, le=64)  # "auto": one per CPU core
 
     @field_validator("workers", mode="before")
@@ -137,6 +138,13 @@ class Config(_Frozen):
     limits: LimitsConfig = LimitsConfig()
     gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
 
     @field_validator("listen")
     @classmethod

@@ -228,3 +228,10 @@ async def test_login_is_refused_when_the_only_asking_upstream_refuses(auth_regis
     wharf = await make_wharf(dead, auth_registry_upstream.url)
     assert (await _login(wharf, basic(auth_registry_upstream.username, "nope"))).status == 401
     assert (await _login(wharf, auth_registry_upstream.headers)).status == 200
+
+
+async def test_public_url_sets_the_token_realm(fake_upstream, make_wharf):
+    fake, wharf, prefix, _, _ = await _setup(fake_upstream, make_wharf)
+    wharf = await make_wharf(fake.url, public_url="https://wharf.example/")
+    resp = await wharf.client.get("/v2/")
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="https://wharf.example/token",service="wharf"'

@@ -7,7 +7,7 @@ import json
 from aiohttp import web
 
 from proxy.errors import OCIError, Unauthorized, Unsupported
-from proxy.http.keys import ERROR_CODE
+from proxy.http.keys import CONFIG, ERROR_CODE
 
 
 class RouteUnknown(OCIError):
@@ -15,8 +15,13 @@ class RouteUnknown(OCIError):
 
 
 def challenge(request: web.Request) -> str:
-    """The Bearer challenge pointing a client at Wharf's own token endpoint."""
-    realm = f"{request.scheme}://{request.host}/token"
+    """The Bearer challenge pointing a client at Wharf's own token endpoint.
+
+    The realm is ``public_url`` when configured (Wharf behind a TLS terminator or another name),
+    else the scheme and Host the request came with.
+    """
+    public = request.app[CONFIG].public_url
+    realm = f"{public or f'{request.scheme}://{request.host}'}/token"
     value = f'Bearer realm="{realm}",service="wharf"'
     name = request.match_info.get("name")
     if name:

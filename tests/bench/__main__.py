@@ -89,6 +89,7 @@ async def main(args: argparse.Namespace) -> int:
     await upstream.start()
     workers = tuple(int(w) for w in args.wharf_workers.split(",") if w.strip())
     bench = scenarios.Bench(profile, results, upstream, store, images, work / "targets", wharf_workers=workers)
+    bench.py_spy = args.py_spy
     if args.skip_wharf:
         bench.skip.update(bench.wharfs)
     steps = {
@@ -131,6 +132,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--wharf-workers", default="1,2",
                    help="comma-separated `workers:` settings; each is a Wharf target (default 1,2: wharf, wharf-2w)")
     p.add_argument("--skip-wharf", action="store_true", help="measure only the references")
+    p.add_argument("--py-spy", action="store_true",
+                   help="sample Wharf with py-spy in each test's first repetition (raw stacks under "
+                        "results/tmp/<profile>/py-spy/, top functions in the JSON; slows Wharf a little)")
     p.add_argument("--out", help="results JSON path (default results/latest.json, quick.json with --quick)")
     p.add_argument("--report", action="store_true", help="write REPORT.md and chart.png next to --out")
     return p.parse_args(argv)

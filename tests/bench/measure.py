@@ -268,3 +268,61 @@ async def big_get(url: str, seconds: float) -> Load:
     u = __import__("urllib.parse").parse.urlsplit(url)
     bps, n, errors = await asyncio.to_thread(_raw_get_loop, u.hostname, u.port, u.path, seconds)
     return Load(rps=n / seconds, p50_ms=float("nan"), p99_ms=float("nan"), requests=n, errors=errors, bytes_per_s=bps)
+
+
+class PySpy:
+    """``py-spy record`` on a process tree while a block runs; summarised into top functions.
+
+    Sampling costs the target a little CPU, so runs with ``--py-spy`` are for finding causes,
+    not for the figures."""
+
+    def __init__(self, pid: int | None, out: Path, rate: int = 100):
+        self.pid, self.out, self.rate = pid, out, rate
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> "PySpy":
+        exe = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "py-spy"
+        exe = str(exe) if exe.exists() else (shutil.which("py-spy") or "")
+        if self.pid and exe:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            self.proc = await asyncio.create_subprocess_exec(
+                exe, "record", "--format", "raw", "-r", str(self.rate), "--nonblocking", "--subprocesses",
+                "--pid", str(self.pid), "-o", str(self.out),
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(0.5)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc:
+            self.proc.send_signal(2)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 20)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    def top(self, n: int = 12) -> dict[str, list[tuple[str, float]]]:
+        """The functions with most samples on top of the stack (self) and anywhere in it (inclusive)."""
+        incl: dict[str, int] = {}
+        own: dict[str, int] = {}
+        total = 0
+        try:
+            lines = self.out.read_text().splitlines()
+        except OSError:
+            return {}
+        for line in lines:
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            k = int(count)
+            total += k
+            frames = [f for f in stack.split(";") if not f.startswith("process ")]
+            names = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in frames]
+            for name in set(names):
+                incl[name] = incl.get(name, 0) + k
+            if names:
+                own[names[-1]] = own.get(names[-1], 0) + k
+        if not total:
+            return {}
+        pick = lambda d: [(name, round(100 * v / total, 1)) for name, v in sorted(d.items(), key=lambda x: -x[1])[:n]]
+        return {"samples": total, "self": pick(own), "inclusive": pick(incl)}

@@ -98,6 +98,10 @@ def markdown(data: dict) -> str:
             lines.append("")
         for note in test.get("notes", []):
             lines.append(f"- {note}")
+        for label, top in test.get("profiles", {}).items():
+            if top:
+                lines.append(f"- py-spy, {label} ({top['samples']} samples), most time in: " +
+                             ", ".join(f"`{n}` {p}%" for n, p in top["self"][:8]))
         for target, errs in test.get("errors", {}).items():
             for e in sorted(set(errs))[:3]:
                 lines.append(f"- **{target}** error: `{e[:300]}`")

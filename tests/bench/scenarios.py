@@ -7,6 +7,7 @@ Wharf against the goal, with the references' figures alongside.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Bench:
     wharf_workers: tuple[int, ...] = (1,)
     targets: dict[str, Target] = field(default_factory=dict)
     skip: set[str] = field(default_factory=set)      # targets that failed to start: not retried
+    py_spy: bool = False                             # profile Wharf in the first repetition of each test
 
     def __post_init__(self) -> None:
         for i, workers in enumerate(self.wharf_workers):
@@ -70,6 +72,22 @@ class Bench:
             t.stop()
 
 
+@contextlib.asynccontextmanager
+async def profiled(b: Bench, key: str, label: str, target: Target, rep: int = 0):
+    """With ``--py-spy``, sample Wharf's processes during the block (first repetition only)."""
+    if not (b.py_spy and rep == 0 and isinstance(target, Wharf) and target.pid):
+        yield
+        return
+    spy = measure.PySpy(target.pid, b.work.parent / "py-spy" / f"{key}-{label}-{target.name}.txt")
+    async with spy:
+        yield
+    top = spy.top()
+    b.results.data["tests"][key].setdefault("profiles", {})[f"{label} {target.name}"] = top
+    if top:
+        print(f"  [{key}] py-spy {target.name} {label}: {top['samples']} samples; self: " +
+              ", ".join(f"{n} {p}%" for n, p in top["self"][:8]), flush=True)
+
+
 def rotate(items: list, n: int) -> list:
     n %= max(1, len(items))
     return items[n:] + items[:n]
@@ -99,7 +117,8 @@ async def cold_pull(b: Bench) -> None:
                 continue
             await b.upstream.wait_idle()
             mark = b.upstream.mark()
-            ok, secs, err = await measure.skopeo_pull(t.ref(img.repo, img.tag), b.profile.fill_timeout)
+            async with profiled(b, key, "pull", t, rep):
+                ok, secs, err = await measure.skopeo_pull(t.ref(img.repo, img.tag), b.profile.fill_timeout)
             await b.upstream.wait_idle(b.profile.fill_timeout)
             up = summarize(b.upstream.requests_since(mark))
             if not ok:
@@ -139,8 +158,11 @@ async def warm_blob(b: Bench) -> None:
     # single-connection throughput on a VM swings by +-30 % from run to run: three times the repetitions
     for rep in range(b.profile.reps * 3):
         for t in rotate(targets, rep):
-            load = await guarded(b, key, t, measure.big_get(t.url(b.images["big"].repo, "blobs", layer.digest),
-                                                            b.profile.blob_seconds))
+            async with profiled(b, key, "get", t, rep):
+                load = await guarded(b, key, t, measure.big_get(t.url(b.images["big"].repo, "blobs", layer.digest),
+                                                                b.profile.blob_seconds))
+            if load and load.errors:
+                r.error(key, t.name, "a response was not a complete 200")
             if load:
                 r.add(key, "MB_per_s", t.name, load.bytes_per_s / 1e6, "MB/s", errors=load.errors)
     await b.upstream.wait_idle()
@@ -171,15 +193,19 @@ async def _manifest_load(b: Bench, key: str, ref: str, count_upstream: bool) -> 
             for method in ("GET", "HEAD"):
                 await b.upstream.wait_idle()
                 mark = b.upstream.mark()
-                if method == "GET":
-                    load = await guarded(b, key, t, measure.wrk(url, b.profile.load_seconds, 32, 2, DOCKER_ACCEPT))
-                else:
-                    load = await guarded(b, key, t, measure.ab_head(url, b.profile.load_seconds, 32, DOCKER_ACCEPT))
+                async with profiled(b, key, method, t, rep):
+                    if method == "GET":
+                        load = await guarded(b, key, t, measure.wrk(url, b.profile.load_seconds, 32, 2, DOCKER_ACCEPT))
+                    else:
+                        load = await guarded(b, key, t, measure.ab_head(url, b.profile.load_seconds, 32,
+                                                                        DOCKER_ACCEPT))
                 await b.upstream.wait_idle()
                 up = summarize(b.upstream.requests_since(mark))
                 if not load:
                     continue
                 m = method.lower()
+                if load.errors:
+                    r.error(key, t.name, f"{method}: {load.errors} of {load.requests} answers failed or were not 2xx")
                 r.add(key, f"{m}_rps", t.name, load.rps, "req/s", errors=load.errors)
                 r.add(key, f"{m}_p99_ms", t.name, load.p99_ms, "ms")
                 if count_upstream:
@@ -278,7 +304,8 @@ async def thundering_herd(b: Bench) -> None:
         mark = b.upstream.mark()
         url = t.url(b.images["big"].repo, "blobs", layer.digest)
         with measure.RssSampler(t.pid) as rss:
-            crowd = await measure.crowd_get(url, n, expected, b.profile.fill_timeout)
+            async with profiled(b, key, "herd", t):
+                crowd = await measure.crowd_get(url, n, expected, b.profile.fill_timeout)
             await b.upstream.wait_idle(b.profile.fill_timeout)
         t.stop()
         reqs = [q for q in b.upstream.requests_since(mark) if layer.digest in q.uri]

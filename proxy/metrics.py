@@ -40,6 +40,7 @@ class Metrics:
                                   registry=r)
         self.evictions = Counter("wharf_evictions", "Blobs evicted under the size budget", registry=r)
         self._request_children: dict[tuple[str, str, int], tuple] = {}
+        self._cache_children: dict[tuple[str, str], object] = {}
         self.evicted_bytes = Counter("wharf_evicted_bytes", "Bytes evicted under the size budget",
                                      registry=r)
 
@@ -52,3 +53,10 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_cache(self, kind: str, result: str) -> None:
+        """Count a cache outcome; the labelled child is looked up once, then kept."""
+        child = self._cache_children.get((kind, result))
+        if child is None:
+            child = self._cache_children[(kind, result)] = self.cache.labels(kind, result)
+        child.inc()

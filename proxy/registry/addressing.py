@@ -12,6 +12,7 @@ On docker.io a single-component repository means ``library/<name>``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping
 
 from proxy.errors import NameUnknown
@@ -50,16 +51,21 @@ class Addressing:
             upstream = self._upstream_for(ns)
             if upstream is None:
                 raise NameUnknown(f"no upstream is configured for namespace {ns!r}")
-            return Target(upstream, _normalise(upstream, validate_name(name)))
+            return self._prefixed(upstream, name)
         head, sep, rest = name.partition("/")
         if sep:
             upstream = self._upstream_for(head)
             if upstream is not None:
-                return Target(upstream, _normalise(upstream, validate_name(rest)))
+                return self._prefixed(upstream, rest)
         validate_name(name)
         if self._default is not None and not self._is_local_repo(name):
             return Target(self._default, _normalise(self._default, name))
         return Target(None, name)
+
+    @functools.lru_cache(maxsize=4096)
+    def _prefixed(self, upstream: str, repo: str) -> Target:
+        """A prefixed name depends on nothing that changes: resolved (and validated) once."""
+        return Target(upstream, _normalise(upstream, validate_name(repo)))
 
     def is_upstream_namespace(self, name: str, ns: str | None) -> bool:
         """True when a name addresses an upstream explicitly (prefix or ns); pushes there are refused."""

@@ -112,7 +112,7 @@ class PullThroughRegistry:
         return upstream.configured_credential, True
 
     def _count(self, kind: str, result: str) -> None:
-        self._metrics.cache.labels(kind, result).inc()
+        self._metrics.count_cache(kind, result)
 
     async def _coalesced(self, kind: str, key: tuple, factory: Callable[[], Awaitable]) -> tuple:
         result, joined = await self._flights.run(key, factory)

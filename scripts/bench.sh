@@ -6,7 +6,7 @@
 #   scripts/bench.sh --only 1,4 --quick --report    some tests only; see --help
 #
 # Installs what it needs (Debian: docker-registry nginx skopeo wrk apache2-utils; PyPI into .venv:
-# matplotlib numpy psutil), generates the images, and only ever talks to 127.0.0.1.
+# matplotlib numpy psutil py-spy), generates the images, and only ever talks to 127.0.0.1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -26,8 +26,8 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import aiohttp, matplotlib, numpy, psutil, yaml' 2>/dev/null; then
-  .venv/bin/pip install -q aiohttp matplotlib numpy psutil PyYAML
+if ! .venv/bin/python -c 'import aiohttp, matplotlib, numpy, psutil, yaml' 2>/dev/null || [ ! -x .venv/bin/py-spy ]; then
+  .venv/bin/pip install -q aiohttp matplotlib numpy psutil PyYAML py-spy uvloop
 fi
 if ! .venv/bin/python -c 'import proxy' 2>/dev/null && [ ! -x .venv/bin/wharf ]; then
   .venv/bin/pip install -q -e .

@@ -9,6 +9,7 @@ import mmap
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -98,12 +99,25 @@ async def skopeo_pull(ref: str, timeout: float) -> tuple[bool, float, str]:
     return True, secs, ""
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size: shared pages (a forked worker's copy-on-write image) counted once overall."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class RssSampler:
-    """Peak of the summed RSS of a process and all its descendants, sampled in a thread."""
+    """Peak of the summed RSS (and PSS) of a process and all its descendants, sampled in a thread."""
 
     def __init__(self, pid: int | None, interval: float = 0.05):
         self.pid, self.interval = pid, interval
         self.peak = 0
+        self.peak_pss = 0
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -123,9 +137,20 @@ class RssSampler:
                 pass
         return total
 
+    @staticmethod
+    def tree_pss(pid: int) -> int:
+        try:
+            root = psutil.Process(pid)
+            pids = [root.pid] + [p.pid for p in root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        return sum(_pss(p) for p in pids)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.tree_rss(self.pid))
+            if self.samples % 4 == 0:
+                self.peak_pss = max(self.peak_pss, self.tree_pss(self.pid))
             self.samples += 1
             self._stop.wait(self.interval)
 
@@ -281,7 +306,7 @@ class PySpy:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def __aenter__(self) -> "PySpy":
-        exe = Path(os.environ.get("VIRTUAL_ENV", "")) / "bin" / "py-spy"
+        exe = Path(sys.executable).parent / "py-spy"
         exe = str(exe) if exe.exists() else (shutil.which("py-spy") or "")
         if self.pid and exe:
             self.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ class Ports:
     nginx_cache: int = 15030
     nginx_cache_tuned: int = 15031
     nginx_sendfile: int = 15040
+    aiohttp_bare: int = 15050
 
 
 PORTS = Ports()

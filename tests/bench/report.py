@@ -6,9 +6,9 @@ import json
 import math
 from pathlib import Path
 
-ORDER = ["wharf", "upstream", "nginx-sendfile", "distribution", "nginx-cache", "nginx-cache-tuned"]
+ORDER = ["wharf", "upstream", "nginx-sendfile", "distribution", "nginx-cache", "nginx-cache-tuned", "aiohttp-bare"]
 COLORS = {"wharf": "#1f77b4", "upstream": "#7f7f7f", "nginx-sendfile": "#2ca02c", "distribution": "#d62728",
-          "nginx-cache": "#ff7f0e", "nginx-cache-tuned": "#ffbb78"}
+          "nginx-cache": "#ff7f0e", "nginx-cache-tuned": "#ffbb78", "aiohttp-bare": "#9467bd"}
 
 
 def _fmt(v) -> str:

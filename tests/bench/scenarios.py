@@ -18,7 +18,7 @@ from . import measure
 from .imagegen import Image, Store
 from .profile import ACCEPT_VARIANTS, DOCKER_ACCEPT, MiB, PORTS, HOST, Profile
 from .results_model import Results, ratio
-from .servers import (Direct, Distribution, NginxCache, NginxCacheTuned, NginxSendfile, Relay, Target,
+from .servers import (BareAiohttp, Direct, Distribution, NginxCache, NginxCacheTuned, NginxSendfile, Relay, Target,
                       Upstream, Wharf, summarize)
 
 
@@ -43,6 +43,8 @@ class Bench:
             t = cls(self.work)
             self.targets[t.name] = t
         self.targets["nginx-sendfile"] = NginxSendfile(self.work, self.store.root)
+        big = self.images["big"]
+        self.targets["aiohttp-bare"] = BareAiohttp(self.work, self.store.blob_path(big.digest), big.media_type, big.tag)
 
     @property
     def wharfs(self) -> list[str]:
@@ -139,6 +141,18 @@ async def cold_pull(b: Bench) -> None:
 
 # ----------------------------------------------------------------------------- test 1
 
+async def ensure_warm(b: Bench, key: str, targets: list[Target]) -> list[Target]:
+    """Targets still running (and warm) from test 2; the others started and filled with one pull."""
+    for t in targets:
+        if t.pid is None and t.name not in b.skip:
+            if await b.start(key, t, b.upstream.url) and t.is_cache:
+                ok, _, err = await measure.skopeo_pull(t.ref(b.images["big"].repo, b.images["big"].tag),
+                                                       b.profile.fill_timeout)
+                if not ok:
+                    b.results.error(key, t.name, f"warm-up pull failed: {err}")
+    return [t for t in targets if t.pid is not None]
+
+
 async def warm_blob(b: Bench) -> None:
     key = "1_warm_blob"
     r = b.results
@@ -146,12 +160,7 @@ async def warm_blob(b: Bench) -> None:
     r.test(key, f"Warm {layer.size / MiB:.0f} MiB blob GET, one keep-alive connection, 4 MiB reads")
     sendfile = b.targets["nginx-sendfile"]
     await b.start(key, sendfile, b.upstream.url)
-    targets = b.pick("nginx-sendfile", "WHARF", "distribution", "nginx-cache")
-    for t in targets:       # still warm from test 2; started (and filled) here otherwise
-        if t.pid is None and t.name not in b.skip:
-            if await b.start(key, t, b.upstream.url):
-                await measure.skopeo_pull(t.ref(b.images["big"].repo, "latest"), b.profile.fill_timeout)
-    targets = [t for t in targets if t.pid is not None]
+    targets = await ensure_warm(b, key, b.pick("nginx-sendfile", "WHARF", "distribution", "nginx-cache"))
     mark = b.upstream.mark()
     for t in targets:
         await guarded(b, key, t, measure.big_get(t.url(b.images["big"].repo, "blobs", layer.digest), 1))
@@ -182,7 +191,7 @@ async def warm_blob(b: Bench) -> None:
 async def _manifest_load(b: Bench, key: str, ref: str, count_upstream: bool) -> None:
     r = b.results
     img = b.images["big"]
-    targets = [t for t in b.pick("WHARF", "distribution", "nginx-cache") if t.pid is not None]
+    targets = await ensure_warm(b, key, b.pick("WHARF", "distribution", "nginx-cache", "aiohttp-bare"))
     for t in targets:   # warm: GET and HEAD with the Accept the load uses
         url = t.url(img.repo, "manifests", ref)
         for method in ("GET", "HEAD"):
@@ -215,12 +224,13 @@ async def _manifest_load(b: Bench, key: str, ref: str, count_upstream: bool) -> 
             nginx = r.med(key, f"{m}_rps", "nginx-cache")
             w = ratio(r.med(key, f"{m}_rps", name), nginx)
             refs = {"distribution": ratio(r.med(key, f"{m}_rps", "distribution"), nginx),
+                    "aiohttp-bare": ratio(r.med(key, f"{m}_rps", "aiohttp-bare"), nginx),
                     "nginx-cache req/s": nginx, "Wharf req/s": r.med(key, f"{m}_rps", name)}
             r.check(key, f"{m.upper()} req/s / nginx cache", ">= 0.25", w, None if w is None else w >= 0.25, refs,
                     name)
             p99 = r.med(key, f"{m}_p99_ms", name)
             r.check(key, f"{m.upper()} p99 latency (ms)", "< 10", p99, None if p99 is None else p99 < 10,
-                    {n: r.med(key, f"{m}_p99_ms", n) for n in ("distribution", "nginx-cache")}, name)
+                    {n: r.med(key, f"{m}_p99_ms", n) for n in ("distribution", "nginx-cache", "aiohttp-bare")}, name)
             if count_upstream:
                 up = r.med(key, f"{m}_upstream_requests", name)
                 r.check(key, f"{m.upper()} upstream requests per {b.profile.load_seconds} s run (tag fresh)", "0",
@@ -319,6 +329,7 @@ async def thundering_herd(b: Bench) -> None:
         totals = crowd.totals()
         r.add(key, "last_client_done_s", t.name, totals[-1] if totals else None, "s")  # bound by our client too
         r.add(key, "peak_rss_mib", t.name, rss.peak / MiB, "MiB")
+        r.add(key, "peak_pss_mib", t.name, rss.peak_pss / MiB, "MiB")
         if errors:
             r.error(key, t.name, "; ".join(errors[:3]))
     r.note(key, "one aiohttp process receives and memcmp-checks all bodies; it tops out near 1 GB/s on this "
@@ -339,6 +350,9 @@ async def thundering_herd(b: Bench) -> None:
         peak = r.med(key, "peak_rss_mib", w)
         r.check(key, "peak RSS of all Wharf processes (MiB)", "<= 100", peak,
                 None if peak is None else peak <= 100, {x: r.med(key, "peak_rss_mib", x) for x in refs}, w)
+        pss = r.med(key, "peak_pss_mib", w)
+        r.check(key, "peak PSS of all Wharf processes (MiB; shared pages once)", "<= 100", pss,
+                None if pss is None else pss <= 100, {x: r.med(key, "peak_pss_mib", x) for x in refs}, w)
 
 
 async def memory_flat(b: Bench) -> None:
@@ -358,6 +372,7 @@ async def memory_flat(b: Bench) -> None:
             t.stop()
             r.add(key, f"peak_rss_mib_{name}", t.name, rss.peak / MiB, "MiB", blob_mib=round(layer.size / MiB),
                   idle_mib=round(idle / MiB, 1), complete=crowd.complete, samples=rss.samples)
+            r.add(key, f"peak_pss_mib_{name}", t.name, rss.peak_pss / MiB, "MiB")
             if crowd.complete != 2:
                 r.error(key, t.name, f"{name}: " + "; ".join(sorted({c.error for c in crowd.clients if c.error})))
     small, large = b.images["mem_small"].largest_layer.size / MiB, b.images["mem_large"].largest_layer.size / MiB

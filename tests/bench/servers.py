@@ -507,6 +507,23 @@ class NginxSendfile(Target):
         return start_nginx(prefix, nginx_main(prefix, body))
 
 
+class BareAiohttp(Target):
+    """Not a cache: bare aiohttp serving the big image's manifest from memory (tests 4 and 5 only)."""
+
+    name = "aiohttp-bare"
+    port = PORTS.aiohttp_bare
+    is_cache = False
+
+    def __init__(self, work: Path, manifest_file: Path, media_type: str, tag: str):
+        super().__init__(work)
+        self.manifest_file, self.media_type, self.tag = manifest_file, media_type, tag
+
+    def _spawn(self, upstream_url: str, tag_ttl: float) -> Proc:
+        script = Path(__file__).with_name("bare_aiohttp.py")
+        return Proc([sys.executable, str(script), str(self.port), str(self.manifest_file), self.media_type,
+                     self.tag], self.work / "stdout.log")
+
+
 class Direct(Target):
     """Pulling straight from the upstream (through its logging front): the baseline for test 2."""
 

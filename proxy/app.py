@@ -89,7 +89,7 @@ def create_app(config: Config) -> web.Application:
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
         for upstream_config in config.upstreams:  # the registry holds this dict already
-            upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics)
+            upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire))]
         if config.gc.interval_seconds:

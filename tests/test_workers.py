@@ -110,3 +110,20 @@ async def test_wharf_serve_command_with_two_workers(registry_upstream, repo_name
         output = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, output
     assert "2 worker(s)" in output
+
+
+async def test_a_429_keeps_every_worker_away_from_upstream(fake_upstream, make_wharf, tmp_path):
+    from support.fake_upstream import ANY_PATH, rate_limited
+
+    fake = await fake_upstream()
+    image = make_image("quota", (100,))
+    fake.add_image(REPO, image, tag="1.0")
+    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store")
+    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/manifests/1.0"
+    fake.fault(ANY_PATH, rate_limited(retry_after=60))
+    assert (await first.client.get(path)).status == 429
+    fake.clear_faults()
+    before = fake.count()
+    resp = await second.client.get(path)
+    assert resp.status == 429, "the other worker asked upstream during Retry-After"
+    assert fake.count() == before

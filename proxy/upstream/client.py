@@ -5,7 +5,8 @@ All upstreams share the app's single ``aiohttp.ClientSession``. Rules:
   a Bearer challenge fetches a token from the realm (only the upstream's own host or configured
   ``realm_hosts``) and retries once; a Basic challenge is answered with Basic credentials;
 - tokens are cached until their expiry (less a margin), per scope and credential hash;
-- ``ratelimit-limit`` / ``ratelimit-remaining`` / ``retry-after`` are read off every response;
+- ``ratelimit-limit`` / ``ratelimit-remaining`` / ``retry-after`` are read off every response and
+  shared with the other workers and replicas, so one 429 keeps all of them away from upstream;
 - upstream failures are translated here into domain errors, nowhere else.
 """
 
@@ -15,7 +16,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -27,7 +28,16 @@ from proxy.metrics import Metrics
 from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope
 
 _TOKEN_MARGIN = 10.0
+_RATE_MEMORY = 6 * 3600.0  # Docker Hub's window: what upstream said of its quota is kept that long
 _RATE_RE = re.compile(r"^\s*(\d+)")
+
+
+class SharedFacts(Protocol):
+    """Where quota facts are shared with other workers and replicas (the app's shared cache)."""
+
+    async def get(self, key: str) -> Any: ...
+
+    async def set(self, key: str, value: Any, ttl: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -61,7 +71,8 @@ def _retry_after(value: str | None) -> float:
 class Upstream:
     """One configured remote registry."""
 
-    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics,
+                 shared: SharedFacts | None = None) -> None:
         self.config = config
         self.name = config.name
         self.base_url = config.url
@@ -72,6 +83,7 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                               sock_read=config.read_timeout)
         self.rate = RateLimit()
+        self._shared = shared  # quota and Retry-After shared with other workers and replicas
         self.configured_credential = (Credential.basic(config.username, config.password)
                                       if config.has_credentials else None)
 
@@ -148,6 +160,7 @@ class Upstream:
     async def _send(self, method: str, url: str, scope: str, credential: Credential | None,
                     headers: Mapping[str, str] | None, params: Mapping[str, str] | None
                     ) -> aiohttp.ClientResponse:
+        await self._adopt_shared_rate()
         if self.rate.blocked():
             self._metrics.upstream_requests.labels(self.name, method, "blocked").inc()
             raise TooManyRequests(f"upstream {self.name} asked us to wait (Retry-After)")
@@ -170,10 +183,15 @@ class Upstream:
             self._metrics.upstream_requests.labels(self.name, method, "error").inc()
             raise Unavailable(f"upstream {self.name} unreachable: {type(exc).__name__}") from None
         self._metrics.upstream_requests.labels(self.name, method, str(response.status)).inc()
-        self._note_rate_limit(response)
+        if self._note_rate_limit(response) and self._shared is not None:
+            await self._shared.set(f"rl:{self.name}", {
+                "limit": self.rate.limit, "remaining": self.rate.remaining,
+                "blocked_until": time.time() + max(0.0, self.rate.blocked_until - time.monotonic()),
+            }, _RATE_MEMORY)
         return response
 
-    def _note_rate_limit(self, response: aiohttp.ClientResponse) -> None:
+    def _note_rate_limit(self, response: aiohttp.ClientResponse) -> bool:
+        """Keep what upstream says of its quota; True when it said anything."""
         limit = _parse_int(response.headers.get("ratelimit-limit"))
         remaining = _parse_int(response.headers.get("ratelimit-remaining"))
         if limit is not None:
@@ -182,9 +200,28 @@ class Upstream:
         if remaining is not None:
             self.rate.remaining = remaining
             self._metrics.ratelimit_remaining.labels(self.name).set(remaining)
-        if response.status == 429 or (response.status == 503 and "retry-after" in response.headers):
+        blocked = response.status == 429 or (response.status == 503 and "retry-after" in response.headers)
+        if blocked:
             wait = _retry_after(response.headers.get("retry-after")) or 30.0
             self.rate.blocked_until = time.monotonic() + wait
+        return blocked or limit is not None or remaining is not None
+
+    async def _adopt_shared_rate(self) -> None:
+        """Take what another worker or replica last learned of the quota (a 429 above all)."""
+        if self._shared is None:
+            return
+        shared = await self._shared.get(f"rl:{self.name}")
+        if not shared:
+            return
+        left = shared["blocked_until"] - time.time()
+        if left > 0:
+            self.rate.blocked_until = max(self.rate.blocked_until, time.monotonic() + left)
+        if shared["remaining"] is not None:
+            self.rate.remaining = shared["remaining"]
+            self._metrics.ratelimit_remaining.labels(self.name).set(shared["remaining"])
+        if shared["limit"] is not None:
+            self.rate.limit = shared["limit"]
+            self._metrics.ratelimit_limit.labels(self.name).set(shared["limit"])
 
     def _realm_allowed(self, realm: str) -> bool:
         host = urlsplit(realm).hostname or ""

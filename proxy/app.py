@@ -86,7 +86,7 @@ def create_app(config: Config) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, read_bufsize=1024 * 1024,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)

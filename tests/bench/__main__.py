@@ -112,6 +112,7 @@ async def main(args: argparse.Namespace) -> int:
             results.finish(out)    # keep what we have if a later step dies
     finally:
         bench.stop_all()
+        bench.clean()
         upstream.stop()
         shutil.rmtree(SHM, ignore_errors=True)
     results.finish(out)

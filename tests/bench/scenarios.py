@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +73,12 @@ class Bench:
     def stop_all(self) -> None:
         for t in self.targets.values():
             t.stop()
+
+    def clean(self) -> None:
+        """Drop the targets' stores (GiBs of cached blobs); their configs and logs stay for reading."""
+        for t in self.targets.values():
+            for sub in ("data", "nginx/cache"):
+                shutil.rmtree(t.work / sub, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

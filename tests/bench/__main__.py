@@ -117,8 +117,8 @@ async def main(args: argparse.Namespace) -> int:
         shutil.rmtree(SHM, ignore_errors=True)
     results.finish(out)
     if out.name == "latest.json" or args.report:
-        report.write(out)
-        print(f"\nwrote {out}, {out.parent / 'REPORT.md'}, {out.parent / 'chart.png'}")
+        md, png = report.write(out)
+        print(f"\nwrote {out}, {md}, {png}")
     else:
         print(f"\nwrote {out} (REPORT.md and chart.png are written for full runs, or with --report)")
     print(f"total {time.monotonic() - t0:.0f} s")

@@ -342,7 +342,10 @@ class PySpy:
             k = int(count)
             total += k
             frames = [f for f in stack.split(";") if not f.startswith("process ")]
-            names = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1] if " (" in f else f for f in frames]
+            names = []
+            for f in frames:   # "func (path/to/file.py:123)" -> "func (file.py:123)"
+                m = re.match(r"^(.*) \((.*)\)$", f)
+                names.append(f"{m.group(1)} ({m.group(2).rsplit('/', 1)[-1]})" if m else f)
             for name in set(names):
                 incl[name] = incl.get(name, 0) + k
             if names:

@@ -51,8 +51,8 @@ def markdown(data: dict) -> str:
         f"Wharf at `{m.get('wharf_commit', '?')}`; Wharf targets: " + ", ".join(
             ("wharf" if w.strip() == "1" else f"wharf-{w.strip()}w") + f" (`workers: {w.strip()}`)"
             for w in str(data.get("config", {}).get("wharf_workers", "1")).split(",")) + "; "
-        f"{data.get('config', {}).get('reps', '?')} interleaved repetitions (test 1: three times as many; "
-        "tests 3, 6, 7: one run each).",
+        f"{data.get('config', {}).get('reps', '?')} interleaved repetitions (test 1: three times as many, "
+        "test 2: two more; tests 3, 6, 7: one run each).",
         "",
         "Everything runs on 127.0.0.1 on this one machine, load generators included, so absolute "
         "numbers are noise; the ratios are the result. Each cell: median [min–max] (runs) of interleaved "
@@ -160,10 +160,18 @@ def chart(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write(json_path: Path) -> None:
+def outputs(json_path: Path) -> tuple[Path, Path]:
+    """latest.json -> REPORT.md, chart.png (committed); x.json -> x-REPORT.md, x-chart.png."""
+    prefix = "" if json_path.stem == "latest" else json_path.stem + "-"
+    return json_path.parent / f"{prefix}REPORT.md", json_path.parent / f"{prefix}chart.png"
+
+
+def write(json_path: Path) -> tuple[Path, Path]:
     data = json.loads(json_path.read_text())
-    (json_path.parent / "REPORT.md").write_text(markdown(data))
-    chart(data, json_path.parent / "chart.png")
+    md, png = outputs(json_path)
+    md.write_text(markdown(data).replace("](chart.png)", f"]({png.name})"))
+    chart(data, png)
+    return md, png
 
 
 if __name__ == "__main__":

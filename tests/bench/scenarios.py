@@ -120,7 +120,7 @@ async def cold_pull(b: Bench) -> None:
     r.test(key, f"Cold skopeo pull of the {b.images['big'].pull_bytes / MiB:.0f} MiB image")
     img = b.images["big"]
     targets = b.pick("upstream", "WHARF", "distribution", "nginx-cache")
-    for rep in range(b.profile.reps):
+    for rep in range(b.profile.reps + 2):   # +-10 % from run to run: two more than the other tests
         for t in rotate(targets, rep):
             if t.name in b.skip or not await b.start(key, t, b.upstream.url):
                 continue

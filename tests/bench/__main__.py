@@ -51,7 +51,8 @@ def machine() -> dict:
         "ab " + _version(["ab", "-V"]).split("Version ")[-1].split()[0],
     ])
     try:
-        commit = subprocess.run(["git", "-C", str(PROJECT), "log", "-1", "--format=%h %<(60,trunc)%s"], capture_output=True,
+        commit = subprocess.run(["git", "-C", str(PROJECT), "log", "-1", "--format=%h %<(60,trunc)%s", "--", "proxy"],
+                                capture_output=True,
                                 text=True, timeout=10).stdout.strip()[:100]
         dirty = subprocess.run(["git", "-C", str(PROJECT), "status", "--porcelain", "--", "proxy"],
                                capture_output=True, text=True, timeout=10).stdout.strip()

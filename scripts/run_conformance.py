@@ -45,7 +45,7 @@ def serve(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1).read()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).read()
             return process, port
         except OSError:
             if process.poll() is not None:

@@ -64,8 +64,8 @@ async def manifest(request: web.Request) -> web.Response:
     result = await request.app[REGISTRY].manifest(target, reference, accept, await client_of(request), head)
     request[CACHE_STATUS] = result.cache_status
     headers = _common_headers(request)
-    headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": str(result.digest),
-                    "ETag": f'"{result.digest}"'})
+    digest = str(result.digest)
+    headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"'})
     if head:
         headers["Content-Length"] = str(result.size)
         return web.Response(status=200, headers=headers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -35,13 +36,19 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 def parse_accept(header_values: list[str]) -> list[str]:
     """Join every Accept line (clients send several) into one list of bare media types."""
+    return list(_parse_accept(tuple(header_values)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_accept(header_values: tuple[str, ...]) -> tuple[str, ...]:
+    """Clients send the same few Accept headers over and over: each is parsed once."""
     types: list[str] = []
     for value in header_values:
         for part in value.split(","):
             media = part.split(";", 1)[0].strip().lower()
             if media:
                 types.append(media)
-    return types
+    return tuple(types)
 
 
 def accepts(accept: list[str], media_type: str) -> bool:

@@ -97,8 +97,6 @@ class CacheConfig(_Frozen):
 class LimitsConfig(_Frozen):
     max_layer_bytes: int = Field(default=10 * 10**9, gt=0)
     upload_idle_seconds: float = Field(default=600, gt=0)
-    description_chars: int = 512
-    licenses_chars: int = 256
 
     @field_validator("max_layer_bytes", mode="before")
     @classmethod

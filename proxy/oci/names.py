@@ -27,5 +27,3 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
-def is_valid_tag(tag: str) -> bool:
-    return bool(_TAG_RE.match(tag))

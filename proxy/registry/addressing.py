@@ -19,7 +19,6 @@ from proxy.errors import NameUnknown
 from proxy.oci.names import validate_name
 from proxy.registry.base import Target
 
-DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "registry-1.docker.io", "index.docker.io"}
 
 

@@ -41,11 +41,6 @@ class HotSet:
             _, dropped = self._manifests.popitem(last=False)
             self._bytes -= len(dropped.body)
 
-    def drop_manifest(self, digest: str) -> None:
-        entry = self._manifests.pop(digest, None)
-        if entry is not None:
-            self._bytes -= len(entry.body)
-
     def fresh_digest(self, scope: str, tag: str) -> str | None:
         """The digest a tag resolves to while upstream's confirmation holds, else None."""
         entry = self._fresh.get((scope, tag))

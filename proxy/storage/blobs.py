@@ -22,7 +22,6 @@ from typing import Iterator
 from proxy.errors import DigestInvalid, SizeInvalid
 from proxy.oci.digest import Digest
 
-_CHUNK = 1024 * 1024
 
 
 class Growth:
@@ -245,16 +244,3 @@ class BlobStore:
             except FileNotFoundError:
                 pass
         return removed
-
-
-async def read_file_range(path: Path, start: int, end: int, chunk: int = _CHUNK):
-    """Yield bytes [start, end) of a file in chunks (used where sendfile cannot be)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        remaining = end - start
-        while remaining > 0:
-            data = f.read(min(chunk, remaining))
-            if not data:
-                break
-            remaining -= len(data)
-            yield data

@@ -152,9 +152,6 @@ class UploadStore:
                 self._remove(upload_id)  # a state file whose data is gone
         return removed
 
-    def active(self) -> int:
-        return sum(1 for entry in os.scandir(self.dir) if entry.name.endswith(".data"))
-
     # data ------------------------------------------------------------------------------------
     def check_declared(self, session: UploadSession, start: int | None, length: int | None) -> None:
         """Refuse an out-of-order chunk (416) or one that would cross the size limit, before reading it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -28,16 +27,6 @@ class Credential:
     @classmethod
     def basic(cls, username: str, password: str) -> "Credential":
         return cls("basic", base64.b64encode(f"{username}:{password}".encode()).decode())
-
-    def user_password(self) -> tuple[str, str] | None:
-        if self.scheme != "basic":
-            return None
-        try:
-            user, _, password = base64.b64decode(self.secret).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return user, password
-
 
 def credential_from_header(value: str | None) -> Credential | None:
     """Parse a client's Authorization header; anything unparseable counts as no credential."""

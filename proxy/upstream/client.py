@@ -112,9 +112,6 @@ class Upstream:
         response.release()
         raise self._translate(response, not_found)
 
-    async def close_token_cache(self) -> None:
-        self._tokens.clear()
-
     async def check_credentials(self, repo: str | None, credential: Credential) -> bool:
         """Have upstream verify ``credential``: exchange it for a token (on ``repo``'s pull scope, or
         with no scope for a login) or present it as Basic at ``/v2/``.

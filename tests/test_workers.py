@@ -64,6 +64,21 @@ async def test_workers_revalidate_a_tag_once(fake_upstream, make_wharf, tmp_path
     assert fake.count("GET", fake.manifest_path(REPO, "1.0")) == 1
 
 
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -105,6 +120,18 @@ async def test_wharf_serve_command_with_two_workers(registry_upstream, repo_name
             async with session.get(f"{base}/v2/{repo_name}/blobs/{big.digest}",
                                    headers={"Range": "bytes=1000000-"}) as resp:
                 assert resp.status == 206 and await resp.read() == big.data[1000000:]
+            # a worker that dies is replaced, and the server keeps answering meanwhile
+            workers = _children(proc.pid)
+            assert len(workers) == 2
+            os.kill(workers[0], signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while len(set(_children(proc.pid)) - {workers[0]}) < 2:
+                assert time.monotonic() < deadline, "the dead worker was not replaced"
+                await asyncio.sleep(0.1)
+            for _ in range(4):
+                async with session.get(f"{base}/v2/{repo_name}/manifests/v1",
+                                       headers={"Accept": MANIFEST_ACCEPT}) as resp:
+                    assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()

@@ -66,9 +66,11 @@ class V2Resource(AbstractResource):
     def __init__(self) -> None:
         super().__init__(name=None)
         self._routes: dict[str, dict[str, NamedRoute]] = {}
+        self._allowed: dict[str, frozenset[str]] = {}
 
     def add(self, kind: str, method: str, handler: Handler, name: str | None = None) -> None:
         self._routes.setdefault(kind, {})[method] = NamedRoute(method, handler, self, name or kind)
+        self._allowed[kind] = frozenset(self._routes[kind])
 
     async def resolve(self, request: web.Request):
         found = split_v2_path(request.rel_url.path_safe)
@@ -80,8 +82,8 @@ class V2Resource(AbstractResource):
             return None, set()
         route = routes.get(request.method)
         if route is None:
-            return None, set(routes)
-        return UrlMappingMatchInfo(match, route), set(routes)
+            return None, self._allowed[kind]
+        return UrlMappingMatchInfo(match, route), self._allowed[kind]
 
     # the rest of AbstractResource: what aiohttp asks of any resource -----------------------
     @property

@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -40,7 +39,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.images import Image, ImageIndex, make_image, make_index, push_image, sha256_digest
-from support.servers import _die_with_parent, free_port, require_binary
+from support.servers import ChildProcess, _die_with_parent, free_port, require_binary
 
 pytestmark = pytest.mark.clients
 
@@ -97,27 +96,13 @@ async def run(argv: list[str], env: dict[str, str], timeout: float = CLIENT_TIME
 # --- private daemons ------------------------------------------------------------------------------
 
 @dataclass
-class Daemon:
-    """A daemon started by this module; ``stop()`` is idempotent and always reaps it."""
+class Daemon(ChildProcess):
+    """A daemon started by this module."""
 
     name: str
     process: subprocess.Popen
     log_path: Path
-
-    def log_tail(self, limit: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(DAEMON_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    stop_timeout: float = DAEMON_STOP_TIMEOUT
 
 
 def start_daemon(name: str, argv: list[str], workdir: Path, env: dict[str, str]) -> Daemon:

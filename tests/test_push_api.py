@@ -41,6 +41,15 @@ async def upload(wharf, repo: str, data: bytes) -> str:
     return digest
 
 
+async def finish_and_read_back(wharf, repo: str, location: str, data: bytes) -> None:
+    """Close an upload with ``PUT ?digest=`` (no body) and check the blob reads back as ``data``."""
+    digest = sha256_digest(data)
+    resp = await wharf.client.put(f"{location}?digest={digest}")
+    assert resp.status == 201
+    resp = await wharf.client.get(f"/v2/{repo}/blobs/{digest}")
+    assert await resp.read() == data
+
+
 def store_root(wharf):
     from proxy.http.keys import CONFIG
     return wharf.app[CONFIG].storage.root
@@ -129,11 +138,7 @@ async def test_chunked_patch_with_content_range_then_put(make_wharf, repo_name):
         assert resp.status == 202, await resp.text()
         assert resp.headers["Range"] == f"0-{offset + len(chunk) - 1}"
         location = resp.headers["Location"]
-    digest = sha256_digest(data)
-    resp = await wharf.client.put(f"{location}?digest={digest}")
-    assert resp.status == 201
-    resp = await wharf.client.get(f"/v2/{repo_name}/blobs/{digest}")
-    assert await resp.read() == data
+    await finish_and_read_back(wharf, repo_name, location, data)
 
 
 async def test_out_of_order_chunk_is_416_and_the_session_survives(make_wharf, repo_name):
@@ -182,11 +187,7 @@ async def test_chunked_transfer_encoding_bodies_stream_in(make_wharf, repo_name)
     resp = await wharf.client.patch(location, data=body(), headers=OCTET)
     assert resp.status == 202
     assert resp.headers["Range"] == f"0-{len(data) - 1}"
-    digest = sha256_digest(data)
-    resp = await wharf.client.put(f"{resp.headers['Location']}?digest={digest}")
-    assert resp.status == 201
-    resp = await wharf.client.get(f"/v2/{repo_name}/blobs/{digest}")
-    assert await resp.read() == data
+    await finish_and_read_back(wharf, repo_name, resp.headers["Location"], data)
 
 
 async def test_put_with_wrong_digest_is_400_and_drops_the_session(make_wharf, repo_name):

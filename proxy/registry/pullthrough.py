@@ -136,15 +136,21 @@ class PullThroughRegistry:
             visibility = self._meta.visibility(str(digest), fresh=True)
         if visibility.public:
             return
-        credential, public = self._effective(upstream, client)
-        authz_key = f"authz:{credential.id if credential else 'anon'}:{target.scope}"
-        if target.scope in visibility.repos and await self._shared.get(authz_key):
+        if target.scope in visibility.repos and await self._shared.get(self._authz_key(upstream, target, client)):
             return
+        credential, public = self._effective(upstream, client)
         response = await upstream.request("HEAD", target.repo, suffix, credential,
                                           headers={"Accept": UPSTREAM_ACCEPT}, not_found=not_found)
         response.release()
         self._meta.grant(str(digest), target.scope, public)
-        await self._shared.set(authz_key, 1, self._cache.authz_ttl)
+        await self._remember_authorized(upstream, target, client)
+
+    def _authz_key(self, upstream: Upstream, target: Target, client: Client) -> str:
+        return f"authz:{self._cred_id(upstream, client)}:{target.scope}"
+
+    async def _remember_authorized(self, upstream: Upstream, target: Target, client: Client) -> None:
+        """Upstream just let this client's credential read the repository: remember it briefly."""
+        await self._shared.set(self._authz_key(upstream, target, client), 1, self._cache.authz_ttl)
 
     async def _may_serve_stale(self, target: Target, digest: str, client: Client,
                                upstream: Upstream) -> bool:
@@ -152,9 +158,8 @@ class PullThroughRegistry:
         visibility = self._meta.visibility(digest)
         if visibility.public:
             return True
-        credential, _ = self._effective(upstream, client)
-        authz_key = f"authz:{credential.id if credential else 'anon'}:{target.scope}"
-        return target.scope in visibility.repos and bool(await self._shared.get(authz_key))
+        return target.scope in visibility.repos and \
+            bool(await self._shared.get(self._authz_key(upstream, target, client)))
 
     # manifests -------------------------------------------------------------------------------
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
@@ -318,8 +323,7 @@ class PullThroughRegistry:
             fresh = TagRecord(record.digest, record.media_type, record.size, time.time())
             self._meta.set_tag(target.scope, tag, fresh)
             self._meta.grant(record.digest, target.scope, public)
-            await self._shared.set(f"authz:{credential.id if credential else 'anon'}:{target.scope}", 1,
-                                   self._cache.authz_ttl)
+            await self._remember_authorized(upstream, target, client)
             await self._mark_fresh(upstream, target, tag, record.digest)
             return fresh
         fetched, _ = await self._fetch_manifest(upstream, target, tag, client, coalesce=False)
@@ -341,8 +345,7 @@ class PullThroughRegistry:
                               client: Client, coalesce: bool = True) -> tuple[TagRecord, bool]:
         """GET a manifest (by tag or digest) once for all concurrent askers with this credential."""
         credential, public = self._effective(upstream, client)
-        cred_id = credential.id if credential else "anon"
-        negative_key = f"neg:{target.scope}:{reference}:{cred_id}"
+        negative_key = f"neg:{target.scope}:{reference}:{self._cred_id(upstream, client)}"
         if await self._shared.get(negative_key):
             self._count("manifest", "negative")
             raise ManifestUnknown(f"manifest {reference} unknown upstream (cached answer)")
@@ -358,12 +361,13 @@ class PullThroughRegistry:
             if not is_digest(reference):
                 self._meta.set_tag(target.scope, reference, record)
                 await self._mark_fresh(upstream, target, reference, record.digest)
-            await self._shared.set(f"authz:{cred_id}:{target.scope}", 1, self._cache.authz_ttl)
+            await self._remember_authorized(upstream, target, client)
             return record
 
         if not coalesce:
             return await fetch(), False
-        return await self._coalesced("manifest", ("manifest", target.scope, reference, cred_id), fetch)
+        flight = ("manifest", target.scope, reference, self._cred_id(upstream, client))
+        return await self._coalesced("manifest", flight, fetch)
 
     async def _store_manifest(self, response, target: Target, reference: str, public: bool) -> TagRecord:
         """Read, verify and store a manifest body exactly as upstream sent it."""
@@ -419,7 +423,7 @@ class PullThroughRegistry:
             return BlobResult(digest, size, path=self._blobs.path(digest),
                               reading=lambda: self._blobs.reading(digest), cache_status="hit")
         credential, public = self._effective(upstream, client)
-        negative_key = f"neg:{target.scope}:{digest}:{credential.id if credential else 'anon'}"
+        negative_key = f"neg:{target.scope}:{digest}:{self._cred_id(upstream, client)}"
         if self.fills.get(digest) is None and await self._shared.get(negative_key):
             self._count("blob", "negative")
             raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")

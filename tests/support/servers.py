@@ -54,9 +54,37 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+class ChildProcess:
+    """Failure-message logs and an idempotent, always-reaping ``stop()`` for a child process.
+
+    Subclasses provide ``process`` and ``log_path``; ``stop_timeout`` is how long SIGTERM gets.
+    """
+
+    process: subprocess.Popen
+    log_path: Path
+    stop_timeout: float = STOP_TIMEOUT
+
+    def log_tail(self, limit: int = 4000) -> str:
+        """The end of the process's combined stdout/stderr, for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM, wait ``stop_timeout`` seconds, then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 @dataclass
-class ServerProcess:
-    """A running child server; ``stop()`` is idempotent and always reaps the process."""
+class ServerProcess(ChildProcess):
+    """A running child server."""
 
     name: str
     port: int
@@ -67,23 +95,6 @@ class ServerProcess:
     @property
     def log_path(self) -> Path:
         return self.workdir / "server.log"
-
-    def log_tail(self, limit: int = 4000) -> str:
-        """The end of the server's combined stdout/stderr, for failure messages."""
-        try:
-            return self.log_path.read_text(errors="replace")[-limit:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """SIGTERM, wait a few seconds, then SIGKILL."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.http import keys
+from proxy.http.replay import ReplayTable
 from proxy.http.routes import setup_routes
 from proxy.metrics import Metrics
 from proxy.registry.addressing import Addressing
@@ -75,6 +76,7 @@ def create_app(config: Config) -> web.Application:
                                              config.cache, config.limits, tasks)
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
+    app[keys.REPLAYS] = ReplayTable()
     # threads that push stored blobs with os.sendfile; they mostly wait on sockets
     sendfile_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sendfile")
     app[keys.SENDFILE_POOL] = sendfile_pool

@@ -8,6 +8,8 @@ store: fills by flock, tag revalidation and short-lived facts through the shared
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -41,18 +43,39 @@ def _run_worker(config: Config, sock: socket.socket) -> None:
     except ImportError:
         pass
     from proxy.app import create_app
-    from proxy.http.accesslog import AccessLogSink, JsonAccessLogger
 
-    sink = AccessLogSink() if config.log.access_log else None
     app = create_app(config)
     # what exists now lives as long as the process: keep it out of the cycle collector, and let
     # collections come less often (requests make few cycles), which trims tail latency
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(_serve_app(app, sock, config.log.access_log))
     try:
-        web.run_app(app, sock=sock, access_log=sink,
-                    access_log_class=JsonAccessLogger, print=None)
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
     finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError, web.GracefulExit, KeyboardInterrupt):
+            loop.run_until_complete(main)  # the runner's cleanup: connections drained, stores closed
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _serve_app(app: web.Application, sock: socket.socket, access_log: bool) -> None:
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM (aiohttp raises GracefulExit), then clean up."""
+    from proxy.http.accesslog import AccessLogSink, JsonAccessLogger
+    from proxy.http.replayserver import ReplayingAppRunner
+
+    sink = AccessLogSink() if access_log else None
+    runner = ReplayingAppRunner(app, handle_signals=True, access_log=sink, access_log_class=JsonAccessLogger)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
         if sink is not None:
             sink.flush()
 
@@ -69,7 +92,7 @@ def serve(config: Config) -> None:
         return
     # import everything before forking: the workers then share those pages with the parent
     import proxy.app  # noqa: F401
-    import proxy.http.accesslog  # noqa: F401
+    import proxy.http.replayserver  # noqa: F401
     import uvloop  # noqa: F401
     gc.freeze()  # keep the parent's objects out of the collector, so workers don't copy their pages
     children: dict[int, int] = {}

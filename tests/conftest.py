@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator, Mapping
 
 import pytest
+from aiohttp.test_utils import TestServer
 
 from support.fake_upstream import FakeRegistry
 from support.images import Credentials, basic_auth_header
@@ -136,6 +137,14 @@ def _joined(headers) -> dict[str, str]:
 WharfFactory = Callable[..., Awaitable[Wharf]]
 
 
+class WharfTestServer(TestServer):
+    """pytest-aiohttp's server, run the way ``wharf serve`` runs the app (replaying hits)."""
+
+    async def _make_runner(self, **kwargs):
+        from proxy.http.replayserver import ReplayingAppRunner
+        return ReplayingAppRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
     """Factory: ``await make_wharf(upstream_url, ...)`` starts Wharf with that upstream.
@@ -171,7 +180,7 @@ async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
                                     _joined(request.headers), _joined(response.headers)))
 
         app.on_response_prepare.append(record)
-        client = await aiohttp_client(app, server_kwargs={"port": port} if port else None)
+        client = await aiohttp_client(WharfTestServer(app, port=port))
         return Wharf(str(client.make_url("")).rstrip("/"), app, client, seen)
 
     return start

@@ -1,5 +1,7 @@
 """One structured (JSON) access log line per request, with the cache status. Never logs headers.
 
+``bytes`` counts the body bytes sent (0 for HEAD), like nginx's ``$body_bytes_sent``.
+
 Lines are formatted directly (no LogRecord, no json.dumps of a dict) and written to a buffer
 that is flushed when it fills or a quarter second after its first unflushed line: logging must
 stay cheap on a path that serves thousands of requests a second.
@@ -13,9 +15,9 @@ import os
 import sys
 
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
+from aiohttp.web import BaseRequest, Response, StreamResponse
 
-from proxy.http.keys import CACHE_STATUS, ERROR_CODE
+from proxy.http.keys import BODY_BYTES, CACHE_STATUS, ERROR_CODE
 
 _FLUSH_BYTES = 64 * 1024
 _FLUSH_DELAY = 0.25
@@ -59,12 +61,19 @@ class JsonAccessLogger(AbstractAccessLogger):
     """aiohttp access logger; ``logger`` is an AccessLogSink (or a logging.Logger in tests)."""
 
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        error = request.get(ERROR_CODE)
-        line = (f'{{"method":"{request.method}","path":{json.dumps(request.path)},'
-                f'"status":{response.status},"bytes":{response.body_length},"ms":{time * 1000:.2f},'
-                f'"cache":"{request.get(CACHE_STATUS, "-")}",'
+        body = response.body if isinstance(response, Response) else None
+        sent = len(body) if isinstance(body, bytes) else request.get(BODY_BYTES, 0)
+        self.log_line(request.method, request.path, response.status, sent, time,
+                      request.get(CACHE_STATUS, "-"), request.get(ERROR_CODE), request.remote)
+
+    def log_line(self, method: str, path: str, status: int, body_bytes: int, seconds: float,
+                 cache: str, error: str | None, remote: str | None) -> None:
+        """The line for one request; also used for answers replayed without request objects."""
+        line = (f'{{"method":"{method}","path":{json.dumps(path)},'
+                f'"status":{status},"bytes":{body_bytes},"ms":{seconds * 1000:.2f},'
+                f'"cache":"{cache}",'
                 f'"error":{"null" if error is None else chr(34) + error + chr(34)},'
-                f'"remote":"{request.remote}"}}')
+                f'"remote":"{remote}"}}')
         if isinstance(self.logger, AccessLogSink):
             self.logger.write(line + "\n")
         else:

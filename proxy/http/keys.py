@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics
 from proxy.registry.addressing import Addressing
 from proxy.registry.base import Registry
@@ -22,7 +23,11 @@ TOKENS = web.AppKey("tokens", TokenService)
 SHARED = web.AppKey("shared", SharedCache)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 SENDFILE_POOL = web.AppKey("sendfile_pool", ThreadPoolExecutor)
+REPLAYS = web.AppKey("replays", ReplayTable)
+
+API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries
 
 # per-request notes the access log and metrics read
 CACHE_STATUS = web.RequestKey("cache_status", str)
 ERROR_CODE = web.RequestKey("error_code", str)
+BODY_BYTES = web.RequestKey("body_bytes", int)  # body bytes of a streamed or sendfile answer

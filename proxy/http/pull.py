@@ -11,11 +11,13 @@ import os
 import re
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from proxy.errors import PaginationNumberInvalid, RangeInvalid, Unauthorized
-from proxy.http.keys import ADDRESSING, CACHE_STATUS, METRICS, REGISTRY, SENDFILE_POOL, TOKENS
+from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, METRICS, REGISTRY, REPLAYS,
+                             SENDFILE_POOL, TOKENS)
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
-from proxy.oci.digest import Digest
+from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import parse_accept
 from proxy.registry.base import BlobResult, Client, Target
 from proxy.registry.fills import FillFailed
@@ -65,9 +67,13 @@ async def manifest(request: web.Request) -> web.Response:
     request[CACHE_STATUS] = result.cache_status
     headers = _common_headers(request)
     digest = str(result.digest)
-    headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"'})
+    headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
+                    "Docker-Distribution-API-Version": API_VERSION, "Content-Length": str(result.size)})
+    if result.shared_until and result.body is not None and request.version == HttpVersion11:
+        request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), "HTTP/1.1 200 OK\r\n",
+                                      headers, result.body, result.shared_until, "manifest",
+                                      "manifest" if is_digest(reference) else "tag")
     if head:
-        headers["Content-Length"] = str(result.size)
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)
 
@@ -125,6 +131,7 @@ class _StoredBlobResponse(SendfileResponse):
             writer = await super().prepare(request)
         if request.method != "HEAD":
             self._on_sent(self.content_length or 0)
+            request[BODY_BYTES] = self.content_length or 0
         return writer
 
 
@@ -140,7 +147,7 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
     """A blob still being filled: stream it as it grows; abort the connection if the fill fails."""
     span = parse_range(request.headers.get("Range"), result.size)
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
-    response.headers["Docker-Distribution-API-Version"] = "registry/2.0"  # prepared before the middleware sees it
+    response.headers["Docker-Distribution-API-Version"] = API_VERSION  # prepared before the middleware sees it
     start, end = span if span else (0, result.size)
     if span:
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{result.size}"
@@ -171,6 +178,7 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
         raise web.HTTPInternalServerError()  # the connection is gone; this only ends the handler
     finally:
         request.app[METRICS].bytes_served.labels("upstream").inc(sent)
+        request[BODY_BYTES] = sent
     await response.write_eof()
     return response
 

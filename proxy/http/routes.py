@@ -12,7 +12,7 @@ from proxy.errors import OCIError
 from proxy.http import auth, ops, pull, push
 from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
-from proxy.http.keys import METRICS
+from proxy.http.keys import API_VERSION, METRICS
 
 log = logging.getLogger("wharf.http")
 
@@ -35,7 +35,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
                                              499, time.perf_counter() - started)
         raise
     if not response.prepared and request.path.startswith("/v2"):
-        response.headers["Docker-Distribution-API-Version"] = "registry/2.0"
+        response.headers["Docker-Distribution-API-Version"] = API_VERSION
     request.app[METRICS].observe_request(request.match_info.route.name or "unknown", request.method,
                                          response.status, time.perf_counter() - started)
     return response

@@ -35,8 +35,9 @@ class ManifestResult:
     digest: Digest
     media_type: str
     size: int
-    body: bytes | None  # None for HEAD
+    body: bytes | None  # None for HEAD (a hit from memory may carry it anyway)
     cache_status: str = "hit"
+    shared_until: float = 0.0  # until when (time.time()) this exact answer holds for every client
 
 
 @dataclass(slots=True)

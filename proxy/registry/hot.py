@@ -43,13 +43,18 @@ class HotSet:
 
     def fresh_digest(self, scope: str, tag: str) -> str | None:
         """The digest a tag resolves to while upstream's confirmation holds, else None."""
+        entry = self.freshness(scope, tag)
+        return None if entry is None else entry[0]
+
+    def freshness(self, scope: str, tag: str) -> tuple[str, float] | None:
+        """(digest, until) while upstream's confirmation of the tag holds, else None."""
         entry = self._fresh.get((scope, tag))
         if entry is None:
             return None
         if entry[1] <= time.time():
             del self._fresh[(scope, tag)]
             return None
-        return entry[0]
+        return entry
 
     def set_fresh(self, scope: str, tag: str, digest: str, until: float) -> None:
         if len(self._fresh) > 100_000:

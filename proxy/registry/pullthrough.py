@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -166,10 +167,10 @@ class PullThroughRegistry:
                        head: bool) -> ManifestResult:
         if target.upstream is None:
             return await self._local.manifest(target, reference, accept, client, head)
-        hot = self._hot_manifest(target, reference)
+        hot, until = self._hot_manifest(target, reference)
         if hot is not None and accepts(accept, hot.media_type):
             self._count("manifest" if is_digest(reference) else "tag", "hit")
-            return ManifestResult(hot.digest, hot.media_type, len(hot.body), None if head else hot.body, "hit")
+            return ManifestResult(hot.digest, hot.media_type, len(hot.body), hot.body, "hit", until)
         upstream = self._upstream(target)
         if is_digest(reference):
             digest = Digest.parse(reference)
@@ -190,16 +191,19 @@ class PullThroughRegistry:
             self._hot.add_manifest(HotManifest(digest, record.media_type, body))
         return ManifestResult(digest, record.media_type, record.size, None if head else body, status)
 
-    def _hot_manifest(self, target: Target, reference: str) -> HotManifest | None:
-        """A public manifest answered from memory: by digest, or by a tag that is still fresh."""
+    def _hot_manifest(self, target: Target, reference: str) -> tuple[HotManifest | None, float]:
+        """A public manifest answered from memory, and until when that answer holds for everyone:
+        by digest for good, by a tag while it is fresh."""
+        until = math.inf
         if not is_digest(reference):
-            reference = self._hot.fresh_digest(target.scope, reference)
-            if reference is None:
-                return None
+            freshness = self._hot.freshness(target.scope, reference)
+            if freshness is None:
+                return None, 0.0
+            reference, until = freshness
         hot = self._hot.manifest(reference)
         if hot is None or not self._meta.visibility(reference).public:
-            return None
-        return hot
+            return None, 0.0
+        return hot, until
 
     async def _is_fresh(self, target: Target, tag: str, digest: str) -> bool:
         """Whether upstream confirmed ``tag`` → ``digest`` within the TTL (any worker or replica)."""

@@ -1,0 +1,69 @@
+"""Remembered answers that hold for every client, for the replaying server to send again.
+
+A manifest hit that the registry marks as shared (public pull-through content: by digest for
+good, by tag while upstream's confirmation holds) is remembered as the exact head and body Wharf
+sent, keyed by everything that decides the answer: the raw path with its query and the
+``Accept`` lines (GET and HEAD share an entry). Entries expire when the answer stops holding;
+the table is bounded by total bytes, oldest dropped first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+_MAX_BODY = 256 * 1024           # larger answers go through the application
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """One remembered answer: the head without Date and Server, the body, and until when it holds."""
+
+    head: bytes          # status line and headers, each ending in CRLF, no blank line
+    body: bytes
+    until: float         # time.time() after which the application answers again
+    route: str           # metrics route label for GET; HEAD adds "_head"
+    cache_kind: str      # "manifest" (by digest) or "tag"
+
+
+class ReplayTable:
+    """Remembered answers by (raw path with query, Accept lines); bounded by total bytes."""
+
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._entries: dict[tuple[str, tuple[str, ...]], Replay] = {}
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, raw_path: str, accept: tuple[str, ...]) -> Replay | None:
+        entry = self._entries.get((raw_path, accept))
+        if entry is None:
+            return None
+        if entry.until <= time.time():
+            self._drop((raw_path, accept))
+            return None
+        return entry
+
+    def remember(self, raw_path: str, accept: Sequence[str], status_line: str, headers: dict[str, str],
+                 body: bytes, until: float, route: str, cache_kind: str) -> None:
+        """Keep the answer just sent; ``headers`` are exactly the ones the application sent."""
+        if len(body) > _MAX_BODY or until <= time.time():
+            return
+        key = (raw_path, tuple(accept))
+        head = status_line + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind)
+        self._drop(key)
+        self._entries[key] = entry
+        self._bytes += len(entry.head) + len(body)
+        while self._bytes > self._max_bytes:  # oldest first
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: tuple[str, tuple[str, ...]]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry.head) + len(entry.body)
+
+

@@ -1,0 +1,148 @@
+"""Replayed hits: remembered answers written to the socket as soon as a request is parsed.
+
+A request that is the same as a remembered one (``proxy.http.replay``) in everything that
+decides the answer is answered from those bytes when aiohttp's parser hands it over, without
+building request and response objects: the hot path of a CI fleet pulling one tag.
+
+Rules: replay only an HTTP/1.1 keep-alive request without a body or upgrade; only while
+nothing else on the connection is queued or running (answers stay in request order; after the
+first request that goes through the application, the rest of that read does too); only while
+the socket's send buffer is small (a client that does not read gets the application's flow
+control). Replayed requests are counted, timed and logged like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from proxy.http.accesslog import JsonAccessLogger
+from proxy.http.keys import METRICS, REPLAYS
+from proxy.http.replay import ReplayTable
+from proxy.metrics import Metrics
+
+_MAX_SEND_BUFFER = 64 * 1024     # replay only while the client keeps reading
+_REPLAYED_METHODS = frozenset(("GET", "HEAD"))
+
+
+class _Clock:
+    """The Date header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._tail = b""
+
+    def tail(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._tail = (f"Date: {formatdate(now, usegmt=True)}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n"
+                          .encode("latin-1"))
+        return self._tail
+
+
+class _ReplayingParser:
+    """Wraps aiohttp's request parser: replayable requests are answered and not passed on."""
+
+    def __init__(self, parser: Any, protocol: "ReplayingRequestHandler") -> None:
+        self._parser = parser
+        self._protocol = protocol
+
+    def feed_data(self, data: bytes) -> tuple[list, bool, bytes]:
+        messages, upgraded, tail = self._parser.feed_data(data)
+        if not messages:
+            return messages, upgraded, tail
+        protocol = self._protocol
+        for index, (message, payload) in enumerate(messages):
+            if not protocol.replay(message, payload):
+                return messages[index:], upgraded, tail
+            self._parser.message_consumed()  # the parser counts messages in flight
+        return [], upgraded, tail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
+
+class ReplayingRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering replayable requests itself."""
+
+    def __init__(self, manager: "ReplayingServer", **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._parser = _ReplayingParser(self._parser, self)
+        self._table = manager.replays
+        self._metrics = manager.metrics
+        self._clock = manager.clock
+        self._remote = "-"
+        logger = self.access_logger
+        self._line_logger = logger if self._logging_enabled and isinstance(logger, JsonAccessLogger) else None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else "-"
+
+    def _idle(self) -> bool:
+        """Nothing of this connection's is queued or running: the next answer is the next written."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def replay(self, message: Any, payload: Any) -> bool:
+        """Answer ``message`` from the table if every rule allows it; False leaves it to the application."""
+        if message.method not in _REPLAYED_METHODS or payload is not EMPTY_PAYLOAD \
+                or message.version != HttpVersion11 or message.should_close or message.upgrade:
+            return False
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self._idle() \
+                or transport.get_write_buffer_size() > _MAX_SEND_BUFFER:
+            return False
+        entry = self._table.get(message.path, tuple(message.headers.getall("Accept", ())))
+        if entry is None:
+            return False
+        started = time.perf_counter()
+        head = message.method == "HEAD"
+        transport.write(entry.head + self._clock.tail() if head else entry.head + self._clock.tail() + entry.body)
+        self._keep_alive_from_now()
+        seconds = time.perf_counter() - started
+        self._metrics.observe_request(entry.route + "_head" if head else entry.route, message.method, 200, seconds)
+        self._metrics.count_cache(entry.cache_kind, "hit")
+        if self._line_logger is not None:
+            self._line_logger.log_line(message.method, message.url.path, 200, 0 if head else len(entry.body),
+                            seconds, "hit", None, self._remote)
+        return True
+
+    def _keep_alive_from_now(self) -> None:
+        """A replayed request counts as activity: push the idle-connection timeout back."""
+        if self._keepalive_timeout <= 0:
+            return
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+
+
+class ReplayingServer(web.Server):
+    """aiohttp's low-level server whose connections replay remembered answers."""
+
+    def __init__(self, *args: Any, replays: ReplayTable, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.replays = replays
+        self.metrics = metrics
+        self.clock = _Clock()
+
+    def __call__(self) -> ReplayingRequestHandler:
+        return ReplayingRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ReplayingAppRunner(web.AppRunner):
+    """aiohttp's AppRunner serving through a ReplayingServer fed by the app's table and metrics."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # runs the app's startup and freezes it
+        return ReplayingServer(server.request_handler, request_factory=server.request_factory,
+                               handler_cancellation=server.handler_cancellation, loop=server._loop,
+                               replays=self.app[REPLAYS], metrics=self.app[METRICS], **server._kwargs)

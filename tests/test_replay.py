@@ -31,9 +31,10 @@ class RawConnection:
         reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
         return cls(reader, writer, f"{parsed.host}:{parsed.port}")
 
-    def request(self, method: str, path: str, accept: str | None = DOCKER_V2, extra: str = "") -> bytes:
+    def request(self, method: str, path: str, accept: str | None = DOCKER_V2, extra: str = "",
+                version: str = "1.1") -> bytes:
         accept_line = f"Accept: {accept}\r\n" if accept else ""
-        return f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n{accept_line}{extra}\r\n".encode()
+        return f"{method} {path} HTTP/{version}\r\nHost: {self.host}\r\n{accept_line}{extra}\r\n".encode()
 
     def send(self, *requests: bytes) -> None:
         self.writer.write(b"".join(requests))  # one write: the server reads them together
@@ -98,10 +99,16 @@ async def test_repeated_hits_are_replayed_with_the_applications_exact_answer(mak
         assert (head[0], _comparable(head[1]), head[2]) == await _application_answer(wharf.url, "HEAD", path)
         assert head[1]["content-length"] == str(len(image.manifest))
         assert len([seen for seen in wharf.seen if seen.path == path and seen.method == "HEAD"]) == 1
+    # ApacheBench speaks HTTP/1.0 with keep-alive; aiohttp answers those with Connection: keep-alive
+    handled = len(wharf.seen)
+    conn.send(conn.request("HEAD", path, version="1.0", extra="Connection: Keep-Alive\r\n"))
+    status, headers, _ = await conn.response(head_request=True)
+    assert status == 200 and headers["connection"] == "keep-alive" and len(wharf.seen) == handled
+    assert (await conn.exchange("GET", path))[2] == image.manifest
     await conn.close()
     metrics = await (await wharf.client.get("/metrics")).text()
-    assert 'wharf_http_requests_total{method="GET",route="manifest",status="200"} 10.0' in metrics
-    assert 'wharf_http_requests_total{method="HEAD",route="manifest_head",status="200"} 4.0' in metrics
+    assert 'wharf_http_requests_total{method="GET",route="manifest",status="200"} 11.0' in metrics
+    assert 'wharf_http_requests_total{method="HEAD",route="manifest_head",status="200"} 5.0' in metrics
 
 
 async def test_another_accept_or_query_is_decided_by_the_application(make_wharf, registry_upstream, repo_name):

@@ -11,7 +11,6 @@ import os
 import re
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 
 from proxy.errors import PaginationNumberInvalid, RangeInvalid, Unauthorized
 from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, METRICS, REGISTRY, REPLAYS,
@@ -69,10 +68,9 @@ async def manifest(request: web.Request) -> web.Response:
     digest = str(result.digest)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
                     "Docker-Distribution-API-Version": API_VERSION, "Content-Length": str(result.size)})
-    if result.shared_until and result.body is not None and request.version == HttpVersion11:
-        request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), "HTTP/1.1 200 OK\r\n",
-                                      headers, result.body, result.shared_until, "manifest",
-                                      "manifest" if is_digest(reference) else "tag")
+    if result.shared_until and result.body is not None:
+        request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), headers, result.body,
+                                      result.shared_until, "manifest", "manifest" if is_digest(reference) else "tag")
     if head:
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)

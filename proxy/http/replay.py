@@ -20,7 +20,7 @@ _MAX_BODY = 256 * 1024           # larger answers go through the application
 class Replay:
     """One remembered answer: the head without Date and Server, the body, and until when it holds."""
 
-    head: bytes          # status line and headers, each ending in CRLF, no blank line
+    head: bytes          # headers, each ending in CRLF: no status line, no blank line
     body: bytes
     until: float         # time.time() after which the application answers again
     route: str           # metrics route label for GET; HEAD adds "_head"
@@ -47,13 +47,13 @@ class ReplayTable:
             return None
         return entry
 
-    def remember(self, raw_path: str, accept: Sequence[str], status_line: str, headers: dict[str, str],
-                 body: bytes, until: float, route: str, cache_kind: str) -> None:
-        """Keep the answer just sent; ``headers`` are exactly the ones the application sent."""
+    def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
+                 until: float, route: str, cache_kind: str) -> None:
+        """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
-        head = status_line + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
         entry = Replay(head.encode("latin-1"), body, until, route, cache_kind)
         self._drop(key)
         self._entries[key] = entry

@@ -4,7 +4,7 @@ A request that is the same as a remembered one (``proxy.http.replay``) in everyt
 decides the answer is answered from those bytes when aiohttp's parser hands it over, without
 building request and response objects: the hot path of a CI fleet pulling one tag.
 
-Rules: replay only an HTTP/1.1 keep-alive request without a body or upgrade; only while
+Rules: replay only a keep-alive GET or HEAD without a body or upgrade; only while
 nothing else on the connection is queued or running (answers stay in request order; after the
 first request that goes through the application, the rest of that read does too); only while
 the socket's send buffer is small (a client that does not read gets the application's flow
@@ -18,7 +18,7 @@ from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.http.accesslog import JsonAccessLogger
@@ -28,22 +28,30 @@ from proxy.metrics import Metrics
 
 _MAX_SEND_BUFFER = 64 * 1024     # replay only while the client keeps reading
 _REPLAYED_METHODS = frozenset(("GET", "HEAD"))
+_REPLAYED_VERSIONS = frozenset((HttpVersion11, HttpVersion10))  # 1.0 only with keep-alive
 
 
 class _Clock:
-    """The Date header, formatted once a second."""
+    """Status line and the headers aiohttp adds (Date, Server), the date formatted once a second.
+
+    As aiohttp answers: an HTTP/1.0 keep-alive request (ApacheBench) gets an HTTP/1.0 status line
+    and ``Connection: keep-alive``.
+    """
 
     def __init__(self) -> None:
         self._second = 0
-        self._tail = b""
+        self._tail11 = self._tail10 = b""
 
-    def tail(self) -> bytes:
+    def framing(self, version: Any) -> tuple[bytes, bytes]:
         now = int(time.time())
         if now != self._second:
             self._second = now
-            self._tail = (f"Date: {formatdate(now, usegmt=True)}\r\nServer: {SERVER_SOFTWARE}\r\n\r\n"
-                          .encode("latin-1"))
-        return self._tail
+            tail = f"Date: {formatdate(now, usegmt=True)}\r\nServer: {SERVER_SOFTWARE}\r\n"
+            self._tail11 = (tail + "\r\n").encode("latin-1")
+            self._tail10 = (tail + "Connection: keep-alive\r\n\r\n").encode("latin-1")
+        if version == HttpVersion11:
+            return b"HTTP/1.1 200 OK\r\n", self._tail11
+        return b"HTTP/1.0 200 OK\r\n", self._tail10
 
 
 class _ReplayingParser:
@@ -94,7 +102,7 @@ class ReplayingRequestHandler(web.RequestHandler):
     def replay(self, message: Any, payload: Any) -> bool:
         """Answer ``message`` from the table if every rule allows it; False leaves it to the application."""
         if message.method not in _REPLAYED_METHODS or payload is not EMPTY_PAYLOAD \
-                or message.version != HttpVersion11 or message.should_close or message.upgrade:
+                or message.version not in _REPLAYED_VERSIONS or message.should_close or message.upgrade:
             return False
         transport = self.transport
         if transport is None or transport.is_closing() or not self._idle() \
@@ -105,7 +113,8 @@ class ReplayingRequestHandler(web.RequestHandler):
             return False
         started = time.perf_counter()
         head = message.method == "HEAD"
-        transport.write(entry.head + self._clock.tail() if head else entry.head + self._clock.tail() + entry.body)
+        status_line, tail = self._clock.framing(message.version)
+        transport.write(status_line + entry.head + tail if head else status_line + entry.head + tail + entry.body)
         self._keep_alive_from_now()
         seconds = time.perf_counter() - started
         self._metrics.observe_request(entry.route + "_head" if head else entry.route, message.method, 200, seconds)

@@ -56,8 +56,8 @@ def create_app(config: Config) -> web.Application:
     root = config.storage.root
     blobs = BlobStore(root)
     meta = MetaStore(root / "meta")
-    # several workers on one machine share short-lived facts through diskcache, replicas through Redis
-    shared = SharedCache(config.redis.url, root / "shared" if config.workers > 1 else None)
+    # the workers of one machine share short-lived facts through diskcache, replicas through Redis
+    shared = SharedCache(config.redis.url, root / "shared")
     budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)
     budget.scan()
     blobs.on_added = budget.added

@@ -1,6 +1,7 @@
-"""Short-lived facts shared between replicas: in memory by default, in Redis when configured.
+"""Short-lived facts shared between workers (diskcache) and between replicas (Redis, when configured).
 
-Built on aiocache so the same calls run against either backend. Keys carry a purpose prefix:
+Redis goes through aiocache, imported only then (it brings the redis client, ~8 MiB per
+process); one machine's worker processes share a diskcache (SQLite) directory. Keys carry a purpose prefix:
 ``fresh:`` (a tag upstream confirmed within its TTL), ``authz:`` (a credential may read a
 repository), ``neg:`` (upstream said 404), ``tok:`` (a token Wharf issued),
 ``lock:`` (one worker or replica revalidates a tag at a time). Every value has a TTL; nothing
@@ -13,9 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import diskcache
-
-from aiocache import Cache
-from aiocache.serializers import JsonSerializer
 
 
 class _DiskBackend:
@@ -44,23 +42,22 @@ class _DiskBackend:
 class SharedCache:
     """A TTL key/value cache; ``add`` is atomic (set-if-absent) on every backend.
 
-    Backends: Redis when a URL is configured (shared by replicas), diskcache when several worker
-    processes share one machine, otherwise process memory.
+    Backends: Redis when a URL is configured (shared by replicas), else diskcache in ``disk_dir``
+    (shared by the worker processes of one machine).
     """
 
-    def __init__(self, redis_url: str | None = None, disk_dir: Path | None = None,
-                 namespace: str = "wharf:") -> None:
+    def __init__(self, redis_url: str | None, disk_dir: Path, namespace: str = "wharf:") -> None:
         if redis_url:
+            from aiocache import Cache
+            from aiocache.serializers import JsonSerializer
+
             self.backend = "redis"
             self._cache = Cache.from_url(redis_url)
             self._cache.serializer = JsonSerializer()
             self._cache.namespace = namespace
-        elif disk_dir is not None:
+        else:
             self.backend = "disk"
             self._cache = _DiskBackend(disk_dir)
-        else:
-            self.backend = "memory"
-            self._cache = Cache(Cache.MEMORY, serializer=JsonSerializer(), namespace=namespace)
 
     async def get(self, key: str) -> Any:
         return await self._cache.get(key)

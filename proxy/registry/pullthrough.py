@@ -489,7 +489,10 @@ class PullThroughRegistry:
             self._metrics.fills_in_flight.inc()
             received = self._metrics.upstream_bytes.labels(upstream.name)
             try:
-                async for chunk in response.content.iter_any():
+                # chunks as received, never joined (iter_any would copy them into one bytes)
+                async for chunk, _ in response.content.iter_chunks():
+                    if not chunk:
+                        continue
                     writer.write(chunk)
                     received.inc(len(chunk))
                     await hasher.update(chunk)

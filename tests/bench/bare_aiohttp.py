@@ -1,7 +1,8 @@
-"""The floor for Python: a bare aiohttp + uvloop server answering manifest GET/HEAD from a dict.
+"""A bare aiohttp + uvloop application answering manifest GET/HEAD from a dict.
 
-No middleware, no access log, no lookups: what one aiohttp process can do on this machine, so
-Wharf's manifest figures can be read as "x % of aiohttp itself" as well as against nginx.
+No middleware, no access log, no lookups: what one aiohttp request handler costs on this
+machine. Wharf answers repeated public hits below that layer (proxy/http/replayserver.py), so
+this is the reference for its first hits and for everything that is not replayed.
 Usage: python bare_aiohttp.py PORT MANIFEST_FILE MEDIA_TYPE TAG
 """
 

@@ -13,12 +13,15 @@ control). Replayed requests are counted, timed and logged like any other.
 
 from __future__ import annotations
 
+import logging
 import time
 from email.utils import formatdate
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
+from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.http.accesslog import JsonAccessLogger
@@ -26,6 +29,7 @@ from proxy.http.keys import METRICS, REPLAYS
 from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics
 
+log = logging.getLogger("wharf.http")
 _MAX_SEND_BUFFER = 64 * 1024     # replay only while the client keeps reading
 _REPLAYED_METHODS = frozenset(("GET", "HEAD"))
 _REPLAYED_VERSIONS = frozenset((HttpVersion11, HttpVersion10))  # 1.0 only with keep-alive
@@ -134,8 +138,23 @@ class ReplayingRequestHandler(web.RequestHandler):
             self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
 
 
+# the connection state of aiohttp's RequestHandler this module reads or sets (aiohttp 3.14)
+_HANDLER_STATE = ("_waiter", "_messages", "_parser", "_keepalive_timeout", "_next_keepalive_close_time",
+                  "_keepalive_handle", "_process_keepalive", "_logging_enabled", "access_logger")
+
+
+def replay_supported() -> bool:
+    """Whether this aiohttp has the connection internals replaying relies on."""
+    return all(hasattr(web.RequestHandler, name) for name in _HANDLER_STATE) \
+        and hasattr(HttpRequestParser, "message_consumed")
+
+
 class ReplayingServer(web.Server):
-    """aiohttp's low-level server whose connections replay remembered answers."""
+    """aiohttp's low-level server whose connections replay remembered answers.
+
+    With an aiohttp whose connection internals differ, connections are plain aiohttp ones
+    (every request goes through the application) and a warning says so once.
+    """
 
     def __init__(self, *args: Any, replays: ReplayTable, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -143,8 +162,16 @@ class ReplayingServer(web.Server):
         self.metrics = metrics
         self.clock = _Clock()
 
-    def __call__(self) -> ReplayingRequestHandler:
+    def __call__(self) -> web.RequestHandler:
+        if not _SUPPORTED:
+            return super().__call__()
         return ReplayingRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+_SUPPORTED = replay_supported()
+if not _SUPPORTED:
+    log.warning("aiohttp %s lacks the connection internals replaying hits relies on; "
+                "every request goes through the application", aiohttp.__version__)
 
 
 class ReplayingAppRunner(web.AppRunner):

@@ -83,6 +83,14 @@ async def _cached_image(make_wharf, registry_upstream, repo_name, **overrides):
     return wharf, image, name
 
 
+async def _warm_connection(url: str, path: str, **kwargs) -> RawConnection:
+    """A connection on which ``path`` was fetched three times: a miss, a hit, then a replay."""
+    conn = await RawConnection.open(url)
+    for _ in range(3):
+        assert (await conn.exchange("GET", path, **kwargs))[0] == 200
+    return conn
+
+
 async def test_repeated_hits_are_replayed_with_the_applications_exact_answer(make_wharf, registry_upstream,
                                                                           repo_name):
     wharf, image, name = await _cached_image(make_wharf, registry_upstream, repo_name)
@@ -114,9 +122,7 @@ async def test_repeated_hits_are_replayed_with_the_applications_exact_answer(mak
 async def test_another_accept_or_query_is_decided_by_the_application(make_wharf, registry_upstream, repo_name):
     wharf, image, name = await _cached_image(make_wharf, registry_upstream, repo_name)
     path = f"/v2/{name}/manifests/{image.digest}"
-    conn = await RawConnection.open(wharf.url)
-    for _ in range(3):
-        assert (await conn.exchange("GET", path))[0] == 200
+    conn = await _warm_connection(wharf.url, path)
     before = len(wharf.seen)
     status, headers, _ = await conn.exchange("GET", path, accept="application/vnd.oci.image.index.v1+json")
     assert status == 200 and headers["content-type"] == DOCKER_V2  # by digest, whatever the Accept
@@ -130,9 +136,7 @@ async def test_another_accept_or_query_is_decided_by_the_application(make_wharf,
 async def test_pipelined_requests_are_answered_in_order(make_wharf, registry_upstream, repo_name):
     wharf, image, name = await _cached_image(make_wharf, registry_upstream, repo_name)
     path = f"/v2/{name}/manifests/v1"
-    conn = await RawConnection.open(wharf.url)
-    for _ in range(3):
-        await conn.exchange("GET", path)
+    conn = await _warm_connection(wharf.url, path)
     missing = f"/v2/{name}/blobs/sha256:{'0' * 64}"
     conn.send(conn.request("GET", path), conn.request("GET", missing), conn.request("HEAD", path),
               conn.request("GET", path))
@@ -172,10 +176,7 @@ async def test_private_content_is_never_replayed(fake_upstream, make_wharf):
     fake.require_bearer(users={"alice": "pw"}, private={"team/secret"})
     wharf = await make_wharf(fake.url)
     path = f"/v2/{wharf.upstream_name(fake.url)}/team/secret/manifests/{image.digest}"
-    conn = await RawConnection.open(wharf.url)
-    alice = "Authorization: Basic YWxpY2U6cHc=\r\n"
-    for _ in range(3):
-        assert (await conn.exchange("GET", path, extra=alice))[0] == 200
+    conn = await _warm_connection(wharf.url, path, extra="Authorization: Basic YWxpY2U6cHc=\r\n")
     status, _, body = await conn.exchange("GET", path)
     assert status == 401 and json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
     await conn.close()
@@ -184,9 +185,7 @@ async def test_private_content_is_never_replayed(fake_upstream, make_wharf):
 async def test_a_request_with_a_body_or_closing_goes_to_the_application(make_wharf, registry_upstream, repo_name):
     wharf, image, name = await _cached_image(make_wharf, registry_upstream, repo_name)
     path = f"/v2/{name}/manifests/v1"
-    conn = await RawConnection.open(wharf.url)
-    for _ in range(3):
-        await conn.exchange("GET", path)
+    conn = await _warm_connection(wharf.url, path)
     before = len(wharf.seen)
     conn.send(conn.request("GET", path, extra="Content-Length: 2\r\n") + b"{}")
     status, _, body = await conn.response()

@@ -64,6 +64,25 @@ async def test_workers_revalidate_a_tag_once(fake_upstream, make_wharf, tmp_path
     assert fake.count("GET", fake.manifest_path(REPO, "1.0")) == 1
 
 
+async def test_workers_keep_one_size_budget(fake_upstream, make_wharf, tmp_path):
+    fake = await fake_upstream()
+    digests = [fake.add_blob(REPO, os.urandom(100_000)) for _ in range(8)]
+    root = tmp_path / "store"
+    first, second = await _two_workers(make_wharf, fake.url, root,
+                                       storage={"root": str(root), "max_cache_bytes": 350_000})
+    name = f"{first.upstream_name(fake.url)}/{REPO}"
+    for i, digest in enumerate(digests):
+        worker = (first, second)[i % 2]
+        resp = await worker.client.get(f"/v2/{name}/blobs/{digest}")
+        assert resp.status == 200 and len(await resp.read()) == 100_000
+        stored = sum(f.stat().st_size for f in (root / "blobs").rglob("*") if f.is_file())
+        assert stored <= 350_000, f"after {i + 1} pulls the two workers keep {stored} bytes"
+    metrics = [await (await w.client.get("/metrics")).text() for w in (first, second)]
+    gauges = [line for text in metrics for line in text.splitlines()
+              if line.startswith('wharf_store_bytes{kind="cached"}')]
+    assert len(set(gauges)) == 1, "both workers report the store's one total"
+
+
 def _children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (from /proc)."""
     found = []

@@ -158,6 +158,17 @@ class MetaStore:
     def unmark_pushed(self, digest: str) -> None:
         self._delete(f"pushed:{digest}")
 
+    # store totals (shared by every worker process) --------------------------------------------
+    def add_store_bytes(self, kind: str, delta: int) -> int:
+        """Atomically add ``delta`` to the store's ``kind`` total (cached, pushed); the new total."""
+        return int(self._disk.incr(f"store-bytes:{kind}", delta, default=0))
+
+    def set_store_bytes(self, kind: str, total: int) -> None:
+        self._disk.set(f"store-bytes:{kind}", total)
+
+    def store_bytes(self, kind: str) -> int:
+        return int(self._disk.get(f"store-bytes:{kind}", 0))
+
     # local repositories ----------------------------------------------------------------------
     # ``repo:<name>`` -> {"tags": [sorted tags], "manifests": [sorted digests]}; ``catalog`` -> sorted
     # names; ``referrers:/<name>:<subject>`` -> descriptors of the manifests naming that subject.

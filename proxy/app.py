@@ -15,7 +15,7 @@ from proxy.config import Config
 from proxy.http import keys
 from proxy.http.replay import ReplayTable
 from proxy.http.routes import setup_routes
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing
 from proxy.registry.gc import collect
 from proxy.registry.local import LocalRegistry
@@ -77,6 +77,9 @@ def create_app(config: Config) -> web.Application:
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
     app[keys.REPLAYS] = ReplayTable()
+    exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
+    if exchange is not None:
+        app[keys.METRICS_EXCHANGE] = exchange
     # threads that push stored blobs with os.sendfile; they mostly wait on sockets
     sendfile_pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sendfile")
     app[keys.SENDFILE_POOL] = sendfile_pool
@@ -94,6 +97,8 @@ def create_app(config: Config) -> web.Application:
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire))]
+        if exchange is not None:
+            periodic.append(asyncio.ensure_future(_periodic(1.0, exchange.publish)))
         if config.gc.interval_seconds:
             periodic.append(asyncio.ensure_future(_periodic(config.gc.interval_seconds, gc_pass)))
         try:
@@ -109,6 +114,8 @@ def create_app(config: Config) -> web.Application:
             blobs.flush_access_times()
             await shared.close()
             meta.close()
+            if exchange is not None:
+                exchange.close()
 
     app.cleanup_ctx.append(lifecycle)
     setup_routes(app)

@@ -1,8 +1,20 @@
-"""Prometheus collectors on a per-app registry (no global state, so tests can run many apps)."""
+"""Prometheus collectors on a per-app registry (no global state, so tests can run many apps).
+
+With several worker processes, each publishes its samples to a file in the store every second,
+and a scrape of any worker answers with every live worker's samples merged (``MetricsExchange``):
+counters and histograms summed, gauges summed or maxed as they mean.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
 
 
 class Metrics:
@@ -60,3 +72,86 @@ class Metrics:
         if child is None:
             child = self._cache_children[(kind, result)] = self.cache.labels(kind, result)
         child.inc()
+
+
+# how a gauge's per-worker values combine: in-flight counts add up; store totals, budgets and
+# upstream quota are facts every worker reports alike (the most recent or highest wins)
+_GAUGE_SUM = frozenset({"wharf_fills_in_flight"})
+_GAUGE_MIN = frozenset({"wharf_upstream_ratelimit_remaining"})
+
+
+class MetricsExchange:
+    """One exposition for all worker processes on a store.
+
+    Rules: each worker writes its samples to ``directory/<worker id>.json`` (atomically) every
+    ``publish()``; a scrape publishes this worker's samples, then merges every file written in
+    the last ``stale_after`` seconds (a dead worker's file ages out and is removed).
+    """
+
+    def __init__(self, metrics: Metrics, directory: Path, stale_after: float = 10.0) -> None:
+        self._metrics = metrics
+        self._directory = directory
+        self._directory.mkdir(parents=True, exist_ok=True)
+        self._path = directory / f"{uuid.uuid4().hex}.json"
+        self._stale_after = stale_after
+
+    def publish(self) -> None:
+        families = [{"name": f.name, "type": f.type, "help": f.documentation,
+                     "samples": [[s.name, s.labels, s.value] for s in f.samples if not s.name.endswith("_created")]}
+                    for f in self._metrics.registry.collect()]
+        temp = self._path.with_suffix(".tmp")
+        temp.write_text(json.dumps(families))
+        os.replace(temp, self._path)
+
+    def close(self) -> None:
+        self._path.unlink(missing_ok=True)
+
+    def exposition(self) -> bytes:
+        """The text exposition of every live worker's samples, merged."""
+        self.publish()
+        merged: dict[str, dict] = {}
+        now = time.time()
+        for path in self._directory.glob("*.json"):
+            try:
+                if now - path.stat().st_mtime > self._stale_after:
+                    path.unlink(missing_ok=True)
+                    continue
+                families = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # replaced or removed meanwhile
+            for family in families:
+                _merge_family(merged, family)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collected(merged))
+        return generate_latest(registry)
+
+
+def _merge_family(merged: dict[str, dict], family: dict) -> None:
+    name = family["name"]
+    into = merged.setdefault(name, {"type": family["type"], "help": family["help"], "values": {}})
+    values = into["values"]
+    if family["type"] != "gauge":
+        combine = float.__add__
+    elif name in _GAUGE_SUM:
+        combine = float.__add__
+    elif name in _GAUGE_MIN:
+        combine = min
+    else:
+        combine = max
+    for sample_name, labels, value in family["samples"]:
+        key = (sample_name, tuple(sorted(labels.items())))
+        values[key] = combine(values[key], float(value)) if key in values else float(value)
+
+
+class _Collected:
+    """A collector that yields merged families (for ``generate_latest``)."""
+
+    def __init__(self, merged: dict[str, dict]) -> None:
+        self._merged = merged
+
+    def collect(self):
+        for name, family in self._merged.items():
+            metric = Metric(name, family["help"], family["type"])
+            for (sample_name, labels), value in family["values"].items():
+                metric.add_sample(sample_name, dict(labels), value)
+            yield metric

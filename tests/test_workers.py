@@ -83,6 +83,23 @@ async def test_workers_keep_one_size_budget(fake_upstream, make_wharf, tmp_path)
     assert len(set(gauges)) == 1, "both workers report the store's one total"
 
 
+async def test_metrics_of_any_worker_count_every_worker(registry_upstream, repo_name, make_wharf, tmp_path):
+    image = make_image("metrics-workers", (100,))
+    await push_image(registry_upstream, repo_name, image, tag="v1")
+    first, second = await _two_workers(make_wharf, registry_upstream, tmp_path / "store")
+    path = f"/v2/{first.upstream_name(registry_upstream)}/{repo_name}/manifests/v1"
+    for worker, times in ((first, 3), (second, 2)):
+        for _ in range(times):
+            assert (await worker.client.get(path, headers={"Accept": MANIFEST_ACCEPT})).status == 200
+    await asyncio.sleep(1.2)  # workers publish their samples every second
+    for worker in (first, second):
+        text = await (await worker.client.get("/metrics")).text()
+        assert 'wharf_http_requests_total{method="GET",route="manifest",status="200"} 5.0' in text
+        assert 'wharf_cache_requests_total{kind="tag",result="miss"} 1.0' in text  # one download for both
+        assert 'wharf_cache_requests_total{kind="tag",result="hit"} 4.0' in text
+        assert 'wharf_http_request_duration_seconds_count{route="manifest"} 5.0' in text
+
+
 def _children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (from /proc)."""
     found = []

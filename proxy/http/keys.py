@@ -8,7 +8,7 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.http.replay import ReplayTable
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing
 from proxy.registry.base import Registry
 from proxy.registry.tokens import TokenService
@@ -17,6 +17,7 @@ from proxy.upstream.client import Upstream
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+METRICS_EXCHANGE = web.AppKey("metrics_exchange", MetricsExchange)  # only with several workers
 REGISTRY = web.AppKey("registry", Registry)
 ADDRESSING = web.AppKey("addressing", Addressing)
 TOKENS = web.AppKey("tokens", TokenService)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.http.keys import CONFIG, METRICS, SHARED
+from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, SHARED
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    """This process's metrics; with several workers, every worker's merged."""
+    exchange = request.app.get(METRICS_EXCHANGE)
+    body = exchange.exposition() if exchange is not None else generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

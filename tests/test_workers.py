@@ -100,6 +100,32 @@ async def test_metrics_of_any_worker_count_every_worker(registry_upstream, repo_
         assert 'wharf_http_request_duration_seconds_count{route="manifest"} 5.0' in text
 
 
+async def test_a_tag_another_worker_just_revalidated_is_not_revalidated_again(fake_upstream, make_wharf,
+                                                                               tmp_path):
+    from proxy.http.keys import SHARED
+
+    fake = await fake_upstream()
+    image = make_image("recheck", (100,))
+    fake.add_image(REPO, image, tag="1.0")
+    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store",
+                                       upstream_options={"tag_ttl": 0.3})
+    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/manifests/1.0"
+    assert (await first.client.get(path)).status == 200
+    await asyncio.sleep(0.4)
+    shared = first.app[SHARED]
+    take_lock = shared.add
+
+    async def lock_after_the_other_worker_revalidated(key, value, ttl):
+        if key.startswith("lock:"):  # the other worker wins the race: it looks, locks, HEADs, unlocks
+            assert (await second.client.get(path)).status == 200
+        return await take_lock(key, value, ttl)
+
+    shared.add = lock_after_the_other_worker_revalidated
+    resp = await first.client.get(path)
+    assert resp.status == 200 and await resp.read() == image.manifest
+    assert fake.count("HEAD", fake.manifest_path(REPO, "1.0")) == 1
+
+
 def _children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (from /proc)."""
     found = []

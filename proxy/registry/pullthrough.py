@@ -236,7 +236,7 @@ class PullThroughRegistry:
         return record, "miss"
 
     async def _manifest_by_tag(self, upstream: Upstream, target: Target, tag: str,
-                               client: Client) -> tuple[TagRecord, str]:
+                               client: Client, rechecked: bool = False) -> tuple[TagRecord, str]:
         record = self._meta.tag(target.scope, tag)
         if record is None or self._blobs.size(Digest.parse(record.digest)) is None:
             fetched, joined = await self._fetch_manifest(upstream, target, tag, client)
@@ -266,6 +266,10 @@ class PullThroughRegistry:
         owns_lock = False
         if not self._flights.running(flight):
             owns_lock = await self._shared.add(lock_key, 1, upstream.config.read_timeout + 5)
+            if owns_lock and not rechecked and await self._shared.get(f"fresh:{target.scope}:{tag}"):
+                # another worker revalidated between our look and our lock: use its answer
+                await self._shared.delete(lock_key)
+                return await self._manifest_by_tag(upstream, target, tag, client, rechecked=True)
             if not owns_lock and await self._may_serve_stale(target, record.digest, client, upstream):
                 # another worker or replica is revalidating this tag right now: its answer is
                 # moments away, and what we hold was right until just now

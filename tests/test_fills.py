@@ -189,3 +189,33 @@ async def test_malformed_digest_is_digest_invalid(fake_upstream, make_wharf):
     assert resp.status == 400
     assert (await resp.json())["errors"][0]["code"] == "DIGEST_INVALID"
     assert fake.count() == 0
+
+
+async def test_a_fill_writes_whole_units_and_its_readers_see_every_byte(tmp_path):
+    """Network chunks come in odd sizes; the file grows in 64 KiB units (large page-cache folios,
+    faster sendfile later), and what the writer holds back is written by commit."""
+    from proxy.storage.blobs import BlobStore
+
+    store = BlobStore(tmp_path)
+    data = _blob(1_000_000)
+    writer = store.new_writer()
+    sizes_seen = set()
+    for start in range(0, len(data), 7_919):  # a prime: no chunk boundary is ever aligned
+        writer.write(data[start:start + 7_919])
+        sizes_seen.add(os.path.getsize(writer.temp_path))
+        assert writer.written == os.path.getsize(writer.temp_path)
+    assert all(size % (64 * 1024) == 0 for size in sizes_seen)
+    path = writer.commit(Digest.parse("sha256:" + hashlib.sha256(data).hexdigest()), len(data))
+    assert path.read_bytes() == data
+
+
+async def test_a_trickling_fill_reaches_its_readers_without_waiting_for_a_unit(tmp_path):
+    from proxy.storage.blobs import BlobStore
+
+    writer = BlobStore(tmp_path).new_writer()
+    writer.write(b"a" * 100)
+    await asyncio.sleep(0.06)
+    writer.write(b"b" * 100)
+    assert os.path.getsize(writer.temp_path) == writer.written == 200
+    writer.abort()
+    assert not writer.temp_path.exists()

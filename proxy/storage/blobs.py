@@ -43,8 +43,19 @@ class Growth:
             await self._grown.wait()
 
 
+# Appends reach the file in whole multiples of this, so the page cache keeps large folios: a file
+# written in odd-sized pieces (network chunks) fragments them, and sendfile of it runs ~15 % slower.
+_WRITE_UNIT = 64 * 1024
+_HOLD_SECONDS = 0.05  # a trickling download is written out anyway, for readers following it
+_MAX_PIECES = 256     # writev takes at most IOV_MAX pieces; many tiny chunks are joined first
+
+
 class BlobWriter(Growth):
-    """Writes one blob to a temporary file, hashing as it goes; commit verifies then renames."""
+    """Writes one blob to a temporary file, hashing as it goes; commit verifies then renames.
+
+    ``written`` counts what is in the file; up to one write unit may be held in memory until
+    more arrives (or ``_HOLD_SECONDS`` passed, or the writer closes).
+    """
 
     def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None,
                  temp_path: Path | None = None, hash_inline: bool = True):
@@ -54,15 +65,54 @@ class BlobWriter(Growth):
         self.algorithm = algorithm
         self._hasher = hashlib.new(algorithm) if hash_inline else None  # else the caller hashes
         self.max_size = max_size
+        self._held: list[bytes | memoryview] = []
+        self._held_bytes = 0
+        self._held_since = 0.0
 
     def write(self, chunk: bytes) -> None:
         """Append bytes; refuse to grow past ``max_size`` so a lying upstream cannot fill the disk."""
-        if self.max_size is not None and self.written + len(chunk) > self.max_size:
+        if self.max_size is not None and self.written + self._held_bytes + len(chunk) > self.max_size:
             raise SizeInvalid(f"content is larger than the declared {self.max_size} bytes")
-        self._file.write(chunk)
         if self._hasher is not None:
             self._hasher.update(chunk)
-        self.written += len(chunk)
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if time.monotonic() - self._held_since >= _HOLD_SECONDS:
+            self._write_out(self._held_bytes)
+            return
+        end = self.written + self._held_bytes  # write up to a unit boundary of the file, not of the data
+        aligned = end - end % _WRITE_UNIT - self.written
+        if aligned > 0:
+            self._write_out(aligned)
+
+    def _write_out(self, count: int) -> None:
+        """Write the first ``count`` held bytes in one writev; keep the rest as views (no copy)."""
+        if len(self._held) > _MAX_PIECES:
+            self._held = [b"".join(self._held)]
+        out: list[bytes | memoryview] = []
+        rest: list[bytes | memoryview] = []
+        left = count
+        for piece in self._held:
+            if left >= len(piece):
+                out.append(piece)
+                left -= len(piece)
+            elif left > 0:
+                view = memoryview(piece)
+                out.append(view[:left])
+                rest.append(view[left:])
+                left = 0
+            else:
+                rest.append(piece)
+        done = os.writev(self._file.fileno(), out)
+        if done < count:  # a short write (rare on regular files): finish it piece by piece
+            remaining = memoryview(b"".join(out))[done:]
+            while remaining:
+                remaining = remaining[os.write(self._file.fileno(), remaining):]
+        self._held, self._held_bytes = rest, self._held_bytes - count
+        self._held_since = time.monotonic()
+        self.written += count
         self._notify()
 
     def digest(self) -> Digest:
@@ -87,14 +137,17 @@ class BlobWriter(Growth):
 
     def abort(self) -> None:
         """Drop the temporary file; readers already following it see it closed."""
-        self._close()
+        self._close(keep=False)
         try:
             os.unlink(self.temp_path)
         except FileNotFoundError:
             pass
 
-    def _close(self) -> None:
+    def _close(self, keep: bool = True) -> None:
         if not self.closed:
+            if keep and self._held_bytes:
+                self._write_out(self._held_bytes)
+            self._held, self._held_bytes = [], 0
             self.closed = True
             self._file.close()
             self._notify()

@@ -21,6 +21,7 @@ from typing import Iterator
 
 from proxy.errors import DigestInvalid, SizeInvalid
 from proxy.oci.digest import Digest
+from proxy.storage.appender import AlignedAppender
 
 
 
@@ -43,18 +44,15 @@ class Growth:
             await self._grown.wait()
 
 
-# Appends reach the file in whole multiples of this, so the page cache keeps large folios: a file
-# written in odd-sized pieces (network chunks) fragments them, and sendfile of it runs ~15 % slower.
-_WRITE_UNIT = 64 * 1024
 _HOLD_SECONDS = 0.05  # a trickling download is written out anyway, for readers following it
-_MAX_PIECES = 256     # writev takes at most IOV_MAX pieces; many tiny chunks are joined first
 
 
 class BlobWriter(Growth):
     """Writes one blob to a temporary file, hashing as it goes; commit verifies then renames.
 
-    ``written`` counts what is in the file; up to one write unit may be held in memory until
-    more arrives (or ``_HOLD_SECONDS`` passed, or the writer closes).
+    The file grows in whole units (``proxy.storage.appender``); ``written`` counts what is in it.
+    Less than a unit may be held in memory until more arrives, ``_HOLD_SECONDS`` pass, or the
+    writer closes.
     """
 
     def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None,
@@ -62,58 +60,26 @@ class BlobWriter(Growth):
         super().__init__(temp_path or store.tmp_dir / f"{uuid.uuid4().hex}.part")
         self._store = store
         self._file = open(self.temp_path, "wb", buffering=0)
+        self._appender = AlignedAppender(self._file.fileno(), 0)
+        self._held_since = 0.0
         self.algorithm = algorithm
         self._hasher = hashlib.new(algorithm) if hash_inline else None  # else the caller hashes
         self.max_size = max_size
-        self._held: list[bytes | memoryview] = []
-        self._held_bytes = 0
-        self._held_since = 0.0
 
     def write(self, chunk: bytes) -> None:
         """Append bytes; refuse to grow past ``max_size`` so a lying upstream cannot fill the disk."""
-        if self.max_size is not None and self.written + self._held_bytes + len(chunk) > self.max_size:
+        appender = self._appender
+        if self.max_size is not None and appender.length + appender.held_bytes + len(chunk) > self.max_size:
             raise SizeInvalid(f"content is larger than the declared {self.max_size} bytes")
         if self._hasher is not None:
             self._hasher.update(chunk)
-        if not self._held:
-            self._held_since = time.monotonic()
-        self._held.append(chunk)
-        self._held_bytes += len(chunk)
-        if time.monotonic() - self._held_since >= _HOLD_SECONDS:
-            self._write_out(self._held_bytes)
-            return
-        end = self.written + self._held_bytes  # write up to a unit boundary of the file, not of the data
-        aligned = end - end % _WRITE_UNIT - self.written
-        if aligned > 0:
-            self._write_out(aligned)
-
-    def _write_out(self, count: int) -> None:
-        """Write the first ``count`` held bytes in one writev; keep the rest as views (no copy)."""
-        if len(self._held) > _MAX_PIECES:
-            self._held = [b"".join(self._held)]
-        out: list[bytes | memoryview] = []
-        rest: list[bytes | memoryview] = []
-        left = count
-        for piece in self._held:
-            if left >= len(piece):
-                out.append(piece)
-                left -= len(piece)
-            elif left > 0:
-                view = memoryview(piece)
-                out.append(view[:left])
-                rest.append(view[left:])
-                left = 0
-            else:
-                rest.append(piece)
-        done = os.writev(self._file.fileno(), out)
-        if done < count:  # a short write (rare on regular files): finish it piece by piece
-            remaining = memoryview(b"".join(out))[done:]
-            while remaining:
-                remaining = remaining[os.write(self._file.fileno(), remaining):]
-        self._held, self._held_bytes = rest, self._held_bytes - count
-        self._held_since = time.monotonic()
-        self.written += count
-        self._notify()
+        now = time.monotonic()
+        if not appender.held_bytes:
+            self._held_since = now
+        if appender.append(chunk) or (now - self._held_since >= _HOLD_SECONDS and appender.flush()):
+            self._held_since = now
+            self.written = appender.length
+            self._notify()
 
     def digest(self) -> Digest:
         assert self._hasher is not None, "this writer does not hash"
@@ -145,9 +111,9 @@ class BlobWriter(Growth):
 
     def _close(self, keep: bool = True) -> None:
         if not self.closed:
-            if keep and self._held_bytes:
-                self._write_out(self._held_bytes)
-            self._held, self._held_bytes = [], 0
+            if keep:
+                self._appender.flush()
+                self.written = self._appender.length
             self.closed = True
             self._file.close()
             self._notify()

@@ -46,13 +46,17 @@ async def test_workers_share_one_blob_download(fake_upstream, make_wharf, tmp_pa
     assert fake.count("GET", fake.blob_path(REPO, digest)) == 1
 
 
-async def test_workers_revalidate_a_tag_once(fake_upstream, make_wharf, tmp_path):
+async def _two_workers_on_a_tag(fake_upstream, make_wharf, tmp_path, seed: str):
+    """A fake upstream with ``REPO:1.0`` (TTL 0.3 s) behind two workers; (fake, image, workers, path)."""
     fake = await fake_upstream()
-    image = make_image("workers", (100,))
+    image = make_image(seed, (100,))
     fake.add_image(REPO, image, tag="1.0")
-    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store",
-                                       upstream_options={"tag_ttl": 0.3})
-    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/manifests/1.0"
+    workers = await _two_workers(make_wharf, fake.url, tmp_path / "store", upstream_options={"tag_ttl": 0.3})
+    return fake, image, workers, f"/v2/{workers[0].upstream_name(fake.url)}/{REPO}/manifests/1.0"
+
+
+async def test_workers_revalidate_a_tag_once(fake_upstream, make_wharf, tmp_path):
+    fake, image, (first, second), path = await _two_workers_on_a_tag(fake_upstream, make_wharf, tmp_path, "workers")
     await first.client.get(path)
     await second.client.get(path)
     assert fake.count("GET", fake.manifest_path(REPO, "1.0")) == 1, "the second worker fetched again"
@@ -104,12 +108,7 @@ async def test_a_tag_another_worker_just_revalidated_is_not_revalidated_again(fa
                                                                                tmp_path):
     from proxy.http.keys import SHARED
 
-    fake = await fake_upstream()
-    image = make_image("recheck", (100,))
-    fake.add_image(REPO, image, tag="1.0")
-    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store",
-                                       upstream_options={"tag_ttl": 0.3})
-    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/manifests/1.0"
+    fake, image, (first, second), path = await _two_workers_on_a_tag(fake_upstream, make_wharf, tmp_path, "recheck")
     assert (await first.client.get(path)).status == 200
     await asyncio.sleep(0.4)
     shared = first.app[SHARED]

@@ -464,19 +464,14 @@ async def test_manifest_digest_mismatch_bad_tag_and_size_limit(make_wharf, repo_
     image = make_image("mismatch", (10,), oci=True)
     for data in image.blobs.values():
         await upload(wharf, repo_name, data)
-    wrong = sha256_digest(b"other")
-    resp = await wharf.client.put(f"/v2/{repo_name}/manifests/{wrong}", data=image.manifest,
-                                  headers={"Content-Type": image.media_type})
-    assert resp.status == 400
-    assert await error_code(resp) == "DIGEST_INVALID"
-    resp = await wharf.client.put(f"/v2/{repo_name}/manifests/-bad-tag", data=image.manifest,
-                                  headers={"Content-Type": image.media_type})
-    assert resp.status == 400
-    assert await error_code(resp) == "MANIFEST_INVALID"
-    resp = await wharf.client.put(f"/v2/{repo_name}/manifests/big", data=b" " * (4 * 1024 * 1024 + 1),
-                                  headers={"Content-Type": image.media_type})
-    assert resp.status == 413
-    assert await error_code(resp) == "SIZE_INVALID"
+    refused = [(sha256_digest(b"other"), image.manifest, 400, "DIGEST_INVALID"),
+               ("-bad-tag", image.manifest, 400, "MANIFEST_INVALID"),
+               ("big", b" " * (4 * 1024 * 1024 + 1), 413, "SIZE_INVALID")]
+    for reference, body, status, code in refused:
+        resp = await wharf.client.put(f"/v2/{repo_name}/manifests/{reference}", data=body,
+                                      headers={"Content-Type": image.media_type})
+        assert resp.status == status
+        assert await error_code(resp) == code
     resp = await wharf.client.put(f"/v2/{repo_name}/manifests/{image.digest}", data=image.manifest,
                                   headers={"Content-Type": image.media_type})
     assert resp.status == 201

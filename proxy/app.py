@@ -16,8 +16,9 @@ from proxy.http import keys
 from proxy.http.replay import ReplayTable
 from proxy.http.routes import setup_routes
 from proxy.metrics import Metrics, MetricsExchange
-from proxy.registry.addressing import Addressing
+from proxy.registry.addressing import Addressing, LocalNamespaces
 from proxy.registry.gc import collect
+from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
@@ -63,7 +64,9 @@ def create_app(config: Config) -> web.Application:
     blobs.on_added = budget.added
     tasks = BackgroundTasks()
     uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes)
-    local = LocalRegistry(blobs, meta, uploads)
+    # one hook for every answer kept in memory; other workers of the store hear of changes by a stamp
+    invalidation = Invalidation(root / "invalidation.stamp")
+    local = LocalRegistry(blobs, meta, uploads, invalidation)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
@@ -71,12 +74,15 @@ def create_app(config: Config) -> web.Application:
     app[keys.TOKENS] = TokenService(shared)
     app[keys.UPSTREAMS] = upstreams
     app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream,
-                                      local.is_local_repo)
+                                      LocalNamespaces(config.local_namespaces, invalidation))
     app[keys.REGISTRY] = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
-                                             config.cache, config.limits, tasks)
+                                             config.cache, config.limits, tasks, invalidation,
+                                             hot_manifests=config.fast_paths.hot_manifests)
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
-    app[keys.REPLAYS] = ReplayTable()
+    replays = app[keys.REPLAYS] = ReplayTable()
+    invalidation.subscribe(replays.drop_tag, replays.clear)
+    app[keys.INVALIDATION] = invalidation
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange
@@ -97,6 +103,8 @@ def create_app(config: Config) -> web.Application:
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire))]
+        # changes published by other processes on this store (workers, the CLI)
+        periodic.append(asyncio.ensure_future(_periodic(POLL_SECONDS, invalidation.poll)))
         if exchange is not None:
             periodic.append(asyncio.ensure_future(_periodic(1.0, exchange.publish)))
         if config.gc.interval_seconds:

@@ -111,6 +111,14 @@ class GcConfig(_Frozen):
     grace_seconds: float = Field(default=3600, ge=0)     # content linked more recently is never collected
 
 
+class FastPathsConfig(_Frozen):
+    """Shortcuts past the full request stack; each can be switched off (the suite runs both ways)."""
+
+    replay: bool = True         # repeated public manifest hits answered straight from the parser
+    hot_manifests: bool = True  # public manifests and tag freshness kept in memory
+    sendfile: bool = True       # stored blobs sent by os.sendfile from threads (else aiohttp's FileResponse)
+
+
 class LogConfig(_Frozen):
     level: str = "info"
     access_log: bool = True
@@ -131,11 +139,24 @@ class Config(_Frozen):
     storage: StorageConfig = StorageConfig()
     upstreams: tuple[UpstreamConfig, ...] = ()
     default_upstream: str | None = None
+    # with a default upstream, prefix-less names are local only under these namespaces
+    local_namespaces: tuple[str, ...] = ()
     redis: RedisConfig = RedisConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
+    fast_paths: FastPathsConfig = FastPathsConfig()
+
+    @field_validator("local_namespaces")
+    @classmethod
+    def _local_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for namespace in value:
+            if not re.match(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$", namespace):
+                raise ValueError(f"{namespace!r} is not a repository name component")
+            if namespace == "library":
+                raise ValueError("library/ is where docker.io keeps its official images; it is never local")
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the tests need on Debian 12, then run pytest (arguments are passed through).
+# Install everything the tests need on Debian 12, then run pytest twice, with the fast paths on and
+# off (arguments are passed through to both runs).
 #
 #   bash scripts/test.sh                          # whole suite
 #   bash scripts/test.sh tests/test_support.py -x # a subset
@@ -69,4 +70,9 @@ install_python_deps() {
 
 install_packages
 install_python_deps
-exec .venv/bin/python -m pytest -q "$@"
+# twice: with the fast paths (replayed answers, hot set, sendfile) on, as shipped, and off, so
+# that every behaviour is proven not to depend on them (tests of a fast path force it on)
+echo "scripts/test.sh: the suite with the fast paths on" >&2
+.venv/bin/python -m pytest -q "$@"
+echo "scripts/test.sh: the suite with the fast paths off (TEST_FAST_PATHS=off)" >&2
+TEST_FAST_PATHS=off exec .venv/bin/python -m pytest -q "$@"

@@ -6,6 +6,7 @@ Session servers are shared by every test, so tests must use their own repository
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -136,6 +137,12 @@ def _joined(headers) -> dict[str, str]:
 
 WharfFactory = Callable[..., Awaitable[Wharf]]
 
+# The fast paths (replayed answers, the in-memory hot set, sendfile) are on by default; the suite
+# runs a second time with TEST_FAST_PATHS=off, so every test holds without them too.
+# Tests of a fast path itself pass ``fast_paths=...`` explicitly.
+_FAST = os.environ.get("TEST_FAST_PATHS", "on") != "off"
+FAST_PATHS = {"replay": _FAST, "hot_manifests": _FAST, "sendfile": _FAST}
+
 
 class WharfTestServer(TestServer):
     """pytest-aiohttp's server, run the way ``wharf serve`` runs the app (replaying hits)."""
@@ -170,7 +177,8 @@ async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
         upstreams = [{"name": name, "url": url, "tag_ttl": 300, **(upstream_options or {})}
                      for name, url in named]
         data = {"listen": "127.0.0.1:0", "storage": {"root": str(tmp_path / f"wharf{counter}")},
-                "upstreams": upstreams, "default_upstream": None, "log": {"access_log": False}}
+                "upstreams": upstreams, "default_upstream": None, "log": {"access_log": False},
+                "fast_paths": FAST_PATHS}
         data.update(overrides)
         app = create_app(config_from_dict(data))
         seen: list[SeenRequest] = []

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from proxy.errors import NameInvalid, NameUnknown
-from proxy.registry.addressing import Addressing
+from proxy.errors import Denied, NameInvalid, NameUnknown
+from proxy.registry.addressing import Addressing, LocalNamespaces
 from proxy.registry.base import Target
 from support.images import MANIFEST_ACCEPT, make_image, make_index, push_image
 
@@ -28,14 +28,40 @@ NAMES = {"docker.io": "docker.io", "ghcr.io": "ghcr.io", "127.0.0.1:5000": "127.
     ("myteam/app", None, "docker.io", Target("docker.io", "myteam/app")),
     ("myteam/app", None, None, Target(None, "myteam/app")),
     ("pushed/app", None, "docker.io", Target(None, "pushed/app")),
+    ("pushed/deep/app", None, "docker.io", Target(None, "pushed/deep/app")),
+    ("pushed", None, "docker.io", Target("docker.io", "library/pushed")),  # a name, not a namespace
+    ("library/alpine", None, "docker.io", Target("docker.io", "library/alpine")),
+    ("pushedx/app", None, "docker.io", Target("docker.io", "pushedx/app")),
 ])
 def test_resolve(name, ns, default, expected):
-    addressing = Addressing(NAMES, default, is_local_repo=lambda n: n == "pushed/app")
+    addressing = Addressing(NAMES, default, LocalNamespaces(["pushed"]))
     assert addressing.resolve(name, ns) == expected
 
 
+@pytest.mark.parametrize("name", ["team/app", "library/alpine", "alpine", "pushedx/app"])
+def test_push_of_a_mirror_name_is_denied_with_a_way_out(name):
+    addressing = Addressing(NAMES, "docker.io", LocalNamespaces(["pushed"]))
+    with pytest.raises(Denied) as refused:
+        addressing.push_target(name, None)
+    assert "local_namespaces" in refused.value.message and "pushed/" in refused.value.message
+    assert addressing.push_target("pushed/app", None) == Target(None, "pushed/app")
+    assert Addressing(NAMES, None).push_target(name, None) == Target(None, name)  # no default: all local
+
+
+def test_library_is_never_a_local_namespace():
+    from proxy.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="local_namespaces"):
+        config_from_dict({"local_namespaces": ["library"]})
+    namespaces = LocalNamespaces()
+    with pytest.raises(Denied):
+        namespaces.declare("library")
+    assert Addressing(NAMES, "docker.io", LocalNamespaces(["library"])).resolve(
+        "library/alpine", None) == Target("docker.io", "library/alpine")
+
+
 def test_resolve_rejects_bad_names_and_unknown_namespaces():
-    addressing = Addressing(NAMES, None, is_local_repo=lambda n: False)
+    addressing = Addressing(NAMES, None)
     with pytest.raises(NameInvalid):
         addressing.resolve("Upper/Case", None)
     with pytest.raises(NameInvalid):

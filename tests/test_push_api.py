@@ -674,21 +674,6 @@ async def test_push_to_an_upstream_namespace_is_denied_with_a_reason(make_wharf,
     assert fake.count() == 0  # nothing was forwarded upstream
 
 
-async def test_push_with_a_default_upstream_lands_locally(make_wharf, fake_upstream, repo_name):
-    fake = await fake_upstream()
-    upstream = fake.url.split("://", 1)[1]
-    wharf = await make_wharf(fake.url, default_upstream=upstream)
-    image = make_image("default-upstream", (100,))
-    await push_image(wharf.url, repo_name, image, tag="v1")
-    # only the HEAD before the first upload could not know the repository is local
-    assert fake.count("HEAD") <= 1
-    assert fake.count("GET") == 0
-    resp = await wharf.client.get(f"/v2/{repo_name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
-    assert resp.status == 200
-    assert await resp.read() == image.manifest
-    assert resp.headers["Docker-Content-Digest"] == image.digest
-
-
 async def test_pushed_content_is_never_evicted(make_wharf, repo_name):
     from proxy.app import BUDGET, BLOBS
     from proxy.oci.digest import Digest

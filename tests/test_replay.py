@@ -17,6 +17,7 @@ from support.fake_upstream import Fault
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+REPLAYING = {"replay": True, "hot_manifests": True, "sendfile": True}  # whatever TEST_FAST_PATHS says
 
 
 class RawConnection:
@@ -78,7 +79,7 @@ async def _application_answer(url: str, method: str, path: str, accept: str = DO
 async def _cached_image(make_wharf, registry_upstream, repo_name, **overrides):
     image = make_image("replay", (300,))
     await push_image(registry_upstream, repo_name, image, tag="v1")
-    wharf = await make_wharf(registry_upstream, **overrides)
+    wharf = await make_wharf(registry_upstream, **{"fast_paths": REPLAYING, **overrides})
     name = f"{wharf.upstream_name(registry_upstream)}/{repo_name}"
     return wharf, image, name
 
@@ -153,7 +154,7 @@ async def test_tag_answers_stop_when_the_tag_goes_stale(fake_upstream, make_whar
     fake = await fake_upstream()
     image = make_image("stale", (200,))
     fake.add_image("team/app", image, tag="1.0")
-    wharf = await make_wharf(fake.url, upstream_options={"tag_ttl": 1})
+    wharf = await make_wharf(fake.url, upstream_options={"tag_ttl": 1}, fast_paths=REPLAYING)
     path = f"/v2/{wharf.upstream_name(fake.url)}/team/app/manifests/1.0"
     conn = await RawConnection.open(wharf.url)
     for _ in range(5):
@@ -174,7 +175,7 @@ async def test_private_content_is_never_replayed(fake_upstream, make_wharf):
     image = make_image("private", (200,))
     fake.add_image("team/secret", image, tag="1.0")
     fake.require_bearer(users={"alice": "pw"}, private={"team/secret"})
-    wharf = await make_wharf(fake.url)
+    wharf = await make_wharf(fake.url, fast_paths=REPLAYING)
     path = f"/v2/{wharf.upstream_name(fake.url)}/team/secret/manifests/{image.digest}"
     conn = await _warm_connection(wharf.url, path, extra="Authorization: Basic YWxpY2U6cHc=\r\n")
     status, _, body = await conn.exchange("GET", path)

@@ -11,6 +11,7 @@ from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing
 from proxy.registry.base import Registry
+from proxy.registry.invalidation import Invalidation
 from proxy.registry.tokens import TokenService
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
@@ -25,6 +26,7 @@ SHARED = web.AppKey("shared", SharedCache)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 SENDFILE_POOL = web.AppKey("sendfile_pool", ThreadPoolExecutor)
 REPLAYS = web.AppKey("replays", ReplayTable)
+INVALIDATION = web.AppKey("invalidation", Invalidation)
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries
 

@@ -13,8 +13,8 @@ import re
 from aiohttp import web
 
 from proxy.errors import PaginationNumberInvalid, RangeInvalid, Unauthorized
-from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, METRICS, REGISTRY, REPLAYS,
-                             SENDFILE_POOL, TOKENS)
+from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, CONFIG, METRICS, REGISTRY,
+                             REPLAYS, SENDFILE_POOL, TOKENS)
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import parse_accept
@@ -68,9 +68,10 @@ async def manifest(request: web.Request) -> web.Response:
     digest = str(result.digest)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
                     "Docker-Distribution-API-Version": API_VERSION, "Content-Length": str(result.size)})
-    if result.shared_until and result.body is not None:
+    if result.shared_until and result.body is not None and request.app[CONFIG].fast_paths.replay:
         request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), headers, result.body,
-                                      result.shared_until, "manifest", "manifest" if is_digest(reference) else "tag")
+                                      result.shared_until, "manifest", "manifest" if is_digest(reference) else "tag",
+                                      (target.scope, reference))
     if head:
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)
@@ -133,12 +134,17 @@ class _StoredBlobResponse(SendfileResponse):
         return writer
 
 
+def _sendfile_pool(request: web.Request):
+    """The threads that send blobs with os.sendfile; None when that fast path is off."""
+    return request.app[SENDFILE_POOL] if request.app[CONFIG].fast_paths.sendfile else None
+
+
 async def _send_file(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
     """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD."""
     if request.headers.get("Range"):
         parse_range(request.headers["Range"], result.size)  # 416 in OCI form for bad ranges
     return _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc,
-                               request.app[SENDFILE_POOL])
+                               _sendfile_pool(request))
 
 
 async def _send_stream(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
@@ -154,8 +160,8 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
     writer = await response.prepare(request)
     sent = 0
     assert result.segments is not None
-    sock = await direct_socket(request, writer) if end is not None else None  # chunked needs framing
-    pool = request.app[SENDFILE_POOL]
+    pool = _sendfile_pool(request)
+    sock = await direct_socket(request, writer) if end is not None and pool else None  # chunked needs framing
     try:
         async for fd, offset, count in result.segments(start, end, _SENDFILE_BATCH if sock else 0):
             if sock is not None:

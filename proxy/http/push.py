@@ -5,8 +5,8 @@ registry (chunked transfer encoding included), manifests are read up to the size
 
 A push names a local repository unless the name explicitly addresses an upstream (a configured
 upstream as the first path component, or ``?ns=``); those targets go to the registry as they are,
-and the registry refuses them with DENIED. A default upstream never captures a push: pushing
-``team/app`` creates the local repository ``team/app``.
+and the registry refuses them with DENIED. With a default upstream, only names under a declared
+local namespace can be pushed (``proxy.registry.addressing``); others are DENIED, saying how.
 """
 
 from __future__ import annotations
@@ -21,19 +21,14 @@ from proxy.http.keys import ADDRESSING, REGISTRY
 from proxy.http.pull import client_of, page_size
 from proxy.oci.digest import Digest
 from proxy.oci.media import MAX_MANIFEST_BYTES
-from proxy.oci.names import validate_name
 from proxy.registry.base import Chunk, Target, UploadState
 
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
 
 
 def push_target(request: web.Request) -> Target:
-    """Where a push or delete lands: local, unless the name explicitly addresses an upstream."""
-    name, ns = request.match_info["name"], request.query.get("ns")
-    addressing = request.app[ADDRESSING]
-    if addressing.is_upstream_namespace(name, ns):
-        return addressing.resolve(name, ns)  # the registry refuses it, saying why
-    return Target(None, validate_name(name))
+    """Where a push or delete lands (``Addressing.push_target`` says which names may be pushed)."""
+    return request.app[ADDRESSING].push_target(request.match_info["name"], request.query.get("ns"))
 
 
 def _upload_location(request: web.Request, upload_id: str) -> str:

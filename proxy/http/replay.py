@@ -3,8 +3,10 @@
 A manifest hit that the registry marks as shared (public pull-through content: by digest for
 good, by tag while upstream's confirmation holds) is remembered as the exact head and body Wharf
 sent, keyed by everything that decides the answer: the raw path with its query and the
-``Accept`` lines (GET and HEAD share an entry). Entries expire when the answer stops holding;
-the table is bounded by total bytes, oldest dropped first.
+``Accept`` lines (GET and HEAD share an entry). Entries expire when the answer stops holding,
+and are dropped at once when the tag they answer for changes (``drop_tag``) or names change
+hands (``clear``), through the registry's invalidation hook; the table is bounded by total
+bytes, oldest dropped first.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Replay:
     until: float         # time.time() after which the application answers again
     route: str           # metrics route label for GET; HEAD adds "_head"
     cache_kind: str      # "manifest" (by digest) or "tag"
+    ref: tuple[str, str]  # (scope, tag or digest) the answer is for
 
 
 class ReplayTable:
@@ -32,6 +35,7 @@ class ReplayTable:
 
     def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
         self._entries: dict[tuple[str, tuple[str, ...]], Replay] = {}
+        self._by_ref: dict[tuple[str, str], set[tuple[str, tuple[str, ...]]]] = {}  # (scope, ref) -> keys
         self._bytes = 0
         self._max_bytes = max_bytes
 
@@ -48,22 +52,39 @@ class ReplayTable:
         return entry
 
     def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
-                 until: float, route: str, cache_kind: str) -> None:
-        """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent."""
+                 until: float, route: str, cache_kind: str, ref: tuple[str, str]) -> None:
+        """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent;
+        ``ref`` is the (scope, tag or digest) it answers for."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind)
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref)
         self._drop(key)
         self._entries[key] = entry
+        self._by_ref.setdefault(ref, set()).add(key)
         self._bytes += len(entry.head) + len(body)
         while self._bytes > self._max_bytes:  # oldest first
             self._drop(next(iter(self._entries)))
+
+    def drop_tag(self, scope: str, tag: str) -> None:
+        """Forget every answer for ``scope``'s ``tag`` (it moved or was deleted)."""
+        for key in list(self._by_ref.get((scope, tag), ())):
+            self._drop(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_ref.clear()
+        self._bytes = 0
 
     def _drop(self, key: tuple[str, tuple[str, ...]]) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= len(entry.head) + len(entry.body)
+            keys = self._by_ref.get(entry.ref)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_ref[entry.ref]
 
 

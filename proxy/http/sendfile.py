@@ -80,14 +80,14 @@ async def send_region(request: web.BaseRequest, executor: ThreadPoolExecutor, so
 
 
 class SendfileResponse(web.FileResponse):
-    """A FileResponse whose body is sent by ``os.sendfile`` in ``executor``."""
+    """A FileResponse whose body is sent by ``os.sendfile`` in ``executor`` (None: aiohttp's own way)."""
 
-    def __init__(self, path, executor: ThreadPoolExecutor, **kwargs) -> None:
+    def __init__(self, path, executor: ThreadPoolExecutor | None, **kwargs) -> None:
         super().__init__(path, **kwargs)
         self._executor = executor
 
     async def _sendfile(self, request: web.BaseRequest, fobj, offset: int, count: int):
-        if count < _SMALL or self.compression:
+        if self._executor is None or count < _SMALL or self.compression:
             return await super()._sendfile(request, fobj, offset, count)
         writer = await web.StreamResponse.prepare(self, request)
         assert writer is not None

@@ -1,8 +1,10 @@
 """The in-memory hot set: manifest bodies and tag freshness, so hits skip disk and SQLite.
 
 Rules: only content every client may see (public) is answered from here without further
-checks; entries are bounded by total bytes (oldest dropped first); a tag's freshness is held
-until the wall-clock time upstream's confirmation expires, the same instant for every worker.
+checks, and a tag only when upstream confirmed it to an anonymous (or the configured) credential;
+entries are bounded by total bytes (oldest dropped first); a tag's freshness is held until the
+wall-clock time upstream's confirmation expires, the same instant for every worker, or until
+the invalidation hook says the tag changed (``drop_tag``) or names changed hands (``drop_tags``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ class HotManifest:
 
 
 class HotSet:
-    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024, enabled: bool = True) -> None:
+        self.enabled = enabled  # off (config fast_paths.hot_manifests): nothing is kept
         self._manifests: OrderedDict[str, HotManifest] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
@@ -33,7 +36,7 @@ class HotSet:
 
     def add_manifest(self, entry: HotManifest) -> None:
         key = str(entry.digest)
-        if key in self._manifests or len(entry.body) > self._max_bytes // 16:
+        if not self.enabled or key in self._manifests or len(entry.body) > self._max_bytes // 16:
             return
         self._manifests[key] = entry
         self._bytes += len(entry.body)
@@ -56,7 +59,16 @@ class HotSet:
             return None
         return entry
 
+    def drop_tag(self, scope: str, tag: str) -> None:
+        self._fresh.pop((scope, tag), None)
+
+    def drop_tags(self) -> None:
+        """Forget every tag's freshness (manifests by digest never change and stay)."""
+        self._fresh.clear()
+
     def set_fresh(self, scope: str, tag: str, digest: str, until: float) -> None:
+        if not self.enabled:
+            return
         if len(self._fresh) > 100_000:
             self._fresh.clear()
         self._fresh[(scope, tag)] = (digest, until)

@@ -7,9 +7,13 @@ repository's manifests reference any more. Everything pushed is marked pushed be
 the blob store, so the cache budget never evicts it.
 
 Rules of the push path:
-- a manifest is accepted only when every blob and child manifest it names is linked in the same
-  repository, except non-distributable (foreign) layers, which are taken as they are, and the
-  ``subject``, which may name anything (the referrers API answers for unknown subjects too);
+- a manifest is accepted only when every blob and child manifest it names is readable in the
+  same repository, except non-distributable (foreign) layers, which are taken as they are, and
+  the ``subject``, which may name anything (the referrers API answers for unknown subjects too);
+- readable in a repository means linked there, or public content of the store (cached from an
+  upstream without a client's credential, readable by anyone): an image built on a cached base
+  pushes without uploading the base's layers again (clients HEAD them and skip the upload), and
+  the manifest push links them into the repository, where they are never evicted;
 - a manifest pushed by digest must hash to that digest (with that digest's algorithm); one pushed
   by tag is named by its sha256;
 - a mount links a blob that is readable in the source: linked there when the source is local,
@@ -31,22 +35,27 @@ from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, TagsPage, Target, UploadState)
+from proxy.registry.invalidation import Invalidation
 from proxy.storage.blobs import BlobStore
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.uploads import UploadStore
 
 
 class LocalRegistry:
-    def __init__(self, blobs: BlobStore, meta: MetaStore, uploads: UploadStore) -> None:
+    def __init__(self, blobs: BlobStore, meta: MetaStore, uploads: UploadStore,
+                 invalidation: Invalidation) -> None:
         self._blobs = blobs
         self._meta = meta
         self._uploads = uploads
-
-    def is_local_repo(self, name: str) -> bool:
-        return bool(self._meta.document(f"repo:{name}"))
+        self._invalidation = invalidation
 
     def _linked(self, target: Target, digest: Digest) -> bool:
         return target.scope in self._meta.visibility(str(digest), fresh=True).repos
+
+    def _readable(self, target: Target, digest: Digest) -> bool:
+        """Linked in the repository, or public content of the store (anyone may read it)."""
+        visibility = self._meta.visibility(str(digest), fresh=True)
+        return visibility.public or target.scope in visibility.repos
 
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
@@ -68,7 +77,7 @@ class LocalRegistry:
 
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
         size = self._blobs.size(digest)
-        if size is None or not self._linked(target, digest):
+        if size is None or not self._readable(target, digest):
             raise BlobUnknown(f"blob {digest} unknown in {target.repo}")
         return BlobResult(digest, size, path=self._blobs.path(digest),
                           reading=lambda: self._blobs.reading(digest), cache_status="local")
@@ -174,8 +183,10 @@ class LocalRegistry:
         self._check_references(target, parsed)
         # commit: everything below is synchronous, so gc never sees half of it
         for descriptor in (*parsed.blobs, *parsed.manifests):
-            if self._linked(target, descriptor.digest):
-                self._meta.mark_pushed(str(descriptor.digest))  # renews gc's grace for what it names
+            if self._readable(target, descriptor.digest):
+                # renews gc's grace for what it names; public cached content becomes pushed here
+                self._meta.mark_pushed(str(descriptor.digest))
+                self._meta.grant(str(descriptor.digest), target.scope, False)
         self._meta.mark_pushed(str(digest))
         if self._blobs.size(digest) is None:
             self._blobs.put_bytes(body, digest)
@@ -186,6 +197,7 @@ class LocalRegistry:
         for tag in dict.fromkeys(tags):
             self._meta.set_tag(target.scope, tag, TagRecord(str(digest), media_type, len(body), now))
             self._meta.add_repo_tag(target.repo, tag)
+            self._invalidation.tag_changed(target.scope, tag)
         subject = parsed.subject.digest if parsed.subject else None
         if subject is not None:
             descriptor = {"mediaType": media_type, "digest": str(digest), "size": len(body)}
@@ -200,13 +212,13 @@ class LocalRegistry:
         for descriptor in parsed.blobs:
             if descriptor.non_distributable:
                 continue
-            if self._blobs.size(descriptor.digest) is None or not self._linked(target, descriptor.digest):
+            if self._blobs.size(descriptor.digest) is None or not self._readable(target, descriptor.digest):
                 raise ManifestBlobUnknown(f"blob {descriptor.digest} is not in {target.repo}",
                                           detail={"digest": str(descriptor.digest)})
         for descriptor in parsed.manifests:
             if (self._meta.manifest_type(str(descriptor.digest)) is None
                     or self._blobs.size(descriptor.digest) is None
-                    or not self._linked(target, descriptor.digest)):
+                    or not self._readable(target, descriptor.digest)):
                 raise ManifestBlobUnknown(f"manifest {descriptor.digest} is not in {target.repo}",
                                           detail={"digest": str(descriptor.digest)})
 
@@ -221,6 +233,7 @@ class LocalRegistry:
                 raise ManifestUnknown(f"tag {tag} unknown in {target.repo}")
             self._meta.delete_tag(target.scope, tag)
             self._meta.remove_repo_tag(target.repo, tag)
+            self._invalidation.tag_changed(target.scope, tag)
             return
         digest = Digest.parse(reference)
         if self._meta.manifest_type(str(digest)) is None or not self._linked(target, digest):
@@ -230,6 +243,7 @@ class LocalRegistry:
             if tagged is not None and tagged.digest == str(digest):
                 self._meta.delete_tag(target.scope, tag)
                 self._meta.remove_repo_tag(target.repo, tag)
+                self._invalidation.tag_changed(target.scope, tag)
         self._meta.revoke(str(digest), target.scope)
         self._meta.remove_repo_manifest(target.repo, str(digest))
         body = self._blobs.read_bytes(digest)

@@ -18,7 +18,14 @@ Cache policy, rule by rule:
 Authorization is never widened by the cache: content fetched without client credentials is
 public; content fetched with them is served to another client only after upstream confirms,
 with a HEAD carrying that client's credentials, that it may read the repository (remembered for
-``cache.authz_ttl`` per credential and repository).
+``cache.authz_ttl`` per credential and repository). A tag is judged by how its resolution was
+learned, not by its digest: a tag learned with a client's credential is private even when the
+digest it names is also public content.
+
+Upstream manifests must parse as manifests of their media type before they are stored or
+served; anything else (an error page, a token document from a redirect) is ``UpstreamInvalid``.
+
+When a tag moves or is deleted, the invalidation hook drops every answer remembered for it.
 """
 
 from __future__ import annotations
@@ -36,12 +43,14 @@ from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown,
                           SizeInvalid, TooManyRequests, Unavailable, UpstreamInvalid)
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import MAX_MANIFEST_BYTES, OCI_INDEX, UPSTREAM_ACCEPT, accepts
+from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
+                             UPSTREAM_ACCEPT, accepts, parse_manifest)
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
 from proxy.registry.fills import Fill, FillGroup
 from proxy.registry.hot import HotManifest, HotSet
+from proxy.registry.invalidation import Invalidation
 from proxy.registry.tasks import BackgroundTasks, SingleFlight
 from proxy.storage.blobs import BlobStore
 from proxy.storage.hashing import ThreadedHasher
@@ -74,6 +83,31 @@ def page_tags(body: bytes, n: int, last: str | None) -> tuple[bytes, str | None]
 
 
 _STALE_ERRORS = (Unavailable, TooManyRequests, UpstreamInvalid)
+_GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
+
+
+def _manifest_media_type(body: bytes, content_type: str) -> str:
+    """The media type of an upstream manifest, once it parses as a manifest of that type.
+
+    Upstream's Content-Type is kept when it names a manifest type; a generic one is replaced by
+    the body's ``mediaType``. Anything that is not a manifest is refused (UpstreamInvalid).
+    """
+    declared = content_type if content_type not in _GENERIC_TYPES else None
+    if declared is not None and declared not in MANIFEST_TYPES:
+        raise UpstreamInvalid(f"upstream answered {declared[:100]!r}, which is no manifest media type")
+    try:
+        doc = json.loads(body)
+        if not isinstance(doc, dict) or doc.get("schemaVersion") not in (1, 2):
+            raise ManifestInvalid("no schemaVersion 1 or 2")
+        parsed = parse_manifest(body, declared)
+    except (ValueError, TypeError, AttributeError, RecursionError, OCIError) as exc:
+        raise UpstreamInvalid(f"upstream sent something that is not a manifest: {str(exc)[:200]}") from None
+    media_type = declared or parsed.media_type
+    if media_type not in MANIFEST_TYPES:
+        raise UpstreamInvalid(f"upstream manifest has the unknown media type {str(media_type)[:100]!r}")
+    if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
+        raise UpstreamInvalid("upstream image manifest has no config descriptor")
+    return media_type
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
 
 
@@ -82,7 +116,8 @@ class PullThroughRegistry:
 
     def __init__(self, local: Registry, upstreams: dict[str, Upstream], blobs: BlobStore,
                  meta: MetaStore, shared: SharedCache, metrics: Metrics, cache: CacheConfig,
-                 limits: LimitsConfig, tasks: BackgroundTasks) -> None:
+                 limits: LimitsConfig, tasks: BackgroundTasks, invalidation: Invalidation,
+                 hot_manifests: bool = True) -> None:
         self._local = local
         self._upstreams = upstreams
         self._blobs = blobs
@@ -94,7 +129,9 @@ class PullThroughRegistry:
         self._tasks = tasks
         self._flights = SingleFlight()
         self.fills = FillGroup(tasks, blobs)
-        self._hot = HotSet()
+        self._hot = HotSet(enabled=hot_manifests)
+        self._invalidation = invalidation
+        invalidation.subscribe(self._hot.drop_tag, self._hot.drop_tags)
 
     # helpers ---------------------------------------------------------------------------------
     def _upstream(self, target: Target) -> Upstream:
@@ -153,14 +190,29 @@ class PullThroughRegistry:
         """Upstream just let this client's credential read the repository: remember it briefly."""
         await self._shared.set(self._authz_key(upstream, target, client), 1, self._cache.authz_ttl)
 
-    async def _may_serve_stale(self, target: Target, digest: str, client: Client,
+    async def _may_serve_stale(self, target: Target, record: TagRecord, client: Client,
                                upstream: Upstream) -> bool:
-        """Stale content goes only to clients who could see it without asking upstream."""
-        visibility = self._meta.visibility(digest)
-        if visibility.public:
+        """A stale tag goes only to clients who could see it without asking upstream."""
+        if record.public:
             return True
-        return target.scope in visibility.repos and \
-            bool(await self._shared.get(self._authz_key(upstream, target, client)))
+        return bool(await self._shared.get(self._authz_key(upstream, target, client)))
+
+    async def _authorize_tag(self, upstream: Upstream, target: Target, tag: str, record: TagRecord,
+                             client: Client) -> None:
+        """Let the client see a stored tag only if it was learned publicly or upstream confirms access.
+
+        A public answer from upstream (the client has no credential of its own) makes the tag public.
+        """
+        if record.public or await self._shared.get(self._authz_key(upstream, target, client)):
+            return
+        credential, public = self._effective(upstream, client)
+        response = await upstream.request("HEAD", target.repo, f"manifests/{tag}", credential,
+                                          headers={"Accept": UPSTREAM_ACCEPT}, not_found=ManifestUnknown)
+        response.release()
+        if public and response.headers.get("Docker-Content-Digest") == record.digest:
+            self._meta.set_tag(target.scope, tag, TagRecord(record.digest, record.media_type, record.size,
+                                                             record.checked_at, True))
+        await self._remember_authorized(upstream, target, client)
 
     # manifests -------------------------------------------------------------------------------
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
@@ -212,13 +264,27 @@ class PullThroughRegistry:
         value = await self._shared.get(f"fresh:{target.scope}:{tag}")
         if not value or value[0] != digest:
             return False
-        self._hot.set_fresh(target.scope, tag, digest, value[1])
+        if len(value) > 2 and value[2]:  # only public tags are answered from memory
+            self._hot.set_fresh(target.scope, tag, digest, value[1])
         return True
 
-    async def _mark_fresh(self, upstream: Upstream, target: Target, tag: str, digest: str) -> None:
+    async def _mark_fresh(self, upstream: Upstream, target: Target, tag: str, record: TagRecord) -> None:
         until = time.time() + upstream.config.tag_ttl
-        self._hot.set_fresh(target.scope, tag, digest, until)
-        await self._shared.set(f"fresh:{target.scope}:{tag}", [digest, until], upstream.config.tag_ttl)
+        if record.public:
+            self._hot.set_fresh(target.scope, tag, record.digest, until)
+        await self._shared.set(f"fresh:{target.scope}:{tag}", [record.digest, until, record.public],
+                               upstream.config.tag_ttl)
+
+    def _set_tag(self, target: Target, tag: str, record: TagRecord) -> None:
+        """Store a tag's resolution; a tag that now names another digest drops its remembered answers."""
+        previous = self._meta.tag(target.scope, tag)
+        self._meta.set_tag(target.scope, tag, record)
+        if previous is not None and previous.digest != record.digest:
+            self._invalidation.tag_changed(target.scope, tag)
+
+    def _delete_tag(self, target: Target, tag: str) -> None:
+        self._meta.delete_tag(target.scope, tag)
+        self._invalidation.tag_changed(target.scope, tag)
 
     async def _manifest_by_digest(self, upstream: Upstream, target: Target, digest: Digest,
                                   client: Client) -> tuple[TagRecord, str]:
@@ -251,12 +317,11 @@ class PullThroughRegistry:
             if latest is not None and latest.digest != record.digest \
                     and self._blobs.size(Digest.parse(latest.digest)) is not None:
                 record = latest
-        digest = Digest.parse(record.digest)
         if await self._is_fresh(target, tag, record.digest):
-            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+            await self._authorize_tag(upstream, target, tag, record, client)
             self._count("tag", "hit")
             return record, "hit"
-        if self._quota_low(upstream) and await self._may_serve_stale(target, record.digest, client, upstream):
+        if self._quota_low(upstream) and await self._may_serve_stale(target, record, client, upstream):
             self._tasks.spawn(self._revalidate_quietly(upstream, target, tag, client),
                               name=f"revalidate {target.scope}:{tag}")
             self._count("tag", "stale")
@@ -270,7 +335,7 @@ class PullThroughRegistry:
                 # another worker revalidated between our look and our lock: use its answer
                 await self._shared.delete(lock_key)
                 return await self._manifest_by_tag(upstream, target, tag, client, rechecked=True)
-            if not owns_lock and await self._may_serve_stale(target, record.digest, client, upstream):
+            if not owns_lock and await self._may_serve_stale(target, record, client, upstream):
                 # another worker or replica is revalidating this tag right now: its answer is
                 # moments away, and what we hold was right until just now
                 self._count("tag", "coalesced")
@@ -289,17 +354,17 @@ class PullThroughRegistry:
                                                        self._cache.revalidate_timeout)
             except asyncio.TimeoutError:
                 # upstream is slow or hung: serve what we have; the revalidation goes on
-                if await self._may_serve_stale(target, record.digest, client, upstream):
+                if await self._may_serve_stale(target, record, client, upstream):
                     self._count("tag", "stale")
                     return record, "stale"
                 fresh, joined = await self._coalesced("tag", flight, revalidate)
         except _STALE_ERRORS:
-            if await self._may_serve_stale(target, record.digest, client, upstream):
+            if await self._may_serve_stale(target, record, client, upstream):
                 self._count("tag", "stale")
                 return record, "stale"
             raise
         except ManifestUnknown:
-            self._meta.delete_tag(target.scope, tag)
+            self._delete_tag(target, tag)
             raise
         if not joined:
             self._count("tag", "revalidated")
@@ -328,11 +393,11 @@ class PullThroughRegistry:
         response.release()
         digest = response.headers.get("Docker-Content-Digest")
         if digest == record.digest and self._blobs.size(Digest.parse(digest)) is not None:
-            fresh = TagRecord(record.digest, record.media_type, record.size, time.time())
+            fresh = TagRecord(record.digest, record.media_type, record.size, time.time(), public or record.public)
             self._meta.set_tag(target.scope, tag, fresh)
             self._meta.grant(record.digest, target.scope, public)
             await self._remember_authorized(upstream, target, client)
-            await self._mark_fresh(upstream, target, tag, record.digest)
+            await self._mark_fresh(upstream, target, tag, fresh)
             return fresh
         fetched, _ = await self._fetch_manifest(upstream, target, tag, client, coalesce=False)
         return fetched
@@ -367,8 +432,8 @@ class PullThroughRegistry:
                 raise
             record = await self._store_manifest(response, target, reference, public)
             if not is_digest(reference):
-                self._meta.set_tag(target.scope, reference, record)
-                await self._mark_fresh(upstream, target, reference, record.digest)
+                self._set_tag(target, reference, record)
+                await self._mark_fresh(upstream, target, reference, record)
             await self._remember_authorized(upstream, target, client)
             return record
 
@@ -406,17 +471,12 @@ class PullThroughRegistry:
             expected = Digest.of(body)
         if Digest.of(body, expected.algorithm) != expected:
             raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
-        media_type = content_type.split(";")[0].strip()
-        if not media_type or media_type in ("application/octet-stream", "text/plain", "application/json"):
-            try:
-                media_type = json.loads(body).get("mediaType") or media_type
-            except (ValueError, AttributeError):
-                raise ManifestInvalid("upstream manifest is not JSON") from None
+        media_type = _manifest_media_type(body, content_type.split(";")[0].strip().lower())
         if self._blobs.size(expected) is None:
             self._blobs.put_bytes(body, expected)
         self._meta.set_manifest_type(str(expected), media_type)
         self._meta.grant(str(expected), target.scope, public)
-        return TagRecord(str(expected), media_type, len(body), time.time())
+        return TagRecord(str(expected), media_type, len(body), time.time(), public)
 
     # blobs -----------------------------------------------------------------------------------
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:

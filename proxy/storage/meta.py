@@ -24,12 +24,17 @@ _LIVE_PREFIXES = ("tag:/", "doc:repo:", "doc:catalog", "doc:referrers:/")
 
 @dataclass(frozen=True, slots=True)
 class TagRecord:
-    """A tag's last known resolution and when upstream last confirmed it."""
+    """A tag's last known resolution and when upstream last confirmed it.
+
+    ``public``: upstream confirmed it without a client's credential, so anyone may see it; a tag
+    learned with a client's credential is as private as its repository, whatever its digest.
+    """
 
     digest: str
     media_type: str
     size: int
     checked_at: float
+    public: bool = False
 
 
 @dataclass(slots=True)

@@ -101,7 +101,7 @@ async def _readyz(wharf) -> tuple[int, dict]:
 
 async def _degraded_gauge(wharf) -> str:
     text = await (await wharf.client.get("/metrics")).text()
-    return next(line for line in text.splitlines() if line.startswith("wharf_shared_cache_degraded ")), "absent")
+    return next((line for line in text.splitlines() if line.startswith("wharf_shared_cache_degraded ")), "absent")
 
 
 def _shared_log(caplog) -> list[logging.LogRecord]:

@@ -1,4 +1,6 @@
-"""No client secret at rest: Wharf's tokens carry the credential encrypted, nothing is stored.
+"""No client secret at rest: Wharf's tokens carry the credential encrypted, nothing is stored,
+and what is keyed by a credential (meta store readers, authorization and negative caches) is keyed
+by an HMAC of it, not a bare hash.
 
 After a ``docker login``-style flow (``GET /token`` with Basic, then pulls with the Bearer token)
 neither the password nor its base64 form is in any file under ``storage.root``, in Redis, in the
@@ -9,6 +11,7 @@ one counts as no credential.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import stat
 import time
@@ -27,9 +30,11 @@ PASSWORD = "alice-at-rest-pw"
 
 
 def _secrets(username: str, password: str) -> list[bytes]:
-    """Every form of the credential that must not be found: the password, user:password, base64."""
+    """Every form of the credential that must not be found: the password, user:password, base64,
+    and its bare (unkeyed) hash, which could be tested offline against guessed passwords."""
     pair = f"{username}:{password}".encode()
-    return [password.encode(), pair, base64.b64encode(pair)]
+    bare_hash = hashlib.sha256(b"basic:" + base64.b64encode(pair)).hexdigest()[:32].encode()
+    return [password.encode(), pair, base64.b64encode(pair), bare_hash]
 
 
 def _files_holding(root: Path, needles: list[bytes]) -> list[str]:

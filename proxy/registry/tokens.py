@@ -19,6 +19,8 @@ Every key this process has used stays valid for checking until it restarts.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import tempfile
@@ -86,6 +88,7 @@ class TokenService:
         self._agree = agree_through_shared and shared.backend == "redis"
         self._agreed: bytes | None = None
         self._checked = float("-inf")
+        self._id_keys: dict[bytes, bytes] = {}
         self._fernets = {key: Fernet(key)}  # every key this process used, newest first
         self._fernet = MultiFernet(list(self._fernets.values()))
 
@@ -120,15 +123,24 @@ class TokenService:
     async def resolve(self, credential: Credential | None) -> Credential | None:
         """Turn a Wharf token back into the credential it carries; pass anything else through.
 
-        An expired, tampered or unknown Wharf token counts as no credential.
+        An expired, tampered or unknown Wharf token counts as no credential. Every credential
+        comes back with a keyed ``id`` (what the meta store, the negative and authorization
+        caches key by), never a bare hash of the secret.
         """
-        if credential is None or credential.scheme != "bearer" or not credential.secret.startswith(_PREFIX):
-            return credential
-        if credential.secret == ANONYMOUS_TOKEN:
+        if credential is None or credential.scheme == "bearer" and credential.secret == ANONYMOUS_TOKEN:
             return None
-        await self._key()  # learn the replicas' key before checking a token another one issued
-        try:
-            secret = self._fernet.decrypt(credential.secret[len(_PREFIX):].encode(), ttl=TOKEN_TTL)
-            return Credential("basic", secret.decode())
-        except (InvalidToken, UnicodeDecodeError):
-            return None
+        key = await self._key()  # learn the replicas' key before checking a token another one issued
+        if credential.scheme == "bearer" and credential.secret.startswith(_PREFIX):
+            try:
+                secret = self._fernet.decrypt(credential.secret[len(_PREFIX):].encode(), ttl=TOKEN_TTL)
+                credential = Credential("basic", secret.decode())
+            except (InvalidToken, UnicodeDecodeError):
+                return None
+        return Credential(credential.scheme, credential.secret, self._id_key(key))
+
+    def _id_key(self, key: bytes) -> bytes:
+        """The key credential ids are hashed with: derived from the token key, so replicas agree."""
+        id_key = self._id_keys.get(key)
+        if id_key is None:
+            id_key = self._id_keys[key] = hmac.new(key, b"wharf credential id", hashlib.sha256).digest()
+        return id_key

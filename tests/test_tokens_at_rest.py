@@ -191,3 +191,15 @@ async def test_replicas_sharing_redis_agree_on_a_key(
     token = await _token(first, _basic("alice", PASSWORD))
     assert await _manifest_status(second, name, token) == 200
     assert await _manifest_status(first, name, await _token(second, _basic("alice", PASSWORD))) == 200
+
+
+def test_a_key_file_that_holds_no_key_stops_wharf_at_start_naming_the_key(tmp_path):
+    import pytest
+
+    from proxy.config import ConfigError, config_from_dict
+
+    bad = tmp_path / "token.key"
+    bad.write_text("not a key\n")
+    for path in (bad, tmp_path / "missing.key"):
+        with pytest.raises(ConfigError, match="tokens.key_file"):
+            config_from_dict({"tokens": {"key_file": str(path)}})

@@ -165,6 +165,7 @@ async def test_the_store_key_is_private_and_shared_by_the_workers_of_a_store(fak
     key_file = root / "keys" / "token.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((root / "shared").stat().st_mode) == 0o700
     assert [p.name for p in key_file.parent.iterdir()] == ["token.key"]
     # a Wharf on another store has another key: the token means nothing there
     other = await make_wharf(fake.url, storage={"root": str(tmp_path / "other")})

@@ -33,6 +33,8 @@ class _DiskBackend:
     """diskcache (SQLite) with expiry: shared by the worker processes of one machine."""
 
     def __init__(self, directory: Path) -> None:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)  # only Wharf's own user may read what its workers share
         self._cache = diskcache.Cache(str(directory), eviction_policy="none")
 
     async def get(self, key: str) -> Any:

@@ -46,6 +46,7 @@ class TokenKeyError(Exception):
 
 
 def read_key(path: Path) -> bytes:
+    """The Fernet key in ``path``; TokenKeyError when it cannot be read or is not one."""
     try:
         key = path.read_bytes().strip()
         Fernet(key)
@@ -80,6 +81,8 @@ def store_key(directory: Path) -> bytes:
 
 
 class TokenService:
+    """Issues self-contained tokens and resolves every client credential (tokens decrypted, ids keyed)."""
+
     def __init__(self, shared: SharedCache, key: bytes, *, agree_through_shared: bool) -> None:
         """``key`` is the configured or the store's key; with ``agree_through_shared`` (no key file
         configured) replicas agree on a key through Redis whenever it answers."""

@@ -109,6 +109,16 @@ async def test_with_redis_no_secret_reaches_redis(auth_registry_upstream, make_w
     assert _files_holding(root, needles) == []
 
 
+async def test_with_a_key_file_redis_holds_no_token_key(fake_upstream, make_wharf, tmp_path, redis_url):
+    key = Fernet.generate_key()
+    (tmp_path / "token.key").write_bytes(key)
+    fake, wharf, name, image = await _private_setup(fake_upstream, make_wharf, redis={"url": redis_url},
+                                                    tokens={"key_file": str(tmp_path / "token.key")})
+    token = await _token(wharf, _basic("alice", PASSWORD))
+    assert await _manifest_status(wharf, name, token) == 200
+    assert await _redis_holding(redis_url, [key]) == []
+
+
 async def _private_setup(fake_upstream, make_wharf, **overrides):
     fake: FakeRegistry = await fake_upstream()
     fake.require_bearer(users={"alice": PASSWORD}, private={PRIVATE})

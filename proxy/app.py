@@ -22,7 +22,7 @@ from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
-from proxy.registry.tokens import TokenService
+from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.meta import MetaStore
@@ -58,7 +58,8 @@ def create_app(config: Config) -> web.Application:
     blobs = BlobStore(root)
     meta = MetaStore(root / "meta")
     # the workers of one machine share short-lived facts through diskcache, replicas through Redis
-    shared = SharedCache(config.redis.url, root / "shared")
+    shared = SharedCache(config.redis.url, root / "shared", timeout=config.redis.timeout,
+                         retry_seconds=config.redis.retry_seconds, on_degraded=metrics.shared_degraded.set)
     budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)
     budget.scan()
     blobs.on_added = budget.added
@@ -71,7 +72,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
     app[keys.SHARED] = shared
-    app[keys.TOKENS] = TokenService(shared)
+    token_key = read_key(config.tokens.key_file) if config.tokens.key_file else store_key(root / "keys")
+    app[keys.TOKENS] = TokenService(shared, token_key, agree_through_shared=config.tokens.key_file is None)
     app[keys.UPSTREAMS] = upstreams
     app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream,
                                       LocalNamespaces(config.local_namespaces, invalidation))

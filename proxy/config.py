@@ -10,6 +10,7 @@ they are resolved here, at load time, and nowhere else.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -83,6 +84,32 @@ class StorageConfig(_Frozen):
 
 class RedisConfig(_Frozen):
     url: str | None = None
+    timeout: float = Field(default=0.5, gt=0)        # seconds any Redis operation may take
+    retry_seconds: float = Field(default=5, gt=0)    # while Redis is down, ping it this often
+
+
+class TokensConfig(_Frozen):
+    """The key that encrypts the credential inside the tokens Wharf issues at ``/token``."""
+
+    # a Fernet key (``Fernet.generate_key()``) that every replica mounts; unset: created in the
+    # store (``keys/token.key``) and, with Redis, shared between replicas through Redis
+    key_file: Path | None = None
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        try:
+            key = base64.urlsafe_b64decode(value.read_bytes().strip())
+        except OSError as error:
+            raise ValueError(f"cannot read {value}: {error.strerror}") from None
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ValueError(f"{value} holds no Fernet key (32 url-safe base64 bytes; "
+                             "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')")
+        return value
 
 
 class CacheConfig(_Frozen):
@@ -142,6 +169,7 @@ class Config(_Frozen):
     # with a default upstream, prefix-less names are local only under these namespaces
     local_namespaces: tuple[str, ...] = ()
     redis: RedisConfig = RedisConfig()
+    tokens: TokensConfig = TokensConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
     gc: GcConfig = GcConfig()

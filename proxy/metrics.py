@@ -51,6 +51,9 @@ class Metrics:
         self.store_budget = Gauge("wharf_store_budget_bytes", "Size budget for cached content",
                                   registry=r)
         self.evictions = Counter("wharf_evictions", "Blobs evicted under the size budget", registry=r)
+        self.shared_degraded = Gauge("wharf_shared_cache_degraded",
+                                     "1 while Redis (redis.url) does not answer and caches and locks "
+                                     "are shared through the local store instead", registry=r)
         self._request_children: dict[tuple[str, str, int], tuple] = {}
         self._cache_children: dict[tuple[str, str], object] = {}
         self.evicted_bytes = Counter("wharf_evicted_bytes", "Bytes evicted under the size budget",

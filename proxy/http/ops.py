@@ -20,13 +20,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store is writable and the shared cache (Redis, if configured) answers."""
+    """Ready when the store is writable. Redis down is ``degraded``, still ready: serving works
+    (coordination falls back to the local store), and a load balancer that took every replica
+    out over a shared Redis outage would turn it into a total one."""
     problems = []
     root = request.app[CONFIG].storage.root
     if not (root / "blobs").is_dir():
         problems.append("storage root is not initialised")
-    if not await request.app[SHARED].ping():
-        problems.append("shared cache (redis) does not answer")
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
+    if not await request.app[SHARED].ping():
+        return web.json_response({"status": "ready", "degraded": [
+            "redis does not answer: caches and locks are shared only by this machine's workers"]})
     return web.json_response({"status": "ready"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass, field
 
@@ -12,14 +13,20 @@ _PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """A Basic user/password or an opaque Bearer token. ``id`` is a hash, safe to log and key by."""
+    """A Basic user/password or an opaque Bearer token. ``id`` is a hash, safe to log and key by:
+    keyed (HMAC) with ``id_key`` when one is given, so that a stored id cannot be tested against
+    guessed passwords by whoever reads the store or Redis."""
 
     scheme: str  # "basic" or "bearer"
     secret: str = field(repr=False)  # base64(user:pass) for basic, the token for bearer
+    id_key: bytes = field(default=b"", repr=False, compare=False)
 
     @property
     def id(self) -> str:
-        return hashlib.sha256(f"{self.scheme}:{self.secret}".encode()).hexdigest()[:32]
+        data = f"{self.scheme}:{self.secret}".encode()
+        if self.id_key:
+            return hmac.new(self.id_key, data, hashlib.sha256).hexdigest()[:32]
+        return hashlib.sha256(data).hexdigest()[:32]
 
     def header(self) -> str:
         return ("Basic " if self.scheme == "basic" else "Bearer ") + self.secret

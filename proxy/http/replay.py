@@ -25,6 +25,7 @@ class Replay:
     until: float         # time.time() after which the application answers again
     route: str           # metrics route label for GET; HEAD adds "_head"
     cache_kind: str      # "manifest" (by digest) or "tag"
+    upstream: str | None = None  # for the access log
 
 
 class ReplayTable:
@@ -48,13 +49,13 @@ class ReplayTable:
         return entry
 
     def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
-                 until: float, route: str, cache_kind: str) -> None:
+                 until: float, route: str, cache_kind: str, upstream: str | None = None) -> None:
         """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind)
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, upstream)
         self._drop(key)
         self._entries[key] = entry
         self._bytes += len(entry.head) + len(body)

@@ -256,7 +256,7 @@ class Upstream:
                                          timeout=self._timeout) as response:
                 self._metrics.upstream_requests.labels(self.name, "TOKEN", str(response.status)).inc()
                 if log.isEnabledFor(logging.DEBUG):  # who asked, never what was presented or issued
-                    log.debug("token from %s for %r: %d", realm, scope, response.status,
+                    log.debug("token from %s for %s: %d", realm, scope or "a login (no scope)", response.status,
                               extra={"upstream": self.name, "realm": realm, "scope": scope,
                                      "credential": credential.scheme if credential else None,
                                      "status": response.status,

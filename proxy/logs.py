@@ -29,6 +29,9 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 class UtcClock:
     """ISO 8601 UTC timestamps with milliseconds; each second's prefix is formatted once."""
 
@@ -37,11 +40,11 @@ class UtcClock:
         self._prefix = ""
 
     def format(self, now: float) -> str:
-        second = int(now)
+        second, millis = divmod(int(now * 1000), 1000)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        return self._prefix + _MILLIS[millis]
 
 
 class JsonFormatter(logging.Formatter):

@@ -127,14 +127,18 @@ class JsonAccessLogger(AbstractAccessLogger):
                  seconds: float, remote: str | None, user_agent: str | None, upstream: str | None,
                  cache: str | None, error: str | None, cause: str | None) -> None:
         """The line for one request; also used for answers replayed without request objects."""
+        esc = _escape  # short values Wharf or the parser bounded; client strings go through _string
         path_json = _string(path)
         line = (f'{{"time":"{self._clock.format(time.time())}","level":"info","logger":"wharf.access",'
-                f'"message":{_string(f"{method} {path} {status}")},'
-                f'"request_id":{_string(request_id)},"method":{_string(method)},"path":{path_json},'
-                f'"query":{_string(query or None)},"status":{status},"bytes":{body_bytes},'
-                f'"duration_ms":{seconds * 1000:.3f},"remote":{_string(remote)},'
-                f'"user_agent":{_string(user_agent)},"upstream":{_string(upstream)},'
-                f'"cache":{_string(cache)},"error":{_string(error)},"cause":{_string(cause)}}}')
+                f'"message":"{method} {path_json[1:-1]} {status}",'
+                f'"request_id":{esc(request_id)},"method":"{method}","path":{path_json},'
+                f'"query":{_string(query) if query else "null"},"status":{status},"bytes":{body_bytes},'
+                f'"duration_ms":{seconds * 1000:.3f},"remote":{"null" if remote is None else esc(remote)},'
+                f'"user_agent":{"null" if user_agent is None else _string(user_agent)},'
+                f'"upstream":{"null" if upstream is None else esc(upstream)},'
+                f'"cache":{"null" if cache is None else esc(cache)},'
+                f'"error":{"null" if error is None else esc(error)},'
+                f'"cause":{"null" if cause is None else _string(cause)}}}')
         if isinstance(self.logger, AccessLogSink):
             self.logger.write(line + "\n")
         else:

@@ -276,3 +276,71 @@ def test_log_level_is_one_of_the_named_levels():
     assert config_from_dict({"log": {"level": "Debug"}}).log.level == "debug"
     with pytest.raises(ConfigError, match="log.level"):
         config_from_dict({"log": {"level": "verbose"}})
+
+
+async def test_a_pusher_hanging_up_mid_body_is_a_499_without_a_traceback(tmp_path):
+    async with wharf_serve(tmp_path, "http://127.0.0.1:9") as served:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{served.base}/v2/team/pushed/blobs/uploads/") as resp:
+                assert resp.status == 202
+                location = resp.headers["Location"]
+        path = location.split(served.base, 1)[-1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(served.base.rsplit(":", 1)[1]))
+        writer.write(f"PATCH {path} HTTP/1.1\r\nHost: wharf\r\nContent-Type: application/octet-stream\r\n"
+                     f"Content-Length: 1000000\r\n\r\n".encode() + b"x" * 100_000)
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()  # hang up with 900,000 bytes still to send
+        line = await served.access(path.split("?")[0], method="PATCH")
+        assert line["status"] == 499 and line["cause"] == "client closed the connection"
+        metrics = await _metrics(served)
+        assert 'route="upload_chunk",status="499"} 1.0' in metrics and 'status="500"' not in metrics
+    _no_traceback(served)
+
+
+def test_a_traceback_is_one_json_line_with_the_request_id():
+    import io
+    import logging
+
+    from proxy.config import LogConfig
+    from proxy.logs import REQUEST_ID, setup_logging
+
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup_logging(LogConfig(level="debug"), stream)
+        context = REQUEST_ID.set("req-42")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("wharf.http").exception("unhandled error on %s", "GET /v2/", extra={"route": "blob"})
+        finally:
+            REQUEST_ID.reset(context)
+        logging.getLogger("wharf.cache").debug("cache tag: hit")
+        logging.getLogger("aiohttp.client").debug("a library's debug line")
+    finally:
+        root.handlers[:], root.level = saved
+        logging.getLogger("wharf").setLevel(logging.NOTSET)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2, "wharf's debug lines only, not every library's"
+    error, debug = lines
+    assert (error["level"], error["logger"], error["message"]) == ("error", "wharf.http", "unhandled error on GET /v2/")
+    assert error["request_id"] == "req-42" and error["route"] == "blob"
+    assert error["exception"].startswith("Traceback") and "ValueError: boom" in error["exception"]
+    assert debug["level"] == "debug" and "request_id" not in debug
+
+
+async def test_the_access_sink_writes_whole_lines_that_other_workers_cannot_split(monkeypatch):
+    from proxy.http import accesslog
+
+    writes: list[bytes] = []
+    monkeypatch.setattr(accesslog.os, "write", lambda fd, data: writes.append(data) or len(data))
+    sink = accesslog.AccessLogSink(fd=99)
+    lines = [json.dumps({"n": n, "pad": "x" * (n * 37 % 1500)}) + "\n" for n in range(200)]
+    for line in lines:  # buffered: flushed when 64 KiB are waiting
+        sink.write(line)
+    assert writes, "nothing flushed"
+    sink.flush()
+    assert b"".join(writes).decode() == "".join(lines)
+    assert all(chunk.endswith(b"\n") and len(chunk) <= 4096 for chunk in writes)  # PIPE_BUF: atomic on a pipe

@@ -345,3 +345,44 @@ async def test_the_access_sink_writes_whole_lines_that_other_workers_cannot_spli
     sink.flush()
     assert b"".join(writes).decode() == "".join(lines)
     assert all(chunk.endswith(b"\n") and len(chunk) <= 4096 for chunk in writes)  # PIPE_BUF: atomic on a pipe
+
+
+async def test_replayed_answers_carry_and_log_the_request_id(tmp_path, fake_upstream, caplog):
+    import logging
+
+    from conftest import WharfTestServer
+    from proxy.app import create_app
+    from proxy.config import config_from_dict
+    from proxy.http.accesslog import JsonAccessLogger
+
+    fake = await fake_upstream()
+    image = make_image("replay-id", (100,))
+    fake.add_image(REPO, image, tag="v1")
+    app = create_app(config_from_dict({"storage": {"root": str(tmp_path / "w")},
+                                       "upstreams": [{"name": UPSTREAM, "url": fake.url}]}))
+    handled = []
+
+    async def record(request, response) -> None:  # only what the application answers
+        handled.append(request.path)
+
+    app.on_response_prepare.append(record)
+    server = WharfTestServer(app)
+    await server.start_server(access_log=logging.getLogger("wharf.access"), access_log_class=JsonAccessLogger)
+    caplog.set_level(logging.INFO, logger="wharf.access")
+    path = f"/v2/{UPSTREAM}/{REPO}/manifests/v1"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:  # one connection
+            ids = []
+            for n in range(4):
+                headers = {"Accept": MANIFEST_ACCEPT, **({"X-Request-Id": f"job-{n}"} if n < 3 else {})}
+                async with session.get(str(server.make_url(path)), headers=headers) as resp:
+                    assert resp.status == 200 and await resp.read() == image.manifest
+                    ids.append(resp.headers["X-Request-Id"])
+    finally:
+        await server.close()
+    assert len(handled) == 2, "the third and fourth answers were not replayed"
+    assert ids[:3] == ["job-0", "job-1", "job-2"] and len(ids[3]) == 16 and ids[3] not in ids[:3]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "wharf.access"]
+    assert [(d["request_id"], d["cache"], d["upstream"]) for d in lines] == [
+        ("job-0", "miss", UPSTREAM), ("job-1", "hit", UPSTREAM), ("job-2", "hit", UPSTREAM), (ids[3], "hit", UPSTREAM)]
+    assert all({"time", "level", "logger", "message", "query", "user_agent"} <= d.keys() for d in lines)

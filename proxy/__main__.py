@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -23,7 +22,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return 2
-    logging.basicConfig(level=config.log.level.upper(), format="%(message)s")
+    from proxy.logs import setup_logging
+
+    setup_logging(config.log)
     from proxy.server import serve
 
     serve(config)

@@ -14,7 +14,7 @@ import base64
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -147,8 +147,18 @@ class FastPathsConfig(_Frozen):
 
 
 class LogConfig(_Frozen):
-    level: str = "info"
-    access_log: bool = True
+    """Logging: JSON lines on stderr (``proxy.logs``); ``level`` is Wharf's own loggers' level."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True  # one line per request (``proxy.http.accesslog``)
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return "warning" if value == "warn" else value
+        return value
 
 
 class Config(_Frozen):

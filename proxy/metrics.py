@@ -23,10 +23,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("wharf_http_requests", "Requests served, by route and status",
+        self.requests = Counter("wharf_http_requests", "Requests served, by route and status (499: the client "
+                                "closed the connection mid-answer; an answer a failed download aborted: "
+                                "the upstream failure's status, 502 for content not matching its digest)",
                                 ["route", "method", "status"], registry=r)
         self.request_seconds = Histogram("wharf_http_request_duration_seconds",
-                                         "Time to response headers, by route", ["route"],
+                                         "Time to answer, by route (blob bodies included)", ["route"],
                                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 10),
                                          registry=r)
         self.cache = Counter("wharf_cache_requests", "Cache outcomes by kind (manifest, blob, tag) "

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 from aiohttp import web
@@ -85,8 +84,8 @@ def serve(config: Config) -> None:
     config.storage.root.mkdir(parents=True, exist_ok=True)
     BlobStore(config.storage.root).clean_tmp()
     sock = _bind(config)
-    print(f"wharf: serving on {config.listen} with {config.workers} worker(s), "
-          f"store at {os.path.abspath(config.storage.root)}", file=sys.stderr)
+    log.info("serving on %s with %d worker(s), store at %s", config.listen, config.workers,
+             os.path.abspath(config.storage.root))
     if config.workers == 1:
         _run_worker(config, sock)
         return

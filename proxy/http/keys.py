@@ -34,3 +34,10 @@ API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ a
 CACHE_STATUS = web.RequestKey("cache_status", str)
 ERROR_CODE = web.RequestKey("error_code", str)
 BODY_BYTES = web.RequestKey("body_bytes", int)  # body bytes of a streamed or sendfile answer
+REQUEST_ID = web.RequestKey("request_id", str)  # echoed as X-Request-Id
+STARTED = web.RequestKey("started", float)  # time.perf_counter() when the middleware took the request
+UPSTREAM = web.RequestKey("upstream", str)  # the upstream a pull was addressed to
+CAUSE = web.RequestKey("cause", str)  # what went wrong, in words: the error's message or why the answer broke off
+# what a request whose answer broke off mid-body is counted as: 499 when the client closed the
+# connection (as nginx), the upstream failure's status when a fill aborted it
+OUTCOME_STATUS = web.RequestKey("outcome_status", int)

@@ -12,9 +12,10 @@ import re
 
 from aiohttp import web
 
-from proxy.errors import PaginationNumberInvalid, RangeInvalid, Unauthorized
-from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, CONFIG, METRICS, REGISTRY,
-                             REPLAYS, SENDFILE_POOL, TOKENS)
+from proxy.errors import (DigestInvalid, OCIError, PaginationNumberInvalid, RangeInvalid, SizeInvalid, Unauthorized,
+                          Unavailable, UpstreamInvalid)
+from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, CAUSE, CONFIG, ERROR_CODE, METRICS,
+                             OUTCOME_STATUS, REGISTRY, REPLAYS, SENDFILE_POOL, TOKENS, UPSTREAM)
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import parse_accept
@@ -35,7 +36,10 @@ async def client_of(request: web.Request) -> Client:
 
 
 def target_of(request: web.Request) -> Target:
-    return request.app[ADDRESSING].resolve(request.match_info["name"], request.query.get("ns"))
+    target = request.app[ADDRESSING].resolve(request.match_info["name"], request.query.get("ns"))
+    if target.upstream is not None:
+        request[UPSTREAM] = target.upstream  # for the access log
+    return target
 
 
 def _common_headers(request: web.Request) -> dict[str, str]:
@@ -71,7 +75,7 @@ async def manifest(request: web.Request) -> web.Response:
     if result.shared_until and result.body is not None and request.app[CONFIG].fast_paths.replay:
         request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), headers, result.body,
                                       result.shared_until, "manifest", "manifest" if is_digest(reference) else "tag",
-                                      (target.scope, reference))
+                                      (target.scope, reference), target.upstream)
     if head:
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)
@@ -126,11 +130,18 @@ class _StoredBlobResponse(SendfileResponse):
         if self.prepared:  # aiohttp calls prepare again after the handler; send only once
             return None
         assert self._result.reading is not None
-        with self._result.reading():
-            writer = await super().prepare(request)
+        try:
+            with self._result.reading():
+                writer = await super().prepare(request)
+        except ConnectionError as exc:  # the client went away: count what left before it did
+            sent = getattr(exc, "sent", 0)
+            self._on_sent(sent)
+            request[BODY_BYTES] = sent
+            raise
         if request.method != "HEAD":
-            self._on_sent(self.content_length or 0)
-            request[BODY_BYTES] = self.content_length or 0
+            sent = 0 if self.status == 304 else self.content_length or 0
+            self._on_sent(sent)
+            request[BODY_BYTES] = sent
         return writer
 
 
@@ -139,16 +150,49 @@ def _sendfile_pool(request: web.Request):
     return request.app[SENDFILE_POOL] if request.app[CONFIG].fast_paths.sendfile else None
 
 
+def _closed_by_client(request: web.BaseRequest, exc: ConnectionError) -> None:
+    """The client closed the connection (or stopped reading) mid-body: count a 499, end the connection."""
+    request[OUTCOME_STATUS] = 499
+    request[CAUSE] = "client stopped reading" if "stopped reading" in str(exc) else "client closed the connection"
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _fill_failure(exc: FillFailed) -> OCIError:
+    """Why the fill a reader followed failed, as the OCI error it amounts to."""
+    cause = exc.__cause__
+    if isinstance(cause, DigestInvalid):
+        return UpstreamInvalid("upstream sent content that does not match its digest")
+    if isinstance(cause, SizeInvalid):
+        return UpstreamInvalid(f"upstream sent a body of the wrong size: {cause.message}")
+    if isinstance(cause, OCIError):
+        return cause
+    return Unavailable(f"the download from upstream failed: {cause or exc}")
+
+
 async def _send_file(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
-    """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD."""
+    """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD.
+
+    It is sent here, not after the middleware, so the request is counted as what it came to.
+    """
     if request.headers.get("Range"):
         parse_range(request.headers["Range"], result.size)  # 416 in OCI form for bad ranges
-    return _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc,
-                               _sendfile_pool(request))
+    headers["Docker-Distribution-API-Version"] = API_VERSION
+    response = _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc,
+                                   _sendfile_pool(request))
+    try:
+        await response.prepare(request)
+    except ConnectionError as exc:
+        _closed_by_client(request, exc)
+    return response
 
 
 async def _send_stream(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
-    """A blob still being filled: stream it as it grows; abort the connection if the fill fails."""
+    """A blob still being filled: stream it as it grows; abort the connection if the fill fails.
+
+    An aborted answer is counted as the upstream failure that caused it (502 when upstream sent
+    content that does not match its digest); one the client hung up on, as a 499.
+    """
     span = parse_range(request.headers.get("Range"), result.size)
     response = web.StreamResponse(status=206 if span else 200, headers=headers)
     response.headers["Docker-Distribution-API-Version"] = API_VERSION  # prepared before the middleware sees it
@@ -157,12 +201,12 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
         response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{result.size}"
     if end is not None:
         response.content_length = end - start
-    writer = await response.prepare(request)
     sent = 0
-    assert result.segments is not None
-    pool = _sendfile_pool(request)
-    sock = await direct_socket(request, writer) if end is not None and pool else None  # chunked needs framing
     try:
+        writer = await response.prepare(request)
+        assert result.segments is not None
+        pool = _sendfile_pool(request)
+        sock = await direct_socket(request, writer) if end is not None and pool else None  # chunked needs framing
         async for fd, offset, count in result.segments(start, end, _SENDFILE_BATCH if sock else 0):
             if sock is not None:
                 await send_region(request, pool, sock, fd, offset, count)
@@ -174,16 +218,22 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
                     raise FillFailed(f"{result.digest}: temporary file shrank")
                 await response.write(chunk)
                 offset, count, sent = offset + len(chunk), count - len(chunk), sent + len(chunk)
-    except FillFailed:
-        log.warning("fill of %s failed after %d bytes were sent; aborting the connection", result.digest, sent)
+        await response.write_eof()
+    except FillFailed as exc:
+        error = _fill_failure(exc)
+        log.warning("fill of %s failed after %d bytes were sent; aborting the connection: %s",
+                    result.digest, sent, error.message,
+                    extra={"digest": str(result.digest), "bytes": sent, "cause": error.message})
+        request[OUTCOME_STATUS], request[ERROR_CODE], request[CAUSE] = error.status, error.code, error.message
         request[CACHE_STATUS] = "aborted"
         if request.transport is not None:
             request.transport.abort()
-        raise web.HTTPInternalServerError()  # the connection is gone; this only ends the handler
+    except ConnectionError as exc:
+        sent += getattr(exc, "sent", 0)
+        _closed_by_client(request, exc)
     finally:
         request.app[METRICS].bytes_served.labels("upstream").inc(sent)
         request[BODY_BYTES] = sent
-    await response.write_eof()
     return response
 
 

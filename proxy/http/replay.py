@@ -28,6 +28,7 @@ class Replay:
     route: str           # metrics route label for GET; HEAD adds "_head"
     cache_kind: str      # "manifest" (by digest) or "tag"
     ref: tuple[str, str]  # (scope, tag or digest) the answer is for
+    upstream: str | None = None  # for the access log
 
 
 class ReplayTable:
@@ -52,14 +53,15 @@ class ReplayTable:
         return entry
 
     def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
-                 until: float, route: str, cache_kind: str, ref: tuple[str, str]) -> None:
+                 until: float, route: str, cache_kind: str, ref: tuple[str, str],
+                 upstream: str | None = None) -> None:
         """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent;
         ``ref`` is the (scope, tag or digest) it answers for."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref)
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream)
         self._drop(key)
         self._entries[key] = entry
         self._by_ref.setdefault(ref, set()).add(key)

@@ -8,7 +8,8 @@ Rules: replay only a keep-alive GET or HEAD without a body or upgrade; only whil
 nothing else on the connection is queued or running (answers stay in request order; after the
 first request that goes through the application, the rest of that read does too); only while
 the socket's send buffer is small (a client that does not read gets the application's flow
-control). Replayed requests are counted, timed and logged like any other.
+control). Replayed requests are counted, timed and logged like any other, and carry an
+``X-Request-Id`` like any other answer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from proxy.http.accesslog import JsonAccessLogger
+from proxy.http.accesslog import JsonAccessLogger, request_id
 from proxy.http.keys import METRICS, REPLAYS
 from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics
@@ -117,15 +118,20 @@ class ReplayingRequestHandler(web.RequestHandler):
             return False
         started = time.perf_counter()
         head = message.method == "HEAD"
+        headers = message.headers
+        rid = request_id(headers.get("X-Request-Id"))
         status_line, tail = self._clock.framing(message.version)
-        transport.write(status_line + entry.head + tail if head else status_line + entry.head + tail + entry.body)
+        stamped = status_line + entry.head + b"X-Request-Id: " + rid.encode() + b"\r\n" + tail
+        transport.write(stamped if head else stamped + entry.body)
         self._keep_alive_from_now()
         seconds = time.perf_counter() - started
         self._metrics.observe_request(entry.route + "_head" if head else entry.route, message.method, 200, seconds)
         self._metrics.count_cache(entry.cache_kind, "hit")
         if self._line_logger is not None:
-            self._line_logger.log_line(message.method, message.url.path, 200, 0 if head else len(entry.body),
-                            seconds, "hit", None, self._remote)
+            url = message.url
+            self._line_logger.log_line(rid, message.method, url.path, url.raw_query_string, 200,
+                                       0 if head else len(entry.body), seconds, self._remote,
+                                       headers.get("User-Agent"), entry.upstream, "hit", None, None)
         return True
 
     def _keep_alive_from_now(self) -> None:

@@ -1,4 +1,4 @@
-"""The route table and the request-level middleware (errors, API version header, metrics)."""
+"""The route table and the request-level middleware (request id, errors, API version header, metrics)."""
 
 from __future__ import annotations
 
@@ -10,39 +10,80 @@ from aiohttp import web
 
 from proxy.errors import OCIError
 from proxy.http import auth, ops, pull, push
+from proxy.http.accesslog import request_id
 from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
-from proxy.http.keys import API_VERSION, METRICS
+from proxy.http.keys import API_VERSION, CAUSE, METRICS, OUTCOME_STATUS, REQUEST_ID, STARTED
+from proxy.logs import REQUEST_ID as REQUEST_ID_VAR
 
 log = logging.getLogger("wharf.http")
 
 
 @web.middleware
 async def observe(request: web.Request, handler) -> web.StreamResponse:
-    """The one middleware: OCI errors for every failure, the API version header, metrics."""
+    """The one middleware: the request's id, OCI errors for every failure, the API version header, metrics.
+
+    A request is counted as what it came to: the status answered, or ``OUTCOME_STATUS`` when its
+    answer broke off mid-body (499: the client closed the connection, as nginx counts it). A
+    client that goes away is not an error of Wharf's: no traceback, no 500.
+    """
     started = time.perf_counter()
+    rid = request_id(request.headers.get("X-Request-Id"))
+    request[REQUEST_ID] = rid
+    request[STARTED] = started
+    context = REQUEST_ID_VAR.set(rid)
     try:
         response = await handler(request)
     except OCIError as error:
+        request[CAUSE] = error.message
         response = error_response(request, error)
     except web.HTTPException as exc:
         response = http_exception_response(request, exc)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_response(request, OCIError("internal error"))
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and _connection_gone(request):
+            response = _broken_off(request, exc)
+        else:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            request[CAUSE] = f"internal error: {type(exc).__name__}"
+            response = error_response(request, OCIError("internal error"))
     except asyncio.CancelledError:  # the client went away mid-response (as nginx, count a 499)
+        request[OUTCOME_STATUS] = 499
         request.app[METRICS].observe_request(request.match_info.route.name or "unknown", request.method,
                                              499, time.perf_counter() - started)
         raise
+    finally:
+        REQUEST_ID_VAR.reset(context)
     if not response.prepared and request.path.startswith("/v2"):
         response.headers["Docker-Distribution-API-Version"] = API_VERSION
     request.app[METRICS].observe_request(request.match_info.route.name or "unknown", request.method,
-                                         response.status, time.perf_counter() - started)
+                                         request.get(OUTCOME_STATUS) or response.status,
+                                         time.perf_counter() - started)
     return response
+
+
+def _connection_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _broken_off(request: web.Request, exc: ConnectionError) -> web.StreamResponse:
+    """The client's connection closed while the handler worked: a 499 that is never sent."""
+    status = request.setdefault(OUTCOME_STATUS, 499)
+    request.setdefault(CAUSE, "client closed the connection")
+    log.debug("connection closed during %s %s: %s", request.method, request.path, str(exc) or type(exc).__name__)
+    return web.Response(status=status)
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer the application sends carries the request's id (``X-Request-Id``)."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-Id"] = rid
 
 
 def setup_routes(app: web.Application) -> None:
     app.middlewares.append(observe)
+    app.on_response_prepare.append(_stamp_request_id)
     v2 = V2Resource()
     v2.add("base", "GET", pull.base)
     v2.add("catalog", "GET", push.catalog)

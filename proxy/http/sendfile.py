@@ -20,12 +20,22 @@ _SMALL = 256 * 1024  # below this the Python path is as fast and needs no thread
 _STALL_SECONDS = 60.0
 
 
+class SendAborted(ConnectionResetError):
+    """The client's connection broke, or it stopped reading, during a send; ``sent`` bytes had left."""
+
+    def __init__(self, message: str, sent: int) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
 def _sendfile_all(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
     """Blocking: send ``count`` bytes of the file from ``offset``; waits while the socket is full.
 
     Owns both descriptors (duplicates made for it) and closes them, whatever happens to the
-    request that asked for the send meanwhile.
+    request that asked for the send meanwhile. A client that hangs up or stops reading raises
+    SendAborted with the bytes sent before.
     """
+    done = 0
     try:
         poller = select.poll()
         poller.register(sock_fd, select.POLLOUT)
@@ -34,12 +44,15 @@ def _sendfile_all(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
                 sent = os.sendfile(sock_fd, file_fd, offset, count)
             except BlockingIOError:
                 if not poller.poll(int(_STALL_SECONDS * 1000)):
-                    raise TimeoutError("client stopped reading") from None
+                    raise SendAborted(f"client stopped reading for {_STALL_SECONDS:.0f}s", done) from None
                 continue
+            except ConnectionError as exc:
+                raise SendAborted(f"connection closed during sendfile: {exc.strerror}", done) from None
             if sent == 0:
-                raise ConnectionResetError("connection closed during sendfile")
+                raise SendAborted("connection closed during sendfile", done)
             offset += sent
             count -= sent
+            done += sent
     finally:
         os.close(sock_fd)
         os.close(file_fd)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -99,7 +100,7 @@ class Fill:
                 await asyncio.wait([self.done])  # renamed already (or gone): the verdict decides
                 complete = self._complete_path()
                 if complete is None:
-                    raise FillFailed(str(self.digest)) from None
+                    raise FillFailed(str(self.digest)) from self.done.exception()
         if complete is not None:
             fd = os.open(complete, os.O_RDONLY)
             try:
@@ -141,7 +142,7 @@ class Fill:
         """Wait for the fill's verdict; raise FillFailed unless its content verified."""
         await asyncio.wait([self.done])
         if self.done.exception() is not None:
-            raise FillFailed(str(self.digest))
+            raise FillFailed(str(self.digest)) from self.done.exception()  # the cause, for the log
 
 
 class FillGroup:
@@ -182,6 +183,10 @@ class FillGroup:
                 self._blobs.unlock(lock)
 
         work = lead() if lock is not None else self._follow(fill, temp_path, size_path, lock_path)
+        began = time.perf_counter()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("fill of %s started (%s)", digest, "leading" if lock is not None else "following another worker",
+                      extra={"digest": key, "leads": lock is not None})
 
         async def drive() -> None:
             try:
@@ -201,9 +206,20 @@ class FillGroup:
                     del self._fills[key]
                 if isinstance(fill.writer, RemoteProgress):
                     fill.writer.close()
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_finished(fill, began)
 
         self._tasks.spawn(drive(), name=f"fill {digest}")
         return fill
+
+    @staticmethod
+    def _log_finished(fill: Fill, began: float) -> None:
+        failure = fill.done.exception() if fill.done.done() else None
+        outcome = "stored" if fill.done.done() and failure is None else f"failed: {failure}"
+        log.debug("fill of %s finished: %s", fill.digest, outcome,
+                  extra={"digest": str(fill.digest), "outcome": outcome, "size": fill.size,
+                         "bytes": getattr(fill.writer, "written", None),
+                         "duration_ms": round((time.perf_counter() - began) * 1000, 3)})
 
     async def _follow(self, fill: Fill, temp_path: Path, size_path: Path, lock_path: Path) -> None:
         """Follow another process's fill of the same digest until its blob is committed."""

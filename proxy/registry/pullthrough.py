@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -58,6 +59,9 @@ from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.shared import SharedCache
 from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
+
+log = logging.getLogger("wharf.cache")
+
 
 def next_page_query(link_header: str | None) -> str | None:
     """The query string of a ``Link: <...?n=..&last=..>; rel="next"`` header, which clients follow."""
@@ -150,7 +154,10 @@ class PullThroughRegistry:
         return upstream.configured_credential, True
 
     def _count(self, kind: str, result: str) -> None:
+        """Count a cache decision; at debug level, log it (with the request's id, not the request)."""
         self._metrics.count_cache(kind, result)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("cache %s: %s", kind, result, extra={"kind": kind, "result": result})
 
     async def _coalesced(self, kind: str, key: tuple, factory: Callable[[], Awaitable]) -> tuple:
         result, joined = await self._flights.run(key, factory)

@@ -13,6 +13,7 @@ All upstreams share the app's single ``aiohttp.ClientSession``. Rules:
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from proxy.errors import (Denied, ManifestUnknown, OCIError, TooManyRequests, Un
 from proxy.metrics import Metrics
 from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope
 
+log = logging.getLogger("wharf.upstream")
 _TOKEN_MARGIN = 10.0
 _RATE_MEMORY = 6 * 3600.0  # Docker Hub's window: what upstream said of its quota is kept that long
 _RATE_RE = re.compile(r"^\s*(\d+)")
@@ -169,23 +171,35 @@ class Upstream:
         auth = self._auth_header(scope, credential)
         if auth:
             request_headers["Authorization"] = auth
+        started = time.perf_counter()
         try:
             response = await self._session.request(method, url, headers=request_headers, params=params,
                                                    timeout=self._timeout, allow_redirects=True,
                                                    auto_decompress=False)
         except asyncio.TimeoutError:
             self._metrics.upstream_requests.labels(self.name, method, "timeout").inc()
+            self._debug(method, url, "timeout", started)
             raise Unavailable(f"upstream {self.name} timed out") from None
         except aiohttp.ClientError as exc:
             self._metrics.upstream_requests.labels(self.name, method, "error").inc()
+            self._debug(method, url, type(exc).__name__, started)
             raise Unavailable(f"upstream {self.name} unreachable: {type(exc).__name__}") from None
         self._metrics.upstream_requests.labels(self.name, method, str(response.status)).inc()
+        self._debug(method, url, response.status, started, len(response.history))
         if self._note_rate_limit(response) and self._shared is not None:
             await self._shared.set(f"rl:{self.name}", {
                 "limit": self.rate.limit, "remaining": self.rate.remaining,
                 "blocked_until": time.time() + max(0.0, self.rate.blocked_until - time.monotonic()),
             }, _RATE_MEMORY)
         return response
+
+    def _debug(self, method: str, url: str, status: int | str, started: float, redirects: int = 0) -> None:
+        """A debug line per upstream request: the URL asked (never a redirect's, which may carry a
+        signature), status or error, time to headers; never a header."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("upstream %s %s: %s", method, url, status,
+                      extra={"upstream": self.name, "method": method, "url": url, "status": status,
+                             "redirects": redirects, "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
 
     def _note_rate_limit(self, response: aiohttp.ClientResponse) -> bool:
         """Keep what upstream says of its quota; True when it said anything."""
@@ -236,10 +250,17 @@ class Upstream:
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
         headers = {"Authorization": credential.header()} if credential else {}
+        started = time.perf_counter()
         try:
             async with self._session.get(realm, params=params, headers=headers,
                                          timeout=self._timeout) as response:
                 self._metrics.upstream_requests.labels(self.name, "TOKEN", str(response.status)).inc()
+                if log.isEnabledFor(logging.DEBUG):  # who asked, never what was presented or issued
+                    log.debug("token from %s for %s: %d", realm, scope or "a login (no scope)", response.status,
+                              extra={"upstream": self.name, "realm": realm, "scope": scope,
+                                     "credential": credential.scheme if credential else None,
+                                     "status": response.status,
+                                     "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
                 if response.status in (401, 403):
                     raise Unauthorized("upstream refused the credentials",
                                        detail={"upstream": self.name})

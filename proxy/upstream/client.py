@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import time
 from typing import Any, Mapping, Protocol
 
@@ -263,7 +264,10 @@ class Upstream:
         except aiohttp.ClientConnectorError as exc:
             outcome, cause = "error", f"unreachable: {exc.os_error.strerror or type(exc.os_error).__name__}"
         except aiohttp.ClientError as exc:
-            outcome, cause = "error", f"unreachable: {type(exc).__name__}"
+            if isinstance(exc.__cause__, ssl.SSLError):  # TLS 1.3: refused after the handshake
+                outcome, cause = "error", describe_tls_error(exc.__cause__)
+            else:
+                outcome, cause = "error", f"unreachable: {type(exc).__name__}"
         else:
             self._metrics.upstream_requests.labels(self.name, label, str(response.status)).inc()
             if response.status >= 500 and not (response.status == 503 and "retry-after" in response.headers):

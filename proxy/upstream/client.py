@@ -25,6 +25,7 @@ All upstreams share the app's single ``aiohttp.ClientSession`` (each with its ow
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import ssl
 import time
@@ -37,11 +38,12 @@ from proxy.errors import (Denied, ManifestUnknown, OCIError, TooManyRequests, Un
                           Unavailable)
 from proxy.metrics import Metrics
 from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope, realm_trusted
-from proxy.upstream.circuit import HALF_OPEN, STATE_VALUES, Circuit
+from proxy.upstream.circuit import CLOSED, HALF_OPEN, STATE_VALUES, Circuit
 from proxy.upstream.quota import RateLimit
 from proxy.upstream.tls import client_context, describe_tls_error, warn_unverified
 
 _TOKEN_MARGIN = 10.0
+log = logging.getLogger("wharf.upstream")
 
 
 class SharedFacts(Protocol):
@@ -273,6 +275,8 @@ class Upstream:
             if response.status >= 500 and not (response.status == 503 and "retry-after" in response.headers):
                 self._circuit_failed(f"answered {response.status}")
             else:
+                if self._circuit.state != CLOSED:
+                    log.info("upstream %s answers again: circuit closed", self.name)
                 self._circuit.succeeded()
             return response
         self._metrics.upstream_requests.labels(self.name, label, outcome).inc()
@@ -283,6 +287,8 @@ class Upstream:
     def _circuit_failed(self, cause: str) -> None:
         if self._circuit.failed(cause):
             self._metrics.upstream_circuit_opened.labels(self.name).inc()
+            log.warning("upstream %s: %s (%d times in a row): circuit open, requests fail at once for %gs",
+                        self.name, cause, self._circuit.failures, self.config.circuit_cooldown)
 
     # internals: rate limits ------------------------------------------------------------------
     async def _note_rate_limit(self, response: aiohttp.ClientResponse) -> None:

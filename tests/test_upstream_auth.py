@@ -87,3 +87,12 @@ async def test_upstream_that_stops_using_tokens_is_followed(fake_upstream, make_
     fake.require_bearer()  # and back to tokens: the next 401 is learned again
     await pull("team/c")
     assert fake.calls(path="/v2/team/c/manifests/1.0")[-1].headers["Authorization"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize("entry", ["https://auth.docker.io", "auth.docker.io/token", "auth:port", ""])
+def test_realm_hosts_entries_are_hosts_or_host_ports(entry):
+    from proxy.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="realm_hosts"):
+        config_from_dict({"upstreams": [{"name": "hub", "url": "https://registry-1.docker.io",
+                                         "realm_hosts": [entry]}]})

@@ -14,7 +14,7 @@ from support.servers import free_port
 from proxy.upstream.circuit import CLOSED, HALF_OPEN, OPEN, Circuit
 
 REPO = "team/app"
-FAST = {"first_byte_timeout": 0.3, "circuit_failures": 2, "circuit_cooldown": 0.5}
+FAST = {"first_byte_timeout": 0.3, "circuit_failures": 2, "circuit_cooldown": 1.0}
 
 
 async def _state(wharf, upstream: str) -> str:
@@ -49,7 +49,7 @@ async def test_hung_upstream_opens_the_circuit_then_recovers(fake_upstream, make
     assert fake.count() == asked, "an open circuit still sent requests upstream"
 
     fake.clear_faults()
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.1)
     assert await _state(wharf, upstream) == HALF_OPEN
     status, _, body = await _get(wharf, f"{manifest}/1.0")
     assert status == 200 and body == image.manifest
@@ -97,7 +97,7 @@ async def test_refusing_upstream_opens_the_circuit_and_it_closes_when_upstream_i
     server = TestServer(fake.app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.1)
         status, _, body = await _get(wharf, manifest)
         assert status == 200 and body == image.manifest
         assert await _state(wharf, upstream) == CLOSED
@@ -113,7 +113,7 @@ async def test_half_open_circuit_lets_one_probe_through(fake_upstream, make_whar
     fake.fault(ANY_PATH, Fault(hang=True))
     for tag in ("a", "b"):
         await _get(wharf, f"/v2/{upstream}/{REPO}/manifests/{tag}")
-    await asyncio.sleep(0.6)
+    await asyncio.sleep(1.1)
     asked = fake.count()
     answers = await asyncio.gather(*(_get(wharf, f"/v2/{upstream}/{REPO}/manifests/p{i}") for i in range(4)))
     assert [status for status, _, _ in answers] == [503] * 4

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -56,9 +57,21 @@ class UpstreamConfig(_Frozen):
     password_env: str | None = None
     password_file: str | None = None
     aliases: tuple[str, ...] = ()  # other names clients may use in a path prefix or ns=
-    realm_hosts: tuple[str, ...] = ()
-    connect_timeout: float = Field(default=10, gt=0)
-    read_timeout: float = Field(default=60, gt=0)
+    realm_hosts: tuple[str, ...] = ()  # token realms trusted besides the upstream's own origin: host or host:port
+    # timeouts (seconds): a hung upstream fails an uncached request within connect + first byte
+    connect_timeout: float = Field(default=5, gt=0)      # TCP (and TLS) connection
+    first_byte_timeout: float = Field(default=10, gt=0)  # from sending a request to its response headers
+    read_timeout: float = Field(default=30, gt=0)        # between two reads of a body
+    # circuit breaker: this many failures in a row (unreachable, timeout, 5xx) open the circuit
+    # for circuit_cooldown seconds; 0 turns it off
+    circuit_failures: int = Field(default=3, ge=0)
+    circuit_cooldown: float = Field(default=30, gt=0)
+    # TLS (https upstreams): a CA bundle trusted besides the system's, a client certificate and
+    # key for mutual TLS, or no verification at all (logged as a warning at start)
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_verify: bool = True
 
     @field_validator("url")
     @classmethod
@@ -66,6 +79,39 @@ class UpstreamConfig(_Frozen):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("realm_hosts")
+    @classmethod
+    def _realm_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not re.match(r"^(\[[0-9a-fA-F:.]+\]|[^:/\s\[\]]+)(:\d{1,5})?$", entry):
+                raise ValueError(f"{entry!r}: must be a host or host:port")
+        return tuple(entry.lower() for entry in value)
+
+    @model_validator(mode="after")
+    def _tls(self) -> "UpstreamConfig":
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together (mutual TLS)")
+        tls_set = self.ca_file or self.client_cert or not self.tls_verify
+        if tls_set and not self.url.startswith("https://"):
+            raise ValueError("ca_file, client_cert, client_key and tls_verify apply to https:// upstreams only")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # loaded once here so a bad file stops the start
+        try:
+            if self.ca_file is not None:
+                context.load_verify_locations(cafile=str(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"ca_file: cannot load {self.ca_file}: {self._ssl_reason(exc)}") from None
+        try:
+            if self.client_cert is not None and self.client_key is not None:
+                context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"client_cert/client_key: cannot load {self.client_cert} with "
+                             f"{self.client_key}: {self._ssl_reason(exc)}") from None
+        return self
+
+    @staticmethod
+    def _ssl_reason(exc: Exception) -> str:
+        return getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
 
     @property
     def has_credentials(self) -> bool:

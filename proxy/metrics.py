@@ -46,6 +46,13 @@ class Metrics:
         self.ratelimit_limit = Gauge("wharf_upstream_ratelimit_limit",
                                      "Pulls allowed in upstream's window (ratelimit-limit)",
                                      ["upstream"], registry=r)
+        self.upstream_circuit = Gauge("wharf_upstream_circuit_state",
+                                      "Circuit breaker per upstream: 0 closed, 1 half-open (one probe "
+                                      "goes through), 2 open (requests fail at once)",
+                                      ["upstream"], registry=r)
+        self.upstream_circuit_opened = Counter("wharf_upstream_circuit_opened",
+                                               "Times the circuit to an upstream opened",
+                                               ["upstream"], registry=r)
         self.fills_in_flight = Gauge("wharf_fills_in_flight", "Upstream downloads in progress",
                                      registry=r)
         self.store_bytes = Gauge("wharf_store_bytes", "Bytes stored, by kind (cached, pushed)",

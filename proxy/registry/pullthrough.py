@@ -337,7 +337,7 @@ class PullThroughRegistry:
         lock_key = f"lock:{target.scope}:{tag}"
         owns_lock = False
         if not self._flights.running(flight):
-            owns_lock = await self._shared.add(lock_key, 1, upstream.config.read_timeout + 5)
+            owns_lock = await self._shared.add(lock_key, 1, upstream.config.first_byte_timeout + 5)
             if owns_lock and not rechecked and await self._shared.get(f"fresh:{target.scope}:{tag}"):
                 # another worker revalidated between our look and our lock: use its answer
                 await self._shared.delete(lock_key)

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 _PARAM_RE = re.compile(r'([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 
@@ -70,3 +71,38 @@ def parse_challenge(header: str | None) -> Challenge | None:
 
 def pull_scope(repo: str) -> str:
     return f"repository:{repo}:pull"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL, the port filled in from the scheme; None if not one."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+
+
+def realm_trusted(realm: str, upstream_url: str, realm_hosts: tuple[str, ...] = ()) -> bool:
+    """May Wharf send a credential to this token realm on behalf of this upstream?
+
+    Yes when the realm is the upstream's own origin (same scheme, host and port), or names a
+    ``realm_hosts`` entry: ``host:port`` matches that port, ``host`` alone the scheme's default
+    port (443 for https). An ``https`` upstream never trusts an ``http`` realm.
+    """
+    theirs, own = _origin(realm), _origin(upstream_url)
+    if theirs is None or own is None:
+        return False
+    if theirs == own:
+        return True
+    scheme, host, port = theirs
+    if own[0] == "https" and scheme != "https":
+        return False
+    named = f"[{host}]" if ":" in host else host  # IPv6 hosts are written in brackets
+    return f"{named}:{port}" in realm_hosts or (port == _DEFAULT_PORTS[scheme] and named in realm_hosts)

@@ -1,12 +1,24 @@
-"""The client for one remote registry: auth challenges, token cache, rate limits, error translation.
+"""The client for one remote registry: auth challenges, token cache, timeouts, circuit, rate limits,
+error translation.
 
-All upstreams share the app's single ``aiohttp.ClientSession``. Rules:
+All upstreams share the app's single ``aiohttp.ClientSession`` (each with its own TLS context,
+``upstream/tls.py``). Rules:
 - a request goes out with the cached token for (scope, credential) when we have one; a 401 with
-  a Bearer challenge fetches a token from the realm (only the upstream's own host or configured
-  ``realm_hosts``) and retries once; a Basic challenge is answered with Basic credentials;
+  a Bearer challenge fetches a token from the realm and retries once; a Basic challenge is
+  answered with Basic credentials;
+- a realm is trusted only on the upstream's own origin (scheme, host and port) or a configured
+  ``realm_hosts`` entry (``auth.realm_trusted``); an untrusted one is refused and not remembered;
+- the challenge is remembered so that a new scope fetches its token before asking; when that
+  token service no longer gives tokens (it answers 404 or another non-auth error), the
+  challenge is forgotten and the request goes without one: upstream's next 401 teaches it again;
 - tokens are cached until their expiry (less a margin), per scope and credential hash;
-- ``ratelimit-limit`` / ``ratelimit-remaining`` / ``retry-after`` are read off every response and
-  shared with the other workers and replicas, so one 429 keeps all of them away from upstream;
+- timeouts: ``connect_timeout`` for the connection, ``first_byte_timeout`` from sending the
+  request to its response headers (connection included), ``read_timeout`` between body reads;
+- connection failures, timeouts and 5xx feed the circuit breaker (``upstream/circuit.py``);
+  while it is open, requests fail at once with Unavailable and ``Retry-After``;
+- quota readings and back-off (``upstream/quota.py``) are read off every response and shared with
+  the other workers and replicas, so one 429 keeps all of them away from upstream; Wharf's own
+  429 while blocked says when to come back (``Retry-After``);
 - upstream failures are translated here into domain errors, nowhere else.
 """
 
@@ -14,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
+import math
+import ssl
 import time
-from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -26,12 +37,13 @@ from proxy.config import UpstreamConfig
 from proxy.errors import (Denied, ManifestUnknown, OCIError, TooManyRequests, Unauthorized,
                           Unavailable)
 from proxy.metrics import Metrics
-from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope
+from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope, realm_trusted
+from proxy.upstream.circuit import CLOSED, HALF_OPEN, STATE_VALUES, Circuit
+from proxy.upstream.quota import RateLimit
+from proxy.upstream.tls import client_context, describe_tls_error, warn_unverified
 
-log = logging.getLogger("wharf.upstream")
 _TOKEN_MARGIN = 10.0
-_RATE_MEMORY = 6 * 3600.0  # Docker Hub's window: what upstream said of its quota is kept that long
-_RATE_RE = re.compile(r"^\s*(\d+)")
+log = logging.getLogger("wharf.upstream")
 
 
 class SharedFacts(Protocol):
@@ -42,32 +54,8 @@ class SharedFacts(Protocol):
     async def set(self, key: str, value: Any, ttl: float) -> None: ...
 
 
-@dataclass(slots=True)
-class RateLimit:
-    """What upstream last told us about its quota."""
-
-    limit: int | None = None
-    remaining: int | None = None
-    blocked_until: float = 0.0
-
-    def blocked(self) -> bool:
-        return time.monotonic() < self.blocked_until
-
-
-def _parse_int(value: str | None) -> int | None:
-    if not value:
-        return None
-    match = _RATE_RE.match(value)
-    return int(match.group(1)) if match else None
-
-
-def _retry_after(value: str | None) -> float:
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return 60.0
+class _TokenServiceAnswered(Unavailable):
+    """The token service answered, but gave no token (404, 5xx, no token in the body)."""
 
 
 class Upstream:
@@ -84,10 +72,26 @@ class Upstream:
         self._challenge: Challenge | None = None
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
                                               sock_read=config.read_timeout)
-        self.rate = RateLimit()
+        self._ssl = client_context(config)
+        warn_unverified(config)
+        self._rate = RateLimit()
+        self._circuit = Circuit(config.circuit_failures, config.circuit_cooldown)
+        metrics.upstream_circuit.labels(self.name).set_function(
+            lambda: STATE_VALUES[self._circuit.state])
         self._shared = shared  # quota and Retry-After shared with other workers and replicas
         self.configured_credential = (Credential.basic(config.username, config.password)
                                       if config.has_credentials else None)
+
+    @property
+    def rate(self) -> RateLimit:
+        """What upstream last said of its quota, readings past their window dropped."""
+        if self._rate.lapse():
+            for gauge in (self._metrics.ratelimit_limit, self._metrics.ratelimit_remaining):
+                try:
+                    gauge.remove(self.name)
+                except KeyError:
+                    pass
+        return self._rate
 
     # public API ------------------------------------------------------------------------------
     async def request(self, method: str, repo: str, suffix: str, credential: Credential | None, *,
@@ -104,7 +108,7 @@ class Upstream:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             response.release()
             if challenge is not None and challenge.scheme in ("bearer", "basic"):
-                self._challenge = challenge
+                self._learn(challenge)
                 self._tokens.pop((scope, self._cred_key(credential)), None)
                 if challenge.scheme == "bearer":
                     await self._fetch_token(challenge, scope, credential)
@@ -122,27 +126,34 @@ class Upstream:
         checked; raises Unauthorized if upstream refused it.
         """
         scope = pull_scope(repo) if repo else ""
-        probe = await self._send("GET", f"{self.base_url}/v2/", scope, None, None, None)
+        probe = await self._send("GET", f"{self.base_url}/v2/", "", None, None, None, prefetch=False)
         challenge = parse_challenge(probe.headers.get("WWW-Authenticate"))
         probe.release()
-        if probe.status != 401 or challenge is None:
+        if probe.status != 401 or challenge is None or challenge.scheme not in ("bearer", "basic"):
             return False
-        self._challenge = challenge
+        self._learn(challenge)
         if challenge.scheme == "bearer":
             await self._fetch_token(challenge, scope, credential)
             return True
-        if challenge.scheme == "basic":
-            answer = await self._send("GET", f"{self.base_url}/v2/", scope, credential, None, None)
-            answer.release()
-            if answer.status in (401, 403):
-                raise Unauthorized("upstream refused the credentials", detail={"upstream": self.name})
-            return True
-        return False
+        answer = await self._send("GET", f"{self.base_url}/v2/", scope, credential, None, None)
+        answer.release()
+        if answer.status in (401, 403):
+            raise Unauthorized("upstream refused the credentials", detail={"upstream": self.name})
+        return True
 
-    # internals -------------------------------------------------------------------------------
+    # internals: auth -------------------------------------------------------------------------
     @staticmethod
     def _cred_key(credential: Credential | None) -> str:
         return credential.id if credential else "-"
+
+    def _learn(self, challenge: Challenge) -> None:
+        """Remember what upstream asks for; a Bearer realm Wharf may not use is refused, not kept."""
+        if challenge.scheme == "bearer" and not (
+                challenge.realm and realm_trusted(challenge.realm, self.base_url, self.config.realm_hosts)):
+            self._challenge = None
+            raise Unavailable(f"upstream {self.name} sent an untrusted token realm {challenge.realm!r} "
+                              f"(neither its own scheme, host and port nor in realm_hosts)")
+        self._challenge = challenge
 
     def _auth_header(self, scope: str, credential: Credential | None) -> str | None:
         token = self._tokens.get((scope, self._cred_key(credential)))
@@ -156,125 +167,177 @@ class Upstream:
             return credential.header()
         return None
 
-    async def _send(self, method: str, url: str, scope: str, credential: Credential | None,
-                    headers: Mapping[str, str] | None, params: Mapping[str, str] | None
-                    ) -> aiohttp.ClientResponse:
-        await self._adopt_shared_rate()
-        if self.rate.blocked():
-            self._metrics.upstream_requests.labels(self.name, method, "blocked").inc()
-            raise TooManyRequests(f"upstream {self.name} asked us to wait (Retry-After)")
-        if (self._challenge is not None and self._challenge.scheme == "bearer"
+    def _wants_token(self, scope: str, credential: Credential | None) -> bool:
+        """Upstream asked for Bearer tokens before and we hold none for this scope yet."""
+        return (self._challenge is not None and self._challenge.scheme == "bearer"
                 and (scope, self._cred_key(credential)) not in self._tokens
-                and not (credential and credential.scheme == "bearer")):
-            await self._fetch_token(self._challenge, scope, credential)
-        request_headers = dict(headers or {})
-        auth = self._auth_header(scope, credential)
-        if auth:
-            request_headers["Authorization"] = auth
-        started = time.perf_counter()
+                and not (credential and credential.scheme == "bearer"))
+
+    async def _fetch_token(self, challenge: Challenge, scope: str, credential: Credential | None) -> None:
+        """Get a Bearer token for ``scope`` from the challenge's (trusted) realm, with the credential
+        if any. A token service that answers without a token makes Wharf forget the challenge."""
+        if credential is not None and credential.scheme == "bearer":
+            return  # the client's own token goes through as it is
+        assert challenge.realm is not None  # _learn keeps only challenges with a trusted realm
+        params = {"scope": scope} if scope else {}  # no scope: a login, checking the credential only
+        if challenge.params.get("service"):
+            params["service"] = challenge.params["service"]
+        headers = {"Authorization": credential.header()} if credential else {}
+        response = await self._exchange("GET", challenge.realm, "TOKEN", params=params, headers=headers,
+                                        allow_redirects=True)
         try:
-            response = await self._session.request(method, url, headers=request_headers, params=params,
-                                                   timeout=self._timeout, allow_redirects=True,
-                                                   auto_decompress=False)
-        except asyncio.TimeoutError:
-            self._metrics.upstream_requests.labels(self.name, method, "timeout").inc()
-            self._debug(method, url, "timeout", started)
-            raise Unavailable(f"upstream {self.name} timed out") from None
-        except aiohttp.ClientError as exc:
-            self._metrics.upstream_requests.labels(self.name, method, "error").inc()
-            self._debug(method, url, type(exc).__name__, started)
-            raise Unavailable(f"upstream {self.name} unreachable: {type(exc).__name__}") from None
-        self._metrics.upstream_requests.labels(self.name, method, str(response.status)).inc()
-        self._debug(method, url, response.status, started, len(response.history))
-        if self._note_rate_limit(response) and self._shared is not None:
-            await self._shared.set(f"rl:{self.name}", {
-                "limit": self.rate.limit, "remaining": self.rate.remaining,
-                "blocked_until": time.time() + max(0.0, self.rate.blocked_until - time.monotonic()),
-            }, _RATE_MEMORY)
+            if response.status in (401, 403):
+                raise Unauthorized("upstream refused the credentials", detail={"upstream": self.name})
+            if response.status >= 300:
+                self._challenge = None
+                raise _TokenServiceAnswered(f"token service of {self.name} answered {response.status}")
+            try:
+                body = await response.json(content_type=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                raise Unavailable(f"token service of {self.name} sent no readable answer") from None
+        finally:
+            response.release()
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+        if not token:
+            self._challenge = None
+            raise _TokenServiceAnswered(f"token service of {self.name} sent no token")
+        try:
+            expires_in = float(body.get("expires_in") or 60)
+        except (TypeError, ValueError):
+            expires_in = 60.0
+        self._tokens[(scope, self._cred_key(credential))] = (
+            token, time.monotonic() + max(1.0, expires_in - _TOKEN_MARGIN))
+
+    # internals: sending ----------------------------------------------------------------------
+    async def _send(self, method: str, url: str, scope: str, credential: Credential | None,
+                    headers: Mapping[str, str] | None, params: Mapping[str, str] | None,
+                    prefetch: bool = True) -> aiohttp.ClientResponse:
+        """One request (after a token for a new scope, when upstream uses tokens), unless upstream
+        is blocked (429) or its circuit is open: then fail at once."""
+        await self._adopt_shared_rate()
+        if self._rate.blocked():
+            self._metrics.upstream_requests.labels(self.name, method, "blocked").inc()
+            raise TooManyRequests(f"upstream {self.name} asked us to wait (Retry-After)",
+                                  headers={"Retry-After": str(self._rate.retry_after())})
+        probe = self._circuit.state == HALF_OPEN
+        if not self._circuit.admit():
+            self._metrics.upstream_requests.labels(self.name, method, "circuit_open").inc()
+            wait = max(1, math.ceil(self._circuit.retry_in()))
+            raise Unavailable(f"upstream {self.name} is not answering ({self._circuit.cause}, "
+                              f"{self._circuit.failures} times in a row); next try in {wait}s",
+                              headers={"Retry-After": str(wait)})
+        try:
+            if prefetch and self._wants_token(scope, credential):
+                assert self._challenge is not None
+                try:
+                    await self._fetch_token(self._challenge, scope, credential)
+                except _TokenServiceAnswered:
+                    pass  # forgotten: go without a token and see what upstream says now
+            request_headers = dict(headers or {})
+            auth = self._auth_header(scope, credential)
+            if auth:
+                request_headers["Authorization"] = auth
+            response = await self._exchange(method, url, method, headers=request_headers, params=params,
+                                            allow_redirects=True)
+        finally:
+            if probe:
+                self._circuit.abandoned()  # no-op once the probe has an outcome
+        await self._note_rate_limit(response)
         return response
 
-    def _debug(self, method: str, url: str, status: int | str, started: float, redirects: int = 0) -> None:
-        """A debug line per upstream request: the URL asked (never a redirect's, which may carry a
-        signature), status or error, time to headers; never a header."""
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("upstream %s %s: %s", method, url, status,
-                      extra={"upstream": self.name, "method": method, "url": url, "status": status,
-                             "redirects": redirects, "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+    async def _exchange(self, method: str, url: str, label: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """One HTTP exchange up to its response headers, within ``first_byte_timeout``.
 
-    def _note_rate_limit(self, response: aiohttp.ClientResponse) -> bool:
-        """Keep what upstream says of its quota; True when it said anything."""
-        limit = _parse_int(response.headers.get("ratelimit-limit"))
-        remaining = _parse_int(response.headers.get("ratelimit-remaining"))
-        if limit is not None:
-            self.rate.limit = limit
-            self._metrics.ratelimit_limit.labels(self.name).set(limit)
-        if remaining is not None:
-            self.rate.remaining = remaining
-            self._metrics.ratelimit_remaining.labels(self.name).set(remaining)
-        blocked = response.status == 429 or (response.status == 503 and "retry-after" in response.headers)
-        if blocked:
-            wait = _retry_after(response.headers.get("retry-after")) or 30.0
-            self.rate.blocked_until = time.monotonic() + wait
-        return blocked or limit is not None or remaining is not None
+        Failures become Unavailable saying what went wrong, and count against the circuit; any
+        answer but a 5xx counts for it.
+        """
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.first_byte_timeout):
+                response = await self._session.request(method, url, timeout=self._timeout, ssl=self._ssl,
+                                                       auto_decompress=False, **kwargs)
+        except aiohttp.ConnectionTimeoutError:
+            outcome, cause = "timeout", f"connect timed out after {self.config.connect_timeout:g}s"
+        except aiohttp.SocketTimeoutError:
+            outcome, cause = "timeout", f"stalled for {self.config.read_timeout:g}s"
+        except asyncio.TimeoutError:
+            outcome, cause = "timeout", f"sent no response within {self.config.first_byte_timeout:g}s"
+        except (aiohttp.ClientSSLError, aiohttp.ClientConnectorCertificateError) as exc:
+            outcome, cause = "error", describe_tls_error(exc)
+        except aiohttp.ClientConnectorError as exc:
+            outcome, cause = "error", f"unreachable: {exc.os_error.strerror or type(exc.os_error).__name__}"
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):  # TLS 1.3: refused after the handshake
+                outcome, cause = "error", describe_tls_error(exc.__cause__)
+            else:
+                outcome, cause = "error", f"unreachable: {type(exc).__name__}"
+        else:
+            self._metrics.upstream_requests.labels(self.name, label, str(response.status)).inc()
+            self._debug(method, url, label, response.status, started, kwargs, len(response.history))
+            if response.status >= 500 and not (response.status == 503 and "retry-after" in response.headers):
+                self._circuit_failed(f"answered {response.status}")
+            else:
+                if self._circuit.state != CLOSED:
+                    log.info("upstream %s answers again: circuit closed", self.name)
+                self._circuit.succeeded()
+            return response
+        self._metrics.upstream_requests.labels(self.name, label, outcome).inc()
+        self._debug(method, url, label, outcome, started, kwargs)
+        self._circuit_failed(cause)
+        what = "token service of " if label == "TOKEN" else ""
+        raise Unavailable(f"{what}upstream {self.name} {cause}")
+
+    def _debug(self, method: str, url: str, label: str, status: int | str, started: float,
+               kwargs: Mapping[str, Any], redirects: int = 0) -> None:
+        """A debug line per upstream request: the URL asked (never a redirect's, which may carry a
+        signature), status or error, time to headers; never a header. For a token: its realm,
+        scope and the kind of credential presented, never the credential or the token."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if label == "TOKEN":
+            scope = (kwargs.get("params") or {}).get("scope", "")
+            authorization = (kwargs.get("headers") or {}).get("Authorization", "")
+            log.debug("token from %s for %s: %s", url, scope or "a login (no scope)", status,
+                      extra={"upstream": self.name, "realm": url, "scope": scope,
+                             "credential": authorization.split(" ", 1)[0].lower() or None,
+                             "status": status, "duration_ms": duration_ms})
+            return
+        log.debug("upstream %s %s: %s", method, url, status,
+                  extra={"upstream": self.name, "method": method, "url": url, "status": status,
+                         "redirects": redirects, "duration_ms": duration_ms})
+
+    def _circuit_failed(self, cause: str) -> None:
+        if self._circuit.failed(cause):
+            self._metrics.upstream_circuit_opened.labels(self.name).inc()
+            log.warning("upstream %s: %s (%d times in a row): circuit open, requests fail at once for %gs",
+                        self.name, cause, self._circuit.failures, self.config.circuit_cooldown)
+
+    # internals: rate limits ------------------------------------------------------------------
+    async def _note_rate_limit(self, response: aiohttp.ClientResponse) -> None:
+        """Keep what upstream says of its quota, and tell the other workers."""
+        if not self._rate.note(response.status, response.headers):
+            return
+        self._export_quota()
+        if self._shared is not None:
+            value, ttl = self._rate.shared()
+            await self._shared.set(f"rl:{self.name}", value, ttl)
 
     async def _adopt_shared_rate(self) -> None:
         """Take what another worker or replica last learned of the quota (a 429 above all)."""
         if self._shared is None:
             return
         shared = await self._shared.get(f"rl:{self.name}")
-        if not shared:
-            return
-        left = shared["blocked_until"] - time.time()
-        if left > 0:
-            self.rate.blocked_until = max(self.rate.blocked_until, time.monotonic() + left)
-        if shared["remaining"] is not None:
-            self.rate.remaining = shared["remaining"]
-            self._metrics.ratelimit_remaining.labels(self.name).set(shared["remaining"])
-        if shared["limit"] is not None:
-            self.rate.limit = shared["limit"]
-            self._metrics.ratelimit_limit.labels(self.name).set(shared["limit"])
+        if shared:
+            self._rate.adopt(shared)
+            self._export_quota()
 
-    def _realm_allowed(self, realm: str) -> bool:
-        host = urlsplit(realm).hostname or ""
-        own = urlsplit(self.base_url).hostname or ""
-        return host == own or host in self.config.realm_hosts
-
-    async def _fetch_token(self, challenge: Challenge, scope: str, credential: Credential | None) -> None:
-        """Get a Bearer token for ``scope`` from the challenge's realm, with the credential if any."""
-        realm = challenge.realm
-        if not realm or not self._realm_allowed(realm):
-            raise Unavailable(f"upstream {self.name} sent an untrusted token realm")
-        if credential is not None and credential.scheme == "bearer":
-            return  # the client's own token goes through as it is
-        params = {"scope": scope} if scope else {}  # no scope: a login, checking the credential only
-        if challenge.params.get("service"):
-            params["service"] = challenge.params["service"]
-        headers = {"Authorization": credential.header()} if credential else {}
-        started = time.perf_counter()
-        try:
-            async with self._session.get(realm, params=params, headers=headers,
-                                         timeout=self._timeout) as response:
-                self._metrics.upstream_requests.labels(self.name, "TOKEN", str(response.status)).inc()
-                if log.isEnabledFor(logging.DEBUG):  # who asked, never what was presented or issued
-                    log.debug("token from %s for %s: %d", realm, scope or "a login (no scope)", response.status,
-                              extra={"upstream": self.name, "realm": realm, "scope": scope,
-                                     "credential": credential.scheme if credential else None,
-                                     "status": response.status,
-                                     "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
-                if response.status in (401, 403):
-                    raise Unauthorized("upstream refused the credentials",
-                                       detail={"upstream": self.name})
-                if response.status >= 300:
-                    raise Unavailable(f"token service of {self.name} answered {response.status}")
-                body = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            raise Unavailable(f"token service of {self.name} unreachable") from None
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            raise Unavailable(f"token service of {self.name} sent no token")
-        expires_in = float(body.get("expires_in") or 60)
-        self._tokens[(scope, self._cred_key(credential))] = (
-            token, time.monotonic() + max(1.0, expires_in - _TOKEN_MARGIN))
+    def _export_quota(self) -> None:
+        rate = self.rate
+        if rate.limit is not None:
+            self._metrics.ratelimit_limit.labels(self.name).set(rate.limit)
+        if rate.remaining is not None:
+            self._metrics.ratelimit_remaining.labels(self.name).set(rate.remaining)
 
     def _translate(self, response: aiohttp.ClientResponse, not_found: type[OCIError]) -> OCIError:
         status = response.status
@@ -285,6 +348,6 @@ class Upstream:
         if status == 404:
             return not_found()
         if status == 429:
-            return TooManyRequests(f"upstream {self.name} rate limit reached")
+            return TooManyRequests(f"upstream {self.name} rate limit reached",
+                                   headers={"Retry-After": str(self._rate.retry_after() or 1)})
         return Unavailable(f"upstream {self.name} answered {status}")
-

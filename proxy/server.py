@@ -110,12 +110,15 @@ class CertReloader:
                 raise StartError(f"{key}: cannot read {path} ({exc.strerror or exc})") from None
             if marker not in content:
                 raise StartError(f"{key}: {path} holds no PEM {key.split('.')[1]}")
-        try:  # a callback, so that an encrypted key fails instead of prompting on the terminal
-            self.context.load_cert_chain(self._cert, self._key, password=lambda: b"")
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
-            raise StartError(f"tls.key: {self._key} is not an unencrypted private key of "
-                             f"tls.cert {self._cert} ({reason})") from None
+        # a pair that fails half-way leaves the new certificate beside the old key in the context
+        # it was loaded into: try it on a scratch context first, so the live one only gets good pairs
+        for context in (ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self.context):
+            try:  # a password callback, so that an encrypted key fails instead of prompting
+                context.load_cert_chain(self._cert, self._key, password=lambda: b"")
+            except (ssl.SSLError, OSError) as exc:
+                reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+                raise StartError(f"tls.key: {self._key} is not an unencrypted private key of "
+                                 f"tls.cert {self._cert} ({reason})") from None
 
     def check(self) -> bool:
         """Load the pair again if its files changed since the last look; True when it did."""

@@ -17,7 +17,7 @@ import pytest
 from proxy.config import load_config
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 from support.servers import free_port
-from support.wharf_serve import SOURCE_ROOT, start_failure, start_wharf, wharf_argv, wharf_env
+from support.wharf_serve import SOURCE_ROOT, assert_one_line_refusal, start_failure, start_wharf, wharf_argv, wharf_env
 
 
 def _minimal(tmp_path, **overrides) -> dict:
@@ -39,14 +39,6 @@ def _ipv6_loopback() -> bool:
 def _get(url: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         return resp.status, resp.read()
-
-
-def assert_one_line_refusal(status, stderr: str, *words: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert status == 2, f"exit {status}:\n{stderr}"
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    for word in words:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
 
 
 # --- start failures -----------------------------------------------------------------------
@@ -128,7 +120,7 @@ def test_ipv4_wildcard_still_serves(tmp_path):
         wharf.stop()
 
 
-def test_an_unbracketed_ipv6_address_is_refused_with_the_fix(tmp_path):
+def test_an_unbracketed_ipv6_address_is_refused_with_a_hint(tmp_path):
     status, stderr = start_failure(tmp_path, _minimal(tmp_path, listen="::1:5000"))
     assert_one_line_refusal(status, stderr, "listen", "[::]:5000")
 

@@ -33,6 +33,7 @@ class ServerCert:
 
 @dataclass(frozen=True)
 class TestCA:
+    __test__ = False  # not a test class, whatever its name says
     directory: Path
 
     @property

@@ -100,8 +100,18 @@ def start_failure(workdir: Path, config: dict, env: dict[str, str] | None = None
     config_path = write_config(workdir, config)
     try:
         result = subprocess.run(wharf_argv("serve", "--config", str(config_path)), cwd=workdir,
-                                env=wharf_env(env), capture_output=True, text=True, timeout=60,
+                                env=wharf_env(env), capture_output=True, text=True, timeout=30,
                                 preexec_fn=_die_with_parent)
-    except subprocess.TimeoutExpired as exc:
-        return None, (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr)
+    except subprocess.TimeoutExpired as exc:  # it started after all
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else str(exc.stderr or "")
+        return None, stderr
     return result.returncode, result.stderr
+
+
+def assert_one_line_refusal(status: int | None, stderr: str, *words: str) -> None:
+    """Exit status 2 and a single line on stderr, no traceback, holding each of ``words``."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2, f"exit {status}:\n{stderr}"
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry redis-server skopeo containerd docker.io python3-venv python3-dev gcc)
+APT_PACKAGES=(docker-registry redis-server skopeo containerd docker.io python3-venv python3-dev gcc openssl)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then

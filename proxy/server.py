@@ -110,6 +110,11 @@ class CertReloader:
                 raise StartError(f"{key}: cannot read {path} ({exc.strerror or exc})") from None
             if marker not in content:
                 raise StartError(f"{key}: {path} holds no PEM {key.split('.')[1]}")
+        try:  # parses the certificates alone, so that a broken one is not blamed on the key
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=self._cert)
+        except ssl.SSLError as exc:
+            raise StartError(f"tls.cert: {self._cert} is not a readable PEM certificate "
+                             f"({exc.reason or exc})") from None
         # a pair that fails half-way leaves the new certificate beside the old key in the context
         # it was loaded into: try it on a scratch context first, so the live one only gets good pairs
         for context in (ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), self.context):

@@ -219,25 +219,32 @@ def _refusal(tmp_path, installed: ServerCert) -> tuple[int | None, str]:
 def test_a_missing_key_file_is_one_line_naming_tls_key(ca, tmp_path):
     installed = _installed(ca.issue("nokey"), tmp_path / "tls")
     installed.key.unlink()
-    assert_one_line_refusal(*_refusal(tmp_path, installed), "tls.key", str(installed.key))
+    assert_one_line_refusal(*_refusal(tmp_path, installed), "wharf: tls.key:", str(installed.key))
 
 
 def test_a_key_that_is_not_a_key_is_one_line_naming_tls_key(ca, tmp_path):
     installed = _installed(ca.issue("badkey"), tmp_path / "tls")
     installed.key.write_text("not a key\n")
-    assert_one_line_refusal(*_refusal(tmp_path, installed), "tls.key")
+    assert_one_line_refusal(*_refusal(tmp_path, installed), "wharf: tls.key:")
 
 
 def test_the_key_of_another_certificate_is_one_line_naming_tls_key(ca, tmp_path):
     installed = _installed(ca.issue("mine"), tmp_path / "tls")
     _replace(ca.issue("someone-else"), installed, cert=False)
-    assert_one_line_refusal(*_refusal(tmp_path, installed), "tls.key")
+    assert_one_line_refusal(*_refusal(tmp_path, installed), "wharf: tls.key:")
 
 
 def test_a_missing_certificate_is_one_line_naming_tls_cert(ca, tmp_path):
     installed = _installed(ca.issue("nocert"), tmp_path / "tls")
     installed.cert.unlink()
-    assert_one_line_refusal(*_refusal(tmp_path, installed), "tls.cert")
+    assert_one_line_refusal(*_refusal(tmp_path, installed), "wharf: tls.cert:")
+
+
+def test_a_broken_certificate_is_one_line_naming_tls_cert(ca, tmp_path):
+    installed = _installed(ca.issue("brokencert"), tmp_path / "tls")
+    pem = installed.cert.read_text().splitlines()
+    installed.cert.write_text("\n".join(pem[:3] + ["AAAA" + line[4:] for line in pem[3:-1]] + pem[-1:]) + "\n")
+    assert_one_line_refusal(*_refusal(tmp_path, installed), "wharf: tls.cert:")
 
 
 def test_an_encrypted_key_is_refused_without_asking_for_a_password(ca, tmp_path):

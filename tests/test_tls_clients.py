@@ -227,6 +227,7 @@ async def test_dockerd_pulls_through_an_https_mirror(tls_wharf, tls_dockerd, ca,
     status, stdout, stderr = await run_status([docker, "pull", "-q", f"{short}:{IMAGE_TAG}"], env)
     assert status not in (0, None), stdout + stderr
     assert any(word in tls_dockerd.daemon.log_tail(20000) for word in UNTRUSTED), diagnostics()
+    created = [d for d in (DOCKER_CERTS_D.parent, DOCKER_CERTS_D) if not d.exists()]  # removed again after
     certs.mkdir(parents=True)
     try:
         shutil.copyfile(ca.cert, certs / "ca.crt")
@@ -246,3 +247,5 @@ async def test_dockerd_pulls_through_an_https_mirror(tls_wharf, tls_dockerd, ca,
             pushed.image.config.digest
     finally:
         shutil.rmtree(certs)
+        for directory in reversed(created):
+            directory.rmdir()

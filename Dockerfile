@@ -9,6 +9,8 @@
 # or override single keys from the environment (WHARF_LISTEN, WHARF_REDIS__URL, ...).
 # The blob store and metadata live under /var/lib/wharf/data (WHARF_STORAGE__ROOT, which wins
 # over storage.root in the config file); it is the only path the process writes to besides /tmp.
+# HTTPS: mount a certificate and key and set tls.cert / tls.key (WHARF_TLS__CERT, WHARF_TLS__KEY);
+# renewed files are picked up without a restart.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -27,7 +29,7 @@ WORKDIR /src
 COPY pyproject.toml README* ./
 COPY proxy ./proxy
 RUN /opt/wharf/bin/pip install . \
- && /opt/wharf/bin/wharf --help >/dev/null
+ && /opt/wharf/bin/wharf --version
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the same base image, the venv, the default config, and an unprivileged user
@@ -60,10 +62,10 @@ USER ${WHARF_UID}:${WHARF_GID}
 VOLUME ["/var/lib/wharf/data"]
 EXPOSE 5000
 
-# No curl in the slim image: ask /healthz with the interpreter that runs Wharf. The port follows
-# WHARF_LISTEN when it is set (a listen address changed only inside the config file is not seen).
+# `wharf healthcheck` reads the same config as `wharf serve` (the file, then WHARF_* variables)
+# and asks /healthz on the address the server listens on, over https when tls is set.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('WHARF_LISTEN', ':5000').rpartition(':')[2]; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:%s/healthz' % port, timeout=4).status == 200 else 1)"]
+    CMD ["wharf", "healthcheck", "--config", "/etc/wharf/wharf.yaml"]
 
 ENTRYPOINT ["wharf"]
 CMD ["serve", "--config", "/etc/wharf/wharf.yaml"]

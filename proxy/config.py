@@ -2,7 +2,9 @@
 
 Environment overrides use ``__`` between nested keys: ``WHARF_LISTEN=0.0.0.0:6000``,
 ``WHARF_STORAGE__ROOT=/var/lib/wharf``, ``WHARF_DEFAULT_UPSTREAM=null``,
-``WHARF_REDIS__URL=redis://127.0.0.1:6379/0``. Values are parsed as YAML scalars.
+``WHARF_REDIS__URL=redis://127.0.0.1:6379/0``. Values are parsed as YAML scalars. Only names
+whose first part is a top-level key are read: ``WHARF_SERVICE_HOST``, ``WHARF_PORT`` and the
+other variables Kubernetes injects for a Service named ``wharf`` are not config.
 Upstream passwords come from ``password_env`` (a variable name) or ``password_file`` (a path),
 or from ``WHARF_UPSTREAM_<NAME>_PASSWORD`` (name upper-cased, non-alphanumerics as ``_``);
 they are resolved here, at load time, and nowhere else.
@@ -11,11 +13,12 @@ they are resolved here, at load time, and nowhere else.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -195,16 +198,41 @@ class FastPathsConfig(_Frozen):
 class LogConfig(_Frozen):
     """Logging: JSON lines on stderr (``proxy.logs``); ``level`` is Wharf's own loggers' level."""
 
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: str = "info"  # debug, info, warning (or warn) or error, any case
     access_log: bool = True  # one line per request (``proxy.http.accesslog``)
 
     @field_validator("level", mode="before")
     @classmethod
-    def _level(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip().lower()
-            return "warning" if value == "warn" else value
-        return value
+    def _level(cls, value: Any) -> str:
+        level = str(value).strip().lower()
+        level = "warning" if level == "warn" else level
+        if level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"must be debug, info, warning or error, not {str(value)[:40]!r}")
+        return level
+
+
+class TlsConfig(_Frozen):
+    """HTTPS on the listener: a PEM certificate chain and its key, TLS 1.2 and up.
+
+    The files are checked every ``reload_interval`` seconds; when either changed, new connections
+    get the new pair (connections already open keep theirs). A pair that does not load is
+    refused at start, and while running keeps the previous pair in use.
+    """
+
+    cert: Path | None = None   # PEM: the server certificate, then any intermediates
+    key: Path | None = None    # PEM: its private key (unencrypted)
+    reload_interval: float = Field(default=30, gt=0)
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TlsConfig":
+        if (self.cert is None) != (self.key is None):
+            missing = "key" if self.key is None else "cert"
+            raise ValueError(f"tls.{missing} is required when tls.{'cert' if missing == 'key' else 'key'} is set")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
 
 
 class Config(_Frozen):
@@ -230,6 +258,7 @@ class Config(_Frozen):
     limits: LimitsConfig = LimitsConfig()
     gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
+    tls: TlsConfig = TlsConfig()
     fast_paths: FastPathsConfig = FastPathsConfig()
 
     @field_validator("local_namespaces")
@@ -252,9 +281,7 @@ class Config(_Frozen):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("must be host:port, e.g. 0.0.0.0:5000")
+        _split_listen(value)
         return value
 
     @model_validator(mode="after")
@@ -270,11 +297,12 @@ class Config(_Frozen):
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0] or "0.0.0.0"
+        """The address to bind, without brackets: ``0.0.0.0``, ``::``, ``::1``, a host name."""
+        return _split_listen(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return _split_listen(self.listen)[1]
 
     def upstream_names(self) -> dict[str, str]:
         """Every name or alias a client may use, mapped to the upstream's name."""
@@ -287,11 +315,36 @@ class Config(_Frozen):
         return None
 
 
+def _split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` -> (host, port); an empty host means every IPv4 address.
+
+    An IPv6 address must be in brackets (``[::]:5000``, ``[::1]:5000``): without them the port
+    cannot be told from the address.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("must be host:port, e.g. 0.0.0.0:5000 or [::]:5000")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: not an IPv6 address in brackets") from None
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::]:5000")
+    return host or "0.0.0.0", int(port)
+
+
 def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """``WHARF_<KEY>[__<SUBKEY>...]`` sets a config key; only names whose first part is a
+    top-level key count, so variables a platform injects (Kubernetes' ``WHARF_SERVICE_HOST``,
+    ``WHARF_PORT_5000_TCP_ADDR``… for a Service named ``wharf``) are ignored."""
     for key, raw in environ.items():
         if not key.startswith("WHARF_") or key.startswith("WHARF_UPSTREAM_"):
             continue
         path = [part.lower() for part in key[len("WHARF_"):].split("__")]
+        if path[0] not in Config.model_fields:
+            continue
         node = data
         for part in path[:-1]:
             child = node.get(part)

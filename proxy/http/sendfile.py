@@ -4,6 +4,8 @@ aiohttp's FileResponse falls back to read-and-write in Python when the loop cann
 for large blobs that halves throughput. Here the body is sent by ``os.sendfile`` from a worker
 thread on a duplicate of the connection's socket (so a connection closed meanwhile can never
 redirect bytes to a reused descriptor), after the headers have left the transport's buffer.
+A TLS connection never gets the raw socket: its bytes must go through the SSL transport, so
+they take aiohttp's write path.
 """
 
 from __future__ import annotations
@@ -61,10 +63,12 @@ def _sendfile_all(sock_fd: int, file_fd: int, offset: int, count: int) -> None:
 async def direct_socket(request: web.BaseRequest, writer) -> socket.socket | None:
     """Flush the headers onto the wire and return the connection's socket for direct sends.
 
-    None when the transport has no socket (the caller then writes through aiohttp).
+    None when the transport has no socket or encrypts (TLS): the caller then writes through aiohttp.
     """
     transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None or transport.get_extra_info("sslcontext") is not None:
+        return None
+    sock = transport.get_extra_info("socket")
     if sock is None:
         return None
     writer.send_headers()

@@ -71,6 +71,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $port }}
 {{- end }}
 
+{{/* Where the TLS Secret (tls.existingSecret) is mounted; config.tls points at its files. */}}
+{{- define "wharf.tlsDir" -}}
+/etc/wharf/tls
+{{- end }}
+
+{{/*
+A probe from values without its "enabled" switch; with TLS its httpGet asks over HTTPS (the
+kubelet does not verify the certificate). Input: dict "probe" <values> "tls" <secret name or "">.
+*/}}
+{{- define "wharf.probe" -}}
+{{- $probe := omit (deepCopy .probe) "enabled" }}
+{{- if and .tls $probe.httpGet }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
 {{/* config.storage.root, checked: the data volume is mounted there. */}}
 {{- define "wharf.storageRoot" -}}
 {{- $root := toString .Values.config.storage.root }}
@@ -156,18 +173,33 @@ turned into password_file (a mounted Secret key) or password_env (WHARF_UPSTREAM
 {{- $_ := set $redis "url" nil }}
 {{- end }}
 {{- $_ := set $cfg "redis" $redis }}
+{{- if .Values.tls.existingSecret }}
+{{- if and $cfg.tls (or $cfg.tls.cert $cfg.tls.key) }}
+{{- fail "give either tls.existingSecret or config.tls.cert / config.tls.key, not both" }}
+{{- end }}
+{{- $tls := deepCopy ($cfg.tls | default dict) }}
+{{- $_ := set $tls "cert" (printf "%s/tls.crt" (include "wharf.tlsDir" .)) }}
+{{- $_ := set $tls "key" (printf "%s/tls.key" (include "wharf.tlsDir" .)) }}
+{{- $_ := set $cfg "tls" $tls }}
+{{- end }}
 {{- toYaml $cfg }}
+{{- end }}
+
+{{/* http, or https with tls.existingSecret. */}}
+{{- define "wharf.scheme" -}}
+{{- if .Values.tls.existingSecret }}https{{ else }}http{{ end }}
 {{- end }}
 
 {{/* The mirror address printed in NOTES.txt. */}}
 {{- define "wharf.mirrorEndpoint" -}}
+{{- $scheme := include "wharf.scheme" . }}
 {{- if .Values.mirrorEndpoint }}
 {{- .Values.mirrorEndpoint | trimSuffix "/" }}
 {{- else if eq .Values.service.type "NodePort" }}
-{{- printf "http://<node-ip>:%s" (.Values.service.nodePort | default "<node-port>" | toString) }}
+{{- printf "%s://<node-ip>:%s" $scheme (.Values.service.nodePort | default "<node-port>" | toString) }}
 {{- else if eq .Values.service.type "LoadBalancer" }}
-{{- printf "http://<load-balancer-ip>:%s" (toString .Values.service.port) }}
+{{- printf "%s://<load-balancer-ip>:%s" $scheme (toString .Values.service.port) }}
 {{- else }}
-{{- printf "http://<cluster-ip-of-%s>:%s" (include "wharf.fullname" .) (toString .Values.service.port) }}
+{{- printf "%s://<cluster-ip-of-%s>:%s" $scheme (include "wharf.fullname" .) (toString .Values.service.port) }}
 {{- end }}
 {{- end }}

@@ -378,8 +378,11 @@ class PullThroughRegistry:
         return fresh, "revalidated"
 
     def _cred_id(self, upstream: Upstream, client: Client) -> str:
-        credential, _ = self._effective(upstream, client)
-        return credential.id if credential else "anon"
+        """What keys per-credential facts: a client's keyed id; the configured credential, the same
+        for every client, by a name, so that no hash of the operator's secret is ever stored."""
+        if client.credential is not None:
+            return client.credential.id
+        return "configured" if upstream.configured_credential is not None else "anon"
 
     async def _revalidate_quietly(self, upstream: Upstream, target: Target, tag: str, client: Client) -> None:
         record = self._meta.tag(target.scope, tag)

@@ -63,7 +63,7 @@ def create_app(config: Config) -> web.Application:
     blobs.on_added = budget.added
     tasks = BackgroundTasks()
     uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes)
-    local = LocalRegistry(blobs, meta, uploads)
+    local = LocalRegistry(blobs, meta, uploads, config.limits.max_manifest_descriptors)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics

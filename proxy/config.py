@@ -97,6 +97,7 @@ class CacheConfig(_Frozen):
 class LimitsConfig(_Frozen):
     max_layer_bytes: int = Field(default=10 * 10**9, gt=0)
     upload_idle_seconds: float = Field(default=600, gt=0)
+    max_manifest_descriptors: int = Field(default=10_000, gt=0)  # layers (or child manifests) per pushed manifest
 
     @field_validator("max_layer_bytes", mode="before")
     @classmethod

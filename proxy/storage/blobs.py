@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -129,6 +130,7 @@ class BlobStore:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._readers: Counter[str] = Counter()
+        self._readers_lock = threading.Lock()  # eviction runs in a thread: a read starts before or after a removal
         self._last_access: dict[str, float] = {}
 
     def path(self, digest: Digest) -> Path:
@@ -171,6 +173,16 @@ class BlobStore:
             return None
         return fd
 
+    def lock(self, lock_path: Path) -> int:
+        """Take an exclusive flock, waiting for another holder (worker threads only); the fd holds it."""
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     @staticmethod
     def unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -199,15 +211,16 @@ class BlobStore:
         """Hook for the budget keeper; replaced by whoever tracks sizes."""
 
     def remove(self, digest: Digest) -> int:
-        """Delete a blob unless somebody is reading it; returns the bytes freed."""
-        if self._readers[str(digest)]:
-            return 0
+        """Delete a blob unless somebody is reading it; returns the bytes freed (any thread)."""
         path = self.path(digest)
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            return 0
+        with self._readers_lock:
+            if self._readers[str(digest)]:
+                return 0
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                return 0
         self._last_access.pop(str(digest), None)
         return size
 
@@ -215,14 +228,16 @@ class BlobStore:
     def reading(self, digest: Digest) -> Iterator[None]:
         """Mark a blob as being read (eviction skips it) and record the access for LRU."""
         key = str(digest)
-        self._readers[key] += 1
+        with self._readers_lock:
+            self._readers[key] += 1
         self._last_access[key] = time.time()
         try:
             yield
         finally:
-            self._readers[key] -= 1
-            if not self._readers[key]:
-                del self._readers[key]
+            with self._readers_lock:
+                self._readers[key] -= 1
+                if not self._readers[key]:
+                    del self._readers[key]
 
     def is_being_read(self, digest: Digest) -> bool:
         return bool(self._readers[str(digest)])

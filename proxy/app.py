@@ -26,6 +26,7 @@ from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
+from proxy.storage.space import StoreSpace
 from proxy.storage.uploads import UploadStore
 from proxy.upstream.client import Upstream
 
@@ -54,19 +55,21 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     metrics = Metrics()
     root = config.storage.root
-    blobs = BlobStore(root)
+    space = StoreSpace(root, config.storage.min_free_bytes, metrics)
+    blobs = BlobStore(root, space)
     meta = MetaStore(root / "meta")
     # the workers of one machine share short-lived facts through diskcache, replicas through Redis
     shared = SharedCache(config.redis.url, root / "shared")
     budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)  # counted at startup, off the loop
     blobs.on_added = budget.added
     tasks = BackgroundTasks()
-    uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes)
+    uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes, space)
     local = LocalRegistry(blobs, meta, uploads, config.limits.max_manifest_descriptors)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
     app[keys.SHARED] = shared
+    app[keys.SPACE] = space
     app[keys.TOKENS] = TokenService(shared)
     app[keys.UPSTREAMS] = upstreams
     app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream,

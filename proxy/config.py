@@ -74,8 +74,9 @@ class UpstreamConfig(_Frozen):
 class StorageConfig(_Frozen):
     root: Path = Path("./data")
     max_cache_bytes: int = Field(default=50 * 2**30, ge=0)
+    min_free_bytes: int = Field(default=64 * 2**20, ge=0)  # new content is refused (507) below this much free
 
-    @field_validator("max_cache_bytes", mode="before")
+    @field_validator("max_cache_bytes", "min_free_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)

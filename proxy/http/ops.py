@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, SHARED
+from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, SHARED, SPACE
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -20,11 +20,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store is writable and the shared cache (Redis, if configured) answers."""
+    """Ready when the store is writable (initialised, not full) and the shared cache (Redis, if
+    configured) answers."""
     problems = []
     root = request.app[CONFIG].storage.root
     if not (root / "blobs").is_dir():
         problems.append("storage root is not initialised")
+    full = request.app[SPACE].problem()
+    if full:
+        problems.append(full)
     if not await request.app[SHARED].ping():
         problems.append("shared cache (redis) does not answer")
     if problems:

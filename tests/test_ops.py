@@ -158,6 +158,7 @@ async def test_eviction_skips_a_blob_that_is_being_read(make_wharf, fake_upstrea
     assert first + rest == big
     # once nobody reads it, the next eviction may take it
     await (await wharf.client.get(f"/v2/{name}/blobs/{small_digests[0]}")).read()
+    assert await asyncio.to_thread(wharf.app[BUDGET].wait_idle, 10)  # that fill's eviction, if any, is done
     blobs.flush_access_times()
     wharf.app[BUDGET].evict()
     assert not big_path.exists()

@@ -102,7 +102,7 @@ async def test_a_full_disk_refuses_new_content_and_serves_what_is_stored(make_wh
     data = os.urandom(5000)
     await error_of(await wharf.client.post(f"/v2/team/pushed/blobs/uploads/?digest={sha256_digest(data)}",
                                            data=data, headers=OCTET))
-    await error_of(await wharf.client.put(f"/v2/team/pushed/manifests/v1", data=image.manifest,
+    await error_of(await wharf.client.put("/v2/team/pushed/manifests/v1", data=image.manifest,
                                           headers={"Content-Type": OCI_MANIFEST}))
     await error_of(await wharf.client.get(f"/v2/{name}/blobs/{cold_digest}"))
     assert temp_files(small_disk) == before, "a refused write left files behind"
@@ -122,7 +122,7 @@ async def test_a_full_disk_refuses_new_content_and_serves_what_is_stored(make_wh
     assert (await wharf.client.get("/readyz")).status == 200
     resp = await wharf.client.patch(session, data=b"x" * 1000, headers=OCTET)
     assert resp.status == 202
-    resp = await wharf.client.put(f"/v2/team/pushed/manifests/v1", data=image.manifest,
+    resp = await wharf.client.put("/v2/team/pushed/manifests/v1", data=image.manifest,
                                   headers={"Content-Type": OCI_MANIFEST})
     assert resp.status == 201, await resp.text()
     assert "wharf_store_full 0.0" in await (await wharf.client.get("/metrics")).text()

@@ -96,22 +96,20 @@ class ParsedManifest:
     config_media_type: str | None = None
 
 
+_JSON_TYPES = {str: "a string", list: "an array", dict: "an object", int: "an integer", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
 def _field(doc: dict, key: str, kind: type, what: str):
     """``doc[key]`` when present and not null, which must then be a ``kind``; else None."""
     value = doc.get(key)
     if value is not None and not isinstance(value, kind):
-        raise ManifestInvalid(f"{what}{key} must be {_KIND_NAMES[kind]}, not {_json_type(value)}")
+        raise ManifestInvalid(f"{what}{key} must be {_JSON_TYPES[kind]}, not {_json_type(value)}")
     return value
 
 
-_KIND_NAMES = {str: "a string", list: "an array", dict: "an object", int: "an integer"}
-
-
 def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    return {str: "a string", list: "an array", dict: "an object", int: "an integer",
-            float: "a number"}.get(type(value), type(value).__name__)
+    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _strings(doc: dict, key: str, what: str) -> tuple[str, ...]:

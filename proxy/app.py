@@ -27,6 +27,7 @@ from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
+from proxy.storage.space import StoreSpace
 from proxy.storage.uploads import UploadStore
 from proxy.upstream.client import Upstream
 
@@ -55,23 +56,24 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     metrics = Metrics()
     root = config.storage.root
-    blobs = BlobStore(root)
+    space = StoreSpace(root, config.storage.min_free_bytes, metrics)
+    blobs = BlobStore(root, space)
     meta = MetaStore(root / "meta")
     # the workers of one machine share short-lived facts through diskcache, replicas through Redis
     shared = SharedCache(config.redis.url, root / "shared", timeout=config.redis.timeout,
                          retry_seconds=config.redis.retry_seconds, on_degraded=metrics.shared_degraded.set)
-    budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)
-    budget.scan()
+    budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)  # counted at startup, off the loop
     blobs.on_added = budget.added
     tasks = BackgroundTasks()
-    uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes)
+    uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes, space)
     # one hook for every answer kept in memory; other workers of the store hear of changes by a stamp
     invalidation = Invalidation(root / "invalidation.stamp")
-    local = LocalRegistry(blobs, meta, uploads, invalidation)
+    local = LocalRegistry(blobs, meta, uploads, invalidation, config.limits.max_manifest_descriptors)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
     app[keys.SHARED] = shared
+    app[keys.SPACE] = space
     token_key = read_key(config.tokens.key_file) if config.tokens.key_file else store_key(root / "keys")
     app[keys.TOKENS] = TokenService(shared, token_key, agree_through_shared=config.tokens.key_file is None)
     app[keys.UPSTREAMS] = upstreams
@@ -95,12 +97,13 @@ def create_app(config: Config) -> web.Application:
     async def gc_pass() -> None:
         report = await collect(blobs, meta, uploads, config.gc.grace_seconds)
         if report.removed or report.released_to_cache:
-            budget.scan()  # recount pushed and cached bytes after content left or changed hands
+            await budget.scan_off_loop()  # recount pushed and cached bytes after content left or changed hands
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, read_bufsize=1024 * 1024,
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
+        tasks.spawn(budget.scan_off_loop(), name="count the store")
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
@@ -119,6 +122,7 @@ def create_app(config: Config) -> web.Application:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await tasks.close()
+            await asyncio.to_thread(budget.wait_idle, 30)  # an eviction thread still uses the metadata
             await session.close()
             sendfile_pool.shutdown(wait=False, cancel_futures=True)
             blobs.flush_access_times()

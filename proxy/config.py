@@ -124,8 +124,9 @@ class UpstreamConfig(_Frozen):
 class StorageConfig(_Frozen):
     root: Path = Path("./data")
     max_cache_bytes: int = Field(default=50 * 2**30, ge=0)
+    min_free_bytes: int = Field(default=64 * 2**20, ge=0)  # new content is refused (507) below this much free
 
-    @field_validator("max_cache_bytes", mode="before")
+    @field_validator("max_cache_bytes", "min_free_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
@@ -173,6 +174,7 @@ class CacheConfig(_Frozen):
 class LimitsConfig(_Frozen):
     max_layer_bytes: int = Field(default=10 * 10**9, gt=0)
     upload_idle_seconds: float = Field(default=600, gt=0)
+    max_manifest_descriptors: int = Field(default=10_000, gt=0)  # layers (or child manifests) per pushed manifest
 
     @field_validator("max_layer_bytes", mode="before")
     @classmethod

@@ -106,3 +106,15 @@ class UpstreamInvalid(OCIError):
 
 class PaginationNumberInvalid(OCIError):
     code, status, default_message = "PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested"
+
+
+class StoreFull(OCIError):
+    """The store's filesystem has no room for new content; what is stored is still served.
+
+    507 Insufficient Storage: the server cannot store what the request needs. ``UNAVAILABLE``
+    (distribution's "service unavailable") because it is the registry's condition, not the
+    client's fault, and it passes once space is freed.
+    """
+
+    code, status = "UNAVAILABLE", 507
+    default_message = "the registry's storage is full: it cannot store new content (stored content is still served)"

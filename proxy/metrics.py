@@ -67,6 +67,12 @@ class Metrics:
         self._cache_children: dict[tuple[str, str], object] = {}
         self.evicted_bytes = Counter("wharf_evicted_bytes", "Bytes evicted under the size budget",
                                      registry=r)
+        self.store_free_bytes = Gauge("wharf_store_free_bytes", "Free bytes on the store's filesystem",
+                                      registry=r)
+        self.store_full = Gauge("wharf_store_full", "1 while the store cannot take new content (disk full)",
+                                registry=r)
+        self.store_full_refusals = Counter("wharf_store_full_refusals",
+                                           "Writes refused or failed because the store was full", registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count a request and its duration; labelled children are looked up once, then kept."""
@@ -89,7 +95,7 @@ class Metrics:
 # how a gauge's per-worker values combine: in-flight counts add up; store totals, budgets and
 # upstream quota are facts every worker reports alike (the most recent or highest wins)
 _GAUGE_SUM = frozenset({"wharf_fills_in_flight"})
-_GAUGE_MIN = frozenset({"wharf_upstream_ratelimit_remaining"})
+_GAUGE_MIN = frozenset({"wharf_upstream_ratelimit_remaining", "wharf_store_free_bytes"})
 
 
 class MetricsExchange:

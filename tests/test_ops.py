@@ -97,6 +97,7 @@ async def test_budget_evicts_least_recently_pulled_first(make_wharf, registry_up
     await asyncio.sleep(0.01)
     await pull(images[0])          # images[0] is now more recently pulled than images[1]
     await pull(images[2])          # 120 kB > 100 kB: evict down to 90 kB
+    assert await asyncio.to_thread(wharf.app[BUDGET].wait_idle, 10)  # evictions run in a thread after the commit
     assert stored(images[0]) and stored(images[2])
     assert not stored(images[1])
     text = await (await wharf.client.get("/metrics")).text()
@@ -152,11 +153,13 @@ async def test_eviction_skips_a_blob_that_is_being_read(make_wharf, fake_upstrea
             first = await slow_reader.content.readexactly(64 * 1024)  # then stop reading for a while
             for digest in small_digests:  # 16 + 9 MiB > 20 MiB budget: the big blob is the LRU one
                 await (await wharf.client.get(f"/v2/{name}/blobs/{digest}")).read()
+            assert await asyncio.to_thread(wharf.app[BUDGET].wait_idle, 10)
             assert big_path.exists(), "evicted while a client was still reading it"
             rest = await slow_reader.read()
     assert first + rest == big
     # once nobody reads it, the next eviction may take it
     await (await wharf.client.get(f"/v2/{name}/blobs/{small_digests[0]}")).read()
+    assert await asyncio.to_thread(wharf.app[BUDGET].wait_idle, 10)  # that fill's eviction, if any, is done
     blobs.flush_access_times()
     wharf.app[BUDGET].evict()
     assert not big_path.exists()

@@ -15,6 +15,7 @@ import time
 import aiohttp
 import yaml
 
+from proxy.app import BUDGET
 from support.fake_upstream import Fault
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 
@@ -79,6 +80,8 @@ async def test_workers_keep_one_size_budget(fake_upstream, make_wharf, tmp_path)
         worker = (first, second)[i % 2]
         resp = await worker.client.get(f"/v2/{name}/blobs/{digest}")
         assert resp.status == 200 and len(await resp.read()) == 100_000
+        for budget in (first.app[BUDGET], second.app[BUDGET]):  # evictions run in a thread after the commit
+            assert await asyncio.to_thread(budget.wait_idle, 10)
         stored = sum(f.stat().st_size for f in (root / "blobs").rglob("*") if f.is_file())
         assert stored <= 350_000, f"after {i + 1} pulls the two workers keep {stored} bytes"
     metrics = [await (await w.client.get("/metrics")).text() for w in (first, second)]

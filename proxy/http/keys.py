@@ -14,6 +14,7 @@ from proxy.registry.base import Registry
 from proxy.registry.invalidation import Invalidation
 from proxy.registry.tokens import TokenService
 from proxy.storage.shared import SharedCache
+from proxy.storage.space import StoreSpace
 from proxy.upstream.client import Upstream
 
 CONFIG = web.AppKey("config", Config)
@@ -23,6 +24,7 @@ REGISTRY = web.AppKey("registry", Registry)
 ADDRESSING = web.AppKey("addressing", Addressing)
 TOKENS = web.AppKey("tokens", TokenService)
 SHARED = web.AppKey("shared", SharedCache)
+SPACE = web.AppKey("space", StoreSpace)
 UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 SENDFILE_POOL = web.AppKey("sendfile_pool", ThreadPoolExecutor)
 REPLAYS = web.AppKey("replays", ReplayTable)

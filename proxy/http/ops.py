@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, SHARED
+from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, SHARED, SPACE
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -20,13 +20,16 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store is writable. Redis down is ``degraded``, still ready: serving works
-    (coordination falls back to the local store), and a load balancer that took every replica
-    out over a shared Redis outage would turn it into a total one."""
+    """Ready when the store is writable (initialised, not full). Redis down is ``degraded``, still
+    ready: serving works (coordination falls back to the local store), and a load balancer that
+    took every replica out over a shared Redis outage would turn it into a total one."""
     problems = []
     root = request.app[CONFIG].storage.root
     if not (root / "blobs").is_dir():
         problems.append("storage root is not initialised")
+    full = request.app[SPACE].problem()
+    if full:
+        problems.append(full)
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
     if not await request.app[SHARED].ping():

@@ -26,7 +26,8 @@ from proxy.upstream.auth import credential_from_header
 log = logging.getLogger("wharf.http")
 _CHUNK = 256 * 1024
 _SENDFILE_BATCH = 1024 * 1024  # a follower sends at least this much per sendfile while the fill runs
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"bytes=([0-9]{0,19})-([0-9]{0,19})", re.ASCII)  # offsets fit an int64
+_PAGE_SIZE_RE = re.compile(r"0*([0-9]{1,9})", re.ASCII)
 
 
 async def client_of(request: web.Request) -> Client:
@@ -85,7 +86,7 @@ def parse_range(header: str | None, size: int | None) -> tuple[int, int] | None:
     """A single ``bytes=a-b`` / ``a-`` / ``-n`` range as [start, end); None means the whole blob."""
     if not header or size is None:
         return None
-    match = _RANGE_RE.match(header.strip())
+    match = _RANGE_RE.fullmatch(header.strip())
     if not match or match.groups() == ("", ""):
         raise RangeInvalid(f"unsupported Range {header[:100]!r}", headers={"Content-Range": f"bytes */{size}"})
     first, last = match.groups()
@@ -244,13 +245,15 @@ def _next_link(request: web.Request, query: str) -> str:
 
 
 def page_size(request: web.Request) -> int | None:
-    """The ``n`` query parameter of a paged list: a non-negative integer, or None when absent."""
+    """The ``n`` query parameter of a paged list: an integer of ASCII digits from 0 to 999,999,999,
+    or None when absent (``isdigit`` would take ``²`` and ``①``, which ``int`` refuses)."""
     n_raw = request.query.get("n")
     if n_raw is None:
         return None
-    if not n_raw.isdigit():
-        raise PaginationNumberInvalid(f"n must be a non-negative integer, not {n_raw[:20]!r}")
-    return int(n_raw)
+    match = _PAGE_SIZE_RE.fullmatch(n_raw)
+    if not match:
+        raise PaginationNumberInvalid(f"n must be an integer from 0 to 999999999, not {n_raw[:20]!r}")
+    return int(match.group(1))
 
 
 async def tags(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from proxy.oci.digest import Digest
 from proxy.oci.media import MAX_MANIFEST_BYTES
 from proxy.registry.base import Chunk, Target, UploadState
 
-_CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?", re.ASCII)
 
 
 def push_target(request: web.Request) -> Target:
@@ -52,7 +52,7 @@ def _chunk(request: web.Request) -> Chunk:
     start = None
     header = request.headers.get("Content-Range")
     if header:
-        match = _CONTENT_RANGE_RE.match(header.strip())
+        match = _CONTENT_RANGE_RE.fullmatch(header.strip())
         if not match:
             raise BlobUploadInvalid(f"malformed Content-Range {header[:100]!r}; expected <start>-<end>")
         start, end = int(match.group(1)), int(match.group(2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ NON_DISTRIBUTABLE_LAYERS = frozenset({
 })
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_DESCRIPTORS = 10_000  # layers (or child manifests) one manifest may list; config limits.max_manifest_descriptors
+OFF_LOOP_BYTES = 64 * 1024  # bodies larger than this are parsed in a worker thread
+MAX_SIZE = 2**63 - 1  # a descriptor's size is an int64 in the spec
 
 
 def parse_accept(header_values: list[str]) -> list[str]:
@@ -92,52 +96,120 @@ class ParsedManifest:
     config_media_type: str | None = None
 
 
-def _descriptor(raw: object) -> Descriptor:
+_JSON_TYPES = {str: "a string", list: "an array", dict: "an object", int: "an integer", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _field(doc: dict, key: str, kind: type, what: str):
+    """``doc[key]`` when present and not null, which must then be a ``kind``; else None."""
+    value = doc.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise ManifestInvalid(f"{what}{key} must be {_JSON_TYPES[kind]}, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _strings(doc: dict, key: str, what: str) -> tuple[str, ...]:
+    values = _field(doc, key, list, what) or ()
+    if not all(isinstance(v, str) for v in values):
+        raise ManifestInvalid(f"{what}{key} must be an array of strings")
+    return tuple(values)
+
+
+def _annotations(doc: dict) -> dict[str, str]:
+    annotations = _field(doc, "annotations", dict, "") or {}
+    if not all(isinstance(v, str) for v in annotations.values()):
+        raise ManifestInvalid("annotations must map strings to strings")
+    return annotations
+
+
+def _descriptor(raw: object, what: str) -> Descriptor:
+    """A descriptor as the image spec defines it: a string digest, an integer size, strings."""
     if not isinstance(raw, dict):
-        raise ManifestInvalid("descriptor is not an object")
+        raise ManifestInvalid(f"{what} is not an object")
+    digest, size = raw.get("digest"), raw.get("size")
+    if not isinstance(digest, str):
+        raise ManifestInvalid(f"{what}: digest must be a string, not {_json_type(digest)}")
     try:
-        digest = Digest.parse(str(raw["digest"]))
-        size = int(raw["size"])
-        media_type = str(raw.get("mediaType", ""))
-    except (KeyError, TypeError, ValueError, DigestInvalid) as exc:
-        raise ManifestInvalid(f"invalid descriptor: {exc}") from None
-    if size < 0:
-        raise ManifestInvalid("descriptor has a negative size")
-    urls = raw.get("urls") or ()
-    return Descriptor(media_type, digest, size, tuple(str(u) for u in urls))
+        parsed = Digest.parse(digest)
+    except DigestInvalid as exc:
+        raise ManifestInvalid(f"{what}: {exc.message}") from None
+    if type(size) is not int or not 0 <= size <= MAX_SIZE:  # not bool, float, or beyond int64
+        raise ManifestInvalid(f"{what}: size must be an integer from 0 to {MAX_SIZE}, not {str(size)[:40]}")
+    media_type = _field(raw, "mediaType", str, f"{what}: ") or ""
+    return Descriptor(media_type, parsed, size, _strings(raw, "urls", f"{what}: "))
 
 
-def parse_manifest(body: bytes, content_type: str | None) -> ParsedManifest:
-    """Parse a manifest or index body; the media type comes from the body, else the header."""
+def _descriptors(doc: dict, key: str, max_descriptors: int) -> tuple[Descriptor, ...]:
+    items = _field(doc, key, list, "") or ()
+    if len(items) > max_descriptors:
+        raise ManifestInvalid(f"{key} lists {len(items)} descriptors; at most {max_descriptors} are accepted")
+    return tuple(_descriptor(item, f"{key}[{i}]") for i, item in enumerate(items))
+
+
+def _schema1(doc: dict, media_type: str, max_descriptors: int) -> ParsedManifest:
+    layers = _field(doc, "fsLayers", list, "") or ()
+    if len(layers) > max_descriptors:
+        raise ManifestInvalid(f"fsLayers lists {len(layers)} layers; at most {max_descriptors} are accepted")
+    blobs = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, dict):
+            raise ManifestInvalid(f"fsLayers[{i}] is not an object")
+        blobs.append(_descriptor({"digest": layer.get("blobSum"), "size": 0}, f"fsLayers[{i}]"))
+    return ParsedManifest(media_type or DOCKER_SCHEMA1_SIGNED, blobs=tuple(blobs))
+
+
+def parse_manifest(body: bytes, content_type: str | None,
+                   max_descriptors: int = MAX_DESCRIPTORS) -> ParsedManifest:
+    """Parse a manifest or index body; the media type comes from the body, else the header.
+
+    Whatever the body, the answer is a ParsedManifest or ManifestInvalid: every field the
+    registry reads must have its spec's JSON type, and a manifest may list at most
+    ``max_descriptors`` layers (or child manifests).
+    """
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep
         raise ManifestInvalid("manifest is not valid JSON") from None
     if not isinstance(doc, dict):
         raise ManifestInvalid("manifest is not a JSON object")
-    media_type = doc.get("mediaType") or (content_type or "").split(";")[0].strip()
-    if doc.get("schemaVersion") == 1:
-        media_type = media_type or DOCKER_SCHEMA1_SIGNED
-        layers = tuple(_descriptor({"digest": l.get("blobSum"), "size": 0})
-                       for l in doc.get("fsLayers", []) if isinstance(l, dict))
-        return ParsedManifest(media_type, blobs=layers)
+    declared = _field(doc, "mediaType", str, "")
+    media_type = declared or (content_type or "").split(";")[0].strip()
+    schema = doc.get("schemaVersion")
+    if type(schema) is int and schema == 1:
+        return _schema1(doc, media_type, max_descriptors)
     if not media_type:
         media_type = OCI_INDEX if "manifests" in doc else OCI_MANIFEST
-    if content_type and doc.get("mediaType") and content_type.split(";")[0].strip() != doc["mediaType"]:
+    if content_type and declared and content_type.split(";")[0].strip() != declared:
         raise ManifestInvalid("Content-Type does not match the manifest's mediaType")
-    subject = _descriptor(doc["subject"]) if doc.get("subject") else None
-    annotations = doc.get("annotations") or {}
+    subject = _descriptor(doc["subject"], "subject") if doc.get("subject") is not None else None
+    annotations = _annotations(doc)
+    artifact_type = _field(doc, "artifactType", str, "")
     if media_type in INDEX_TYPES or "manifests" in doc:
-        manifests = tuple(_descriptor(m) for m in doc.get("manifests") or [])
-        return ParsedManifest(media_type, manifests=manifests, subject=subject,
-                              artifact_type=doc.get("artifactType"), annotations=annotations)
+        return ParsedManifest(media_type, manifests=_descriptors(doc, "manifests", max_descriptors),
+                              subject=subject, artifact_type=artifact_type, annotations=annotations)
     blobs: list[Descriptor] = []
     config_type = None
-    if doc.get("config"):
-        config = _descriptor(doc["config"])
+    if doc.get("config") is not None:
+        config = _descriptor(doc["config"], "config")
         config_type = config.media_type
         blobs.append(config)
-    blobs.extend(_descriptor(l) for l in doc.get("layers") or [])
+    blobs.extend(_descriptors(doc, "layers", max_descriptors))
     return ParsedManifest(media_type, blobs=tuple(blobs), subject=subject,
-                          artifact_type=doc.get("artifactType") or config_type,
+                          artifact_type=artifact_type or config_type,
                           annotations=annotations, config_media_type=config_type)
+
+
+async def parse_manifest_off_loop(body: bytes, content_type: str | None,
+                                  max_descriptors: int = MAX_DESCRIPTORS) -> ParsedManifest:
+    """``parse_manifest`` in a worker thread for bodies over ``OFF_LOOP_BYTES``.
+
+    Parsing and validating grows with the body (a 4 MB manifest lists ~36,000 descriptors), so a
+    big one must not hold the event loop; small ones (nearly all) are parsed in place.
+    """
+    if len(body) <= OFF_LOOP_BYTES:
+        return parse_manifest(body, content_type, max_descriptors)
+    return await asyncio.to_thread(parse_manifest, body, content_type, max_descriptors)

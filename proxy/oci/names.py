@@ -8,21 +8,21 @@ from proxy.errors import NameInvalid, ManifestInvalid
 
 # distribution-spec: <name> = [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*", re.ASCII)  # fullmatch: no trailing newline
+_TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}", re.ASCII)
 MAX_NAME_LENGTH = 255
 
 
 def validate_name(name: str) -> str:
     """Return the name if it is a valid repository name, else raise NAME_INVALID."""
-    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.match(name):
+    if not name or len(name) > MAX_NAME_LENGTH or not _NAME_RE.fullmatch(name):
         raise NameInvalid(f"invalid repository name {name[:300]!r}")
     return name
 
 
 def validate_tag(tag: str) -> str:
     """Return the tag if it matches the spec's tag grammar, else raise MANIFEST_INVALID."""
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise ManifestInvalid(f"invalid tag {tag[:200]!r}")
     return tag
 

@@ -30,8 +30,8 @@ from urllib.parse import urlencode
 from proxy.errors import (BlobUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge,
                           ManifestUnknown, NameUnknown, OCIError)
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST, accepts,
-                             parse_manifest)
+from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_DESCRIPTORS, MAX_MANIFEST_BYTES, OCI_INDEX,
+                             OCI_MANIFEST, accepts, parse_manifest, parse_manifest_off_loop)
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, TagsPage, Target, UploadState)
@@ -43,11 +43,12 @@ from proxy.storage.uploads import UploadStore
 
 class LocalRegistry:
     def __init__(self, blobs: BlobStore, meta: MetaStore, uploads: UploadStore,
-                 invalidation: Invalidation) -> None:
+                 invalidation: Invalidation, max_descriptors: int = MAX_DESCRIPTORS) -> None:
         self._blobs = blobs
         self._meta = meta
         self._uploads = uploads
         self._invalidation = invalidation
+        self._max_descriptors = max_descriptors
 
     def _linked(self, target: Target, digest: Digest) -> bool:
         return target.scope in self._meta.visibility(str(digest), fresh=True).repos
@@ -174,7 +175,8 @@ class LocalRegistry:
             tags.insert(0, validate_tag(reference))
             digest = Digest.of(body)
         header_type = (content_type or "").split(";")[0].strip().lower()
-        parsed = parse_manifest(body, header_type if header_type in MANIFEST_TYPES else None)
+        parsed = await parse_manifest_off_loop(body, header_type if header_type in MANIFEST_TYPES else None,
+                                               self._max_descriptors)
         media_type = header_type if header_type in MANIFEST_TYPES else parsed.media_type
         if media_type not in MANIFEST_TYPES:
             raise ManifestInvalid(f"unsupported manifest media type {media_type[:100]!r}")

@@ -555,7 +555,8 @@ class PullThroughRegistry:
             if size is not None and size > self._limits.max_layer_bytes:
                 raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
             writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
-                                            max_size=size if size is not None else self._limits.max_layer_bytes)
+                                            max_size=size if size is not None else self._limits.max_layer_bytes,
+                                            expected_size=size)
             hasher = ThreadedHasher(fill.digest.algorithm)
             size_path.write_text(str(size if size is not None else -1))
             self._meta.grant(str(fill.digest), target.scope, public)

@@ -12,6 +12,7 @@ import asyncio
 import fcntl
 import hashlib
 import os
+import threading
 import time
 import uuid
 from collections import Counter
@@ -22,6 +23,7 @@ from typing import Iterator
 from proxy.errors import DigestInvalid, SizeInvalid
 from proxy.oci.digest import Digest
 from proxy.storage.appender import AlignedAppender
+from proxy.storage.space import StoreSpace, is_no_room
 
 
 
@@ -56,10 +58,16 @@ class BlobWriter(Growth):
     """
 
     def __init__(self, store: "BlobStore", algorithm: str = "sha256", max_size: int | None = None,
-                 temp_path: Path | None = None, hash_inline: bool = True):
+                 temp_path: Path | None = None, hash_inline: bool = True, expected_size: int | None = None):
         super().__init__(temp_path or store.tmp_dir / f"{uuid.uuid4().hex}.part")
         self._store = store
-        self._file = open(self.temp_path, "wb", buffering=0)
+        store.space.ensure_room(expected_size or 0)  # StoreFull before a file is made when there is no room
+        try:
+            self._file = open(self.temp_path, "wb", buffering=0)
+        except OSError as exc:
+            if is_no_room(exc):
+                raise store.space.ran_out() from None
+            raise
         self._appender = AlignedAppender(self._file.fileno(), 0)
         self._held_since = 0.0
         self.algorithm = algorithm
@@ -76,10 +84,20 @@ class BlobWriter(Growth):
         now = time.monotonic()
         if not appender.held_bytes:
             self._held_since = now
-        if appender.append(chunk) or (now - self._held_since >= _HOLD_SECONDS and appender.flush()):
+        try:
+            grew = appender.append(chunk) or (now - self._held_since >= _HOLD_SECONDS and appender.flush())
+        except OSError as exc:
+            raise self._failed(exc) from None
+        if grew:
             self._held_since = now
             self.written = appender.length
             self._notify()
+
+    def _failed(self, exc: OSError) -> BaseException:
+        """A write failed: drop the temporary file; a full disk is StoreFull, anything else as it is."""
+        self.abort()
+        return self._store.space.ran_out(self._appender.length + self._appender.held_bytes) \
+            if is_no_room(exc) else exc
 
     def digest(self) -> Digest:
         assert self._hasher is not None, "this writer does not hash"
@@ -90,7 +108,10 @@ class BlobWriter(Growth):
 
         ``actual`` is the content's digest when the caller hashed it (``hash_inline=False``).
         """
-        self._close()
+        try:
+            self._close()
+        except OSError as exc:
+            raise self._failed(exc) from None
         if actual is None:
             actual = Digest(expected.algorithm, self.digest().hex)
         if expected_size is not None and self.written != expected_size:
@@ -111,24 +132,28 @@ class BlobWriter(Growth):
 
     def _close(self, keep: bool = True) -> None:
         if not self.closed:
-            if keep:
-                self._appender.flush()
-                self.written = self._appender.length
-            self.closed = True
-            self._file.close()
-            self._notify()
+            try:
+                if keep:
+                    self._appender.flush()
+                    self.written = self._appender.length
+            finally:
+                self.closed = True
+                self._file.close()
+                self._notify()
 
 
 class BlobStore:
     """Complete blobs by digest on disk, with a count of readers per digest for safe eviction."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, space: StoreSpace | None = None) -> None:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.space = space or StoreSpace(self.root, 0)
         self._readers: Counter[str] = Counter()
+        self._readers_lock = threading.Lock()  # eviction runs in a thread: a read starts before or after a removal
         self._last_access: dict[str, float] = {}
 
     def path(self, digest: Digest) -> Path:
@@ -149,8 +174,10 @@ class BlobStore:
             return None
 
     def new_writer(self, algorithm: str = "sha256", max_size: int | None = None,
-                   temp_path: Path | None = None, hash_inline: bool = True) -> BlobWriter:
-        return BlobWriter(self, algorithm, max_size, temp_path, hash_inline)
+                   temp_path: Path | None = None, hash_inline: bool = True,
+                   expected_size: int | None = None) -> BlobWriter:
+        """A writer for new content; ``expected_size`` (when known) must fit, else StoreFull."""
+        return BlobWriter(self, algorithm, max_size, temp_path, hash_inline, expected_size)
 
     def fill_paths(self, digest: Digest) -> tuple[Path, Path, Path]:
         """Where a fill of ``digest`` keeps its data, its announced size, and its leader lock.
@@ -171,14 +198,24 @@ class BlobStore:
             return None
         return fd
 
+    def lock(self, lock_path: Path) -> int:
+        """Take an exclusive flock, waiting for another holder (worker threads only); the fd holds it."""
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     @staticmethod
     def unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
     def put_bytes(self, data: bytes, expected: Digest) -> Path:
-        """Store small content (manifests) after verifying its digest."""
-        writer = self.new_writer(expected.algorithm)
+        """Store small content (manifests) after verifying its digest (StoreFull when there is no room)."""
+        writer = self.new_writer(expected.algorithm, expected_size=len(data))
         try:
             writer.write(data)
         except BaseException:
@@ -199,15 +236,16 @@ class BlobStore:
         """Hook for the budget keeper; replaced by whoever tracks sizes."""
 
     def remove(self, digest: Digest) -> int:
-        """Delete a blob unless somebody is reading it; returns the bytes freed."""
-        if self._readers[str(digest)]:
-            return 0
+        """Delete a blob unless somebody is reading it; returns the bytes freed (any thread)."""
         path = self.path(digest)
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            return 0
+        with self._readers_lock:
+            if self._readers[str(digest)]:
+                return 0
+            try:
+                size = os.stat(path).st_size
+                os.unlink(path)
+            except FileNotFoundError:
+                return 0
         self._last_access.pop(str(digest), None)
         return size
 
@@ -215,14 +253,16 @@ class BlobStore:
     def reading(self, digest: Digest) -> Iterator[None]:
         """Mark a blob as being read (eviction skips it) and record the access for LRU."""
         key = str(digest)
-        self._readers[key] += 1
+        with self._readers_lock:
+            self._readers[key] += 1
         self._last_access[key] = time.time()
         try:
             yield
         finally:
-            self._readers[key] -= 1
-            if not self._readers[key]:
-                del self._readers[key]
+            with self._readers_lock:
+                self._readers[key] -= 1
+                if not self._readers[key]:
+                    del self._readers[key]
 
     def is_being_read(self, digest: Digest) -> bool:
         return bool(self._readers[str(digest)])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
 
-import diskcache
+from proxy.storage.space import FullAwareCache
 
 _FRONT_LIMIT = 100_000
 # Local repositories change under every worker process at once (a push through one, a pull through
@@ -49,7 +49,7 @@ class MetaStore:
     """Write-through key/value records over diskcache with a bounded in-memory read front."""
 
     def __init__(self, directory: Path) -> None:
-        self._disk = diskcache.Cache(str(directory), eviction_policy="none", size_limit=2**40)
+        self._disk = FullAwareCache(str(directory), eviction_policy="none", size_limit=2**40)  # full: StoreFull
         self._front: dict[str, Any] = {}
 
     def close(self) -> None:

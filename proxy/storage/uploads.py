@@ -15,6 +15,9 @@ Rules:
   ``expire()`` (run periodically, and by ``wharf gc``) deletes its files;
 - a connection dropped mid-chunk keeps the bytes that arrived (a client may ask for the offset
   with GET and resume); if nobody does, the session expires like any other;
+- on a full disk (``proxy.storage.space``) a new session or a chunk is refused before any byte is
+  written, and the session stays as it was; a chunk that meets ENOSPC while it is written drops
+  the session with its data (the client sees ``StoreFull``, 507, and starts again);
 - ``finish`` verifies the digest and hands back the data file for the caller to move into the
   blob store (the caller marks it pushed first); a mismatch drops the session.
 
@@ -38,6 +41,7 @@ from typing import AsyncIterable
 from proxy.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from proxy.oci.digest import Digest
 from proxy.storage.appender import AlignedAppender
+from proxy.storage.space import StoreSpace, is_no_room
 
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _SUPPORTED = ("sha256", "sha512")
@@ -65,11 +69,12 @@ def _hash_file(path: Path, algorithm: str) -> str:
 
 
 class UploadStore:
-    def __init__(self, root: Path, idle_seconds: float, max_bytes: int) -> None:
+    def __init__(self, root: Path, idle_seconds: float, max_bytes: int, space: StoreSpace | None = None) -> None:
         self.dir = Path(root) / "uploads"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.idle_seconds = idle_seconds
         self.max_bytes = max_bytes
+        self.space = space or StoreSpace(self.dir, 0)
         self._live: dict[str, UploadSession] = {}
 
     def _paths(self, upload_id: str) -> tuple[Path, Path]:
@@ -79,10 +84,17 @@ class UploadStore:
     def create(self, repo: str, algorithm: str = "sha256") -> UploadSession:
         if algorithm not in _SUPPORTED:
             raise DigestInvalid(f"unsupported digest algorithm {algorithm[:50]!r}")
+        self.space.ensure_room()
         upload_id = uuid.uuid4().hex
         data_path, state_path = self._paths(upload_id)
-        state_path.write_text(json.dumps({"repo": repo, "algorithm": algorithm}))
-        data_path.touch()
+        try:
+            state_path.write_text(json.dumps({"repo": repo, "algorithm": algorithm}))
+            data_path.touch()
+        except OSError as exc:
+            self._remove(upload_id)
+            if is_no_room(exc):
+                raise self.space.ran_out() from None
+            raise
         session = UploadSession(upload_id, repo, algorithm, data_path, 0, hashlib.new(algorithm))
         self._live[upload_id] = session
         return session
@@ -163,6 +175,7 @@ class UploadStore:
             self.cancel(session)
             raise SizeInvalid(f"a blob may be at most {self.max_bytes} bytes; this one would be "
                               f"{session.offset + length}")
+        self.space.ensure_room(length or 0)  # refused before reading; the session stays as it was
 
     async def append(self, session: UploadSession, chunks: AsyncIterable[bytes],
                      start: int | None = None, length: int | None = None) -> int:
@@ -173,6 +186,7 @@ class UploadStore:
         async with session.lock:
             self.check_declared(session, start, length)
             too_big = False
+            no_room: OSError | None = None
             fd = os.open(session.data_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             appender = AlignedAppender(fd, os.fstat(fd).st_size)  # whole units: faster sendfile later
             try:
@@ -180,19 +194,29 @@ class UploadStore:
                     if session.offset + len(chunk) > self.max_bytes:
                         too_big = True
                         break
-                    appender.append(chunk)
+                    try:
+                        appender.append(chunk)
+                    except OSError as exc:
+                        if not is_no_room(exc):
+                            raise
+                        no_room = exc
+                        break
                     if session.hasher is not None:
                         session.hasher.update(chunk)
                     session.offset += len(chunk)
             finally:
                 try:
                     appender.flush()
-                except OSError:
-                    pass  # what reached the file is what counts
+                except OSError as exc:
+                    if is_no_room(exc):
+                        no_room = exc  # else what reached the file is what counts
                 length = os.fstat(fd).st_size
                 os.close(fd)
                 if length != session.offset:  # the file is the truth: hash it at the end
                     session.offset, session.hasher = length, None
+            if no_room is not None:  # a partial chunk on a full disk: drop the session, free its space
+                self.cancel(session)
+                raise self.space.ran_out()
             if too_big:
                 self.cancel(session)
                 raise SizeInvalid(f"a blob may be at most {self.max_bytes} bytes")

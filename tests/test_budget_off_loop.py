@@ -1,0 +1,111 @@
+"""The cache budget's store-wide work runs off the event loop: eviction and the start-up count.
+
+A slow store is stood in for by a blob listing that blocks until the test lets it go (with a
+time limit, so the test ends either way). Without the fix the listing runs on the event loop,
+nothing else is answered until the time limit passes, and the tests fail on what they assert:
+that the fill's answer and ``/healthz`` came while the listing was still held, and that the
+listing ran in another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+
+from proxy.app import BLOBS, BUDGET
+from proxy.storage.blobs import BlobStore
+
+REPO = "team/app"
+_HOLD_LIMIT = 5.0
+
+
+class HeldListing:
+    """Replaces ``BlobStore.iter_blobs``: each listing waits for ``release()`` (or the time limit)."""
+
+    def __init__(self, original) -> None:
+        self._original = original
+        self._release = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.released_in_time: list[bool] = []
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+        self.started = threading.Event()
+
+    def __call__(self, store: BlobStore):
+        with self._lock:
+            self.threads.append(threading.current_thread())
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        self.started.set()
+        try:
+            self.released_in_time.append(self._release.wait(_HOLD_LIMIT))
+            yield from self._original(store)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def release(self) -> None:
+        self._release.set()
+
+
+async def _eventually(condition, seconds: float = 10.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_an_eviction_runs_in_a_worker_thread_and_the_fill_does_not_wait_for_it(
+        make_wharf, fake_upstream, monkeypatch):
+    fake = await fake_upstream()
+    old, new, newer = (fake.add_blob(REPO, os.urandom(60_000)) for _ in range(3))
+    wharf = await make_wharf(fake.url, storage={"max_cache_bytes": 100_000})
+    name = f"{wharf.upstream_name(fake.url)}/{REPO}"
+    blobs = wharf.app[BLOBS]
+    assert await _eventually(wharf.app[BUDGET].counted.is_set)  # the count at start is done
+    await (await wharf.client.get(f"/v2/{name}/blobs/{old}")).read()
+
+    held = HeldListing(BlobStore.iter_blobs)
+    monkeypatch.setattr(BlobStore, "iter_blobs", lambda store: held(store))
+    resp = await wharf.client.get(f"/v2/{name}/blobs/{new}")  # 120 kB > 100 kB: an eviction starts
+    assert resp.status == 200 and len(await resp.read()) == 60_000
+    assert (await wharf.client.get("/healthz")).status == 200
+    await (await wharf.client.get(f"/v2/{name}/blobs/{newer}")).read()  # over again: no second eviction now
+    resp = await wharf.client.get(f"/v2/{name}/blobs/{old}")
+    assert resp.status == 200 and len(await resp.read()) == 60_000, "cached content is served meanwhile"
+    assert held.started.is_set() and held.running == 1, "the eviction is still listing the store"
+    held.release()
+    assert await _eventually(lambda: wharf.app[BUDGET].wait_idle(0))
+
+    assert held.released_in_time and all(held.released_in_time), \
+        "the listing held the event loop: nothing was answered until its time limit"
+    assert threading.current_thread() not in held.threads, "the store was listed on the event loop's thread"
+    assert held.most_at_once == 1, "two evictions ran at once in one process"
+    stored = sum(f.stat().st_size for f in (blobs.blob_dir / "sha256").iterdir())
+    assert stored <= 90_000, f"{stored} bytes are stored after the eviction"
+
+
+async def test_the_count_at_start_runs_off_the_loop(make_wharf, fake_upstream, tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    data = os.urandom(50_000)
+    blob = root / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(data)  # on disk, not yet counted in the metadata
+    held = HeldListing(BlobStore.iter_blobs)
+    monkeypatch.setattr(BlobStore, "iter_blobs", lambda store: held(store))
+    fake = await fake_upstream()
+    wharf = await make_wharf(fake.url, storage={"root": str(root)})
+    assert (await wharf.client.get("/healthz")).status == 200
+    assert (await wharf.client.get("/readyz")).status == 200
+    held.release()
+    budget = wharf.app[BUDGET]
+    assert await _eventually(lambda: budget.cached_bytes == 50_000), budget.cached_bytes
+    assert held.released_in_time == [True], "the count at start held the event loop until its time limit"
+    assert threading.current_thread() not in held.threads
+    text = await (await wharf.client.get("/metrics")).text()
+    assert 'wharf_store_bytes{kind="cached"} 50000.0' in text

@@ -154,3 +154,24 @@ async def test_writes_that_meet_enospc_answer_507_and_remove_their_files(make_wh
     await error_of(await wharf.client.get(f"/v2/{name}/blobs/{cold_digest}"))
     assert not any(entry.startswith("tmp/fill-") and entry.endswith(".part") for entry in temp_files(small_disk))
     assert (await wharf.client.get("/readyz")).status == 503
+
+
+async def test_a_stale_tag_is_still_served_when_the_disk_is_full(make_wharf, fake_upstream, small_disk):
+    import asyncio
+
+    fake = await fake_upstream()
+    image = make_image("stale-on-full", (1000,))
+    fake.add_image(REPO, image, tag="v1")
+    wharf = await make_wharf(fake.url, storage={"root": str(small_disk), "min_free_bytes": 256 * 1024},
+                             upstream_options={"tag_ttl": 0.2})
+    path = f"/v2/{wharf.upstream_name(fake.url)}/{REPO}/manifests/v1"
+    assert (await wharf.client.get(path)).status == 200
+    await asyncio.sleep(0.3)  # stale now: the next pull revalidates, which writes
+    filler = fill(small_disk)
+    try:
+        for _ in range(2):
+            resp = await wharf.client.get(path)
+            assert resp.status == 200, await resp.text()
+            assert await resp.read() == image.manifest
+    finally:
+        filler.unlink()

@@ -169,3 +169,26 @@ async def test_a_big_manifest_is_parsed_off_the_event_loop(make_wharf, repo_name
     loop_thread = threading.current_thread()
     assert parsed_in[0] is loop_thread, "a small manifest is parsed in place"
     assert parsed_in[-1] is not loop_thread, "the big manifest was parsed on the event loop's thread"
+
+
+async def test_the_references_of_a_big_manifest_are_checked_off_the_event_loop(make_wharf, repo_name, monkeypatch):
+    """One stat and one metadata read per descriptor: for a big manifest that work runs in a thread."""
+    from proxy.registry.local import LocalRegistry
+
+    checked_in: list[threading.Thread] = []
+    check = LocalRegistry._check_references
+
+    def recording_check(self, *args, **kwargs):
+        checked_in.append(threading.current_thread())
+        return check(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalRegistry, "_check_references", recording_check)
+    wharf = await make_wharf()
+    small = make_image("small-references", (10,), oci=True)
+    await push_image(wharf.url, repo_name, small, tag="small")
+    resp = await wharf.client.put(f"/v2/{repo_name}/manifests/big", data=_many_layers(2_000),
+                                  headers={"Content-Type": OCI_MANIFEST})
+    assert resp.status == 404 and (await resp.json())["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    loop_thread = threading.current_thread()
+    assert checked_in[0] is loop_thread, "a small manifest is checked in place"
+    assert checked_in[-1] is not loop_thread, "the big manifest's references were checked on the event loop"

@@ -23,6 +23,7 @@ Rules of the push path:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from urllib.parse import urlencode
@@ -39,6 +40,9 @@ from proxy.registry.invalidation import Invalidation
 from proxy.storage.blobs import BlobStore
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.uploads import UploadStore
+
+
+_INLINE_DESCRIPTORS = 64  # manifests naming more are checked and linked in a worker thread
 
 
 class LocalRegistry:
@@ -182,13 +186,12 @@ class LocalRegistry:
             raise ManifestInvalid(f"unsupported manifest media type {media_type[:100]!r}")
         if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
             raise ManifestInvalid("an image manifest must have a config descriptor")
-        self._check_references(target, parsed)
-        # commit: everything below is synchronous, so gc never sees half of it
-        for descriptor in (*parsed.blobs, *parsed.manifests):
-            if self._readable(target, descriptor.digest):
-                # renews gc's grace for what it names; public cached content becomes pushed here
-                self._meta.mark_pushed(str(descriptor.digest))
-                self._meta.grant(str(descriptor.digest), target.scope, False)
+        self._blobs.space.ensure_room(len(body))  # refused before anything is written
+        if len(parsed.blobs) + len(parsed.manifests) > _INLINE_DESCRIPTORS:  # work per descriptor: off the loop
+            await asyncio.to_thread(self._link_references, target, parsed)
+        else:
+            self._link_references(target, parsed)
+        # commit: what names the manifest; gc spares what was linked within its grace period
         self._meta.mark_pushed(str(digest))
         if self._blobs.size(digest) is None:
             self._blobs.put_bytes(body, digest)
@@ -209,6 +212,15 @@ class LocalRegistry:
                 descriptor["annotations"] = parsed.annotations
             self._meta.add_referrer(target.scope, str(subject), descriptor)
         return PushedManifest(digest, list(dict.fromkeys(tags)), subject)
+
+    def _link_references(self, target: Target, parsed) -> None:
+        """Check that every blob and child manifest is readable here, then link each into the
+        repository (renewing gc's grace; public cached content becomes pushed content)."""
+        self._check_references(target, parsed)
+        for digest in dict.fromkeys(d.digest for d in (*parsed.blobs, *parsed.manifests)):
+            if self._readable(target, digest):
+                self._meta.mark_pushed(str(digest))
+                self._meta.grant(str(digest), target.scope, False)
 
     def _check_references(self, target: Target, parsed) -> None:
         for descriptor in parsed.blobs:

@@ -41,7 +41,7 @@ from urllib.parse import urlencode, urlsplit
 
 from proxy.config import CacheConfig, LimitsConfig
 from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
-                          SizeInvalid, TooManyRequests, Unavailable, UpstreamInvalid)
+                          SizeInvalid, StoreFull, TooManyRequests, Unavailable, UpstreamInvalid)
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
@@ -86,7 +86,7 @@ def page_tags(body: bytes, n: int, last: str | None) -> tuple[bytes, str | None]
     return json.dumps(doc).encode(), (urlencode({"n": n, "last": page[-1]}) if more else None)
 
 
-_STALE_ERRORS = (Unavailable, TooManyRequests, UpstreamInvalid)
+_STALE_ERRORS = (Unavailable, TooManyRequests, UpstreamInvalid, StoreFull)  # then the stored answer is served
 _GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
 
 

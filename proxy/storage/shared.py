@@ -21,12 +21,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import diskcache
 
 log = logging.getLogger("wharf.shared")
+
+
+@contextlib.contextmanager
+def _unless_full() -> Iterator[None]:
+    """Swallow SQLite's "database or disk is full" (and only that)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc):
+            raise
 
 
 class _DiskBackend:
@@ -40,14 +51,20 @@ class _DiskBackend:
     async def get(self, key: str) -> Any:
         return self._cache.get(key)
 
+    # On a full disk these facts are best effort: a fact not shared costs at most one more upstream
+    # request, and a lock that cannot be written is taken (the caller goes on as if alone).
     async def set(self, key: str, value: Any, ttl: float) -> None:
-        self._cache.set(key, value, expire=ttl)
+        with _unless_full():
+            self._cache.set(key, value, expire=ttl)
 
     async def add(self, key: str, value: Any, ttl: float) -> bool:
-        return bool(self._cache.add(key, value, expire=ttl))
+        with _unless_full():
+            return bool(self._cache.add(key, value, expire=ttl))
+        return True
 
     async def delete(self, key: str) -> None:
-        self._cache.delete(key)
+        with _unless_full():
+            self._cache.delete(key)
 
     async def close(self) -> None:
         self._cache.expire()

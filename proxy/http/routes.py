@@ -12,7 +12,8 @@ from proxy.errors import OCIError
 from proxy.http import auth, ops, pull, push
 from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
-from proxy.http.keys import API_VERSION, METRICS
+from proxy.http.keys import API_VERSION, CLIENT_LIMITS, METRICS
+from proxy.http.ratelimit import client_limit_middleware
 
 log = logging.getLogger("wharf.http")
 
@@ -43,6 +44,7 @@ async def observe(request: web.Request, handler) -> web.StreamResponse:
 
 def setup_routes(app: web.Application) -> None:
     app.middlewares.append(observe)
+    app.middlewares.append(client_limit_middleware(app[CLIENT_LIMITS], app[METRICS]))
     v2 = V2Resource()
     v2.add("base", "GET", pull.base)
     v2.add("catalog", "GET", push.catalog)

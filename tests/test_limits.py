@@ -1,0 +1,211 @@
+"""Slow and greedy clients, over real sockets: request deadlines, the connection cap, the loop-lag metric.
+
+Deadlines are set short here (about a second) so that a stalled client is cut while the test
+waits; every wait on the wire is bounded (``_CLOSED_WITHIN``) so that a missing deadline fails
+the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+
+from yarl import URL
+
+_CLOSED_WITHIN = 10.0  # seconds a test waits for Wharf to close a stalled connection
+FAST = {"header_timeout": 1, "body_idle_timeout": 1, "keepalive_timeout": 1}
+
+
+class Conn:
+    """One raw TCP connection to Wharf."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> "Conn":
+        parsed = URL(url)
+        reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+        return cls(reader, writer, f"{parsed.host}:{parsed.port}")
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def get(self, path: str, extra: str = "") -> tuple[int, dict[str, str], bytes]:
+        await self.send(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{extra}\r\n".encode())
+        return await self.response()
+
+    async def response(self) -> tuple[int, dict[str, str], bytes]:
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), _CLOSED_WITHIN)
+        lines = raw.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        body = await asyncio.wait_for(self.reader.readexactly(int(headers.get("content-length", "0"))),
+                                      _CLOSED_WITHIN)
+        return int(lines[0].split()[1]), headers, body
+
+    async def closed_by_wharf(self) -> bytes:
+        """Wait (bounded) until Wharf closes the connection; returns what it sent before closing."""
+        return await asyncio.wait_for(self.reader.read(), _CLOSED_WITHIN)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def _metrics(url: str) -> str:
+    conn = await Conn.open(url)
+    try:
+        status, _, body = await conn.get("/metrics", "Connection: close\r\n")
+    finally:
+        conn.close()
+    assert status == 200
+    return body.decode()
+
+
+def _sample(metrics: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def _answered(url: str) -> None:
+    """A normal client is answered on a new connection."""
+    conn = await Conn.open(url)
+    try:
+        status, _, _ = await conn.get("/healthz")
+        assert status == 200
+    finally:
+        conn.close()
+
+
+# request heads ------------------------------------------------------------------------------------
+async def test_heads_that_stall_or_trickle_are_cut_while_others_are_answered(make_wharf):
+    wharf = await make_wharf(server=FAST | {"keepalive_timeout": 60})
+    silent = await Conn.open(wharf.url)                      # connects, sends nothing
+    stalled = await Conn.open(wharf.url)                     # half a head, then nothing
+    await stalled.send(f"GET /v2/ HTTP/1.1\r\nHost: {stalled.host}\r\nAccept: ".encode())
+    trickling = await Conn.open(wharf.url)                   # a header line every 0.2 s, for 6 s
+
+    async def trickle() -> int:
+        await trickling.send(b"GET /v2/ HTTP/1.1\r\n")
+        for sent in range(30):
+            await asyncio.sleep(0.2)
+            if trickling.reader.at_eof():
+                return sent
+            try:
+                await trickling.send(f"X-Slow-{sent}: x\r\n".encode())
+            except ConnectionError:
+                return sent
+        return 30
+
+    trickler = asyncio.ensure_future(trickle())
+    await _answered(wharf.url)
+    for conn in (silent, stalled, trickling):
+        assert await conn.closed_by_wharf() == b""
+    assert await trickler < 30, "trickling header lines must not extend the head's deadline"
+    await _answered(wharf.url)
+    metrics = await _metrics(wharf.url)
+    assert _sample(metrics, 'wharf_connections_timed_out_total{stage="header"}') == 3
+
+
+async def test_a_keep_alive_connection_gets_a_new_head_deadline_per_request(make_wharf):
+    wharf = await make_wharf(server=FAST | {"keepalive_timeout": 60})
+    conn = await Conn.open(wharf.url)
+    for _ in range(3):  # three requests over more than the head deadline, each head sent whole
+        assert (await conn.get("/healthz"))[0] == 200
+        await asyncio.sleep(0.6)
+    await conn.send(b"GET /v2/ HTTP/1.1\r\n")  # then one that stops half way
+    assert await conn.closed_by_wharf() == b""
+
+
+async def test_idle_keep_alive_connections_are_closed_after_keepalive_timeout(make_wharf):
+    wharf = await make_wharf(server={"keepalive_timeout": 1, "header_timeout": 30})
+    conn = await Conn.open(wharf.url)
+    assert (await conn.get("/healthz"))[0] == 200
+    assert await conn.closed_by_wharf() == b""
+
+
+# request bodies -----------------------------------------------------------------------------------
+async def _start_upload(conn: Conn, repo: str) -> str:
+    await conn.send(f"POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {conn.host}\r\n"
+                    f"Content-Length: 0\r\n\r\n".encode())
+    status, headers, _ = await conn.response()
+    assert status == 202
+    return headers["location"]
+
+
+def _patch_head(conn: Conn, location: str, length: int) -> bytes:
+    return (f"PATCH {location} HTTP/1.1\r\nHost: {conn.host}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+async def test_a_stalled_upload_body_is_cut_and_a_slow_moving_one_completes(make_wharf, repo_name, caplog):
+    wharf = await make_wharf(server=FAST | {"keepalive_timeout": 60})
+    caplog.set_level(logging.DEBUG)
+    stalled = await Conn.open(wharf.url)
+    location = await _start_upload(stalled, repo_name)
+    await stalled.send(_patch_head(stalled, location, 1000) + b"x" * 100)
+    assert await stalled.closed_by_wharf() == b""
+
+    slow = await Conn.open(wharf.url)
+    location = await _start_upload(slow, repo_name)
+    await slow.send(_patch_head(slow, location, 80))
+    for _ in range(8):  # 8 × 10 bytes over 3.2 s, more than the body deadline, never 1 s apart
+        await asyncio.sleep(0.4)
+        await slow.send(b"y" * 10)
+    status, headers, _ = await slow.response()
+    assert status == 202 and headers["range"] == "0-79"
+    slow.close()
+
+    await _answered(wharf.url)
+    metrics = await _metrics(wharf.url)
+    assert _sample(metrics, 'wharf_connections_timed_out_total{stage="body"}') == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a stalled client is no error"
+
+
+# the connection cap -------------------------------------------------------------------------------
+async def test_connections_over_the_cap_get_503_and_open_ones_keep_working(make_wharf):
+    wharf = await make_wharf(server={"max_connections": 3})
+    held = [await Conn.open(wharf.url) for _ in range(3)]
+    assert (await held[0].get("/healthz"))[0] == 200
+    await asyncio.sleep(0.1)  # let Wharf see all three
+
+    refused = await Conn.open(wharf.url)
+    status, headers, body = await refused.get("/healthz")
+    assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1"
+    assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
+    assert await refused.closed_by_wharf() == b""
+
+    silent = await Conn.open(wharf.url)  # refused even when it sends nothing
+    assert (await silent.closed_by_wharf()).startswith(b"HTTP/1.1 503 ")
+
+    for conn in held:
+        assert (await conn.get("/healthz"))[0] == 200
+    status, _, body = await held[1].get("/metrics")
+    assert _sample(body.decode(), "wharf_connections_refused_total") == 2
+    assert _sample(body.decode(), "wharf_connections_open") == 3
+    held[2].close()
+    await asyncio.sleep(0.1)
+    await _answered(wharf.url)  # a place freed is a place for the next client
+
+
+# event-loop lag -----------------------------------------------------------------------------------
+async def test_event_loop_lag_is_measured_in_metrics(make_wharf):
+    wharf = await make_wharf()
+    await asyncio.sleep(0.6)
+    before = await _metrics(wharf.url)
+    assert _sample(before, "wharf_event_loop_lag_seconds_count") >= 1
+    assert _sample(before, "wharf_event_loop_lag_max_seconds") < 0.4
+    time.sleep(0.6)  # this test shares Wharf's event loop: block it as a slow handler would
+    await asyncio.sleep(0.6)
+    after = await _metrics(wharf.url)
+    assert _sample(after, "wharf_event_loop_lag_seconds_count") > _sample(before, "wharf_event_loop_lag_seconds_count")
+    assert _sample(after, "wharf_event_loop_lag_max_seconds") >= 0.3
+    assert _sample(after, 'wharf_event_loop_lag_seconds_bucket{le="0.25"}') < \
+        _sample(after, 'wharf_event_loop_lag_seconds_bucket{le="0.5"}')

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import time
 
 from yarl import URL
@@ -167,6 +168,31 @@ async def test_a_stalled_upload_body_is_cut_and_a_slow_moving_one_completes(make
     metrics = await _metrics(wharf.url)
     assert _sample(metrics, 'wharf_connections_timed_out_total{stage="body"}') == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a stalled client is no error"
+
+
+# answers the client does not read -----------------------------------------------------------------
+async def test_a_client_that_stops_reading_is_cut(make_wharf):
+    wharf = await make_wharf(server={"send_idle_timeout": 1})
+    parsed = URL(wharf.url)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (parsed.host, parsed.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    greedy = Conn(reader, writer, f"{parsed.host}:{parsed.port}")
+    greedy.writer.write(f"GET /metrics HTTP/1.1\r\nHost: {greedy.host}\r\n\r\n".encode() * 3000)  # never read
+
+    async def cut() -> float:
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            seen = _sample(await _metrics(wharf.url), 'wharf_connections_timed_out_total{stage="send"}')
+            if seen:
+                return seen
+        return 0.0
+
+    assert await asyncio.wait_for(cut(), _CLOSED_WITHIN * 2) == 1
+    greedy.writer.transport.abort()
+    await _answered(wharf.url)
 
 
 # the connection cap -------------------------------------------------------------------------------

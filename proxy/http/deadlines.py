@@ -9,8 +9,9 @@ a request head that trickles in, a body that stops, or a client that stops readi
   turn (its deadline restarts).
 - a request body may pause at most ``body_idle_timeout`` between bytes: a slow upload that keeps
   moving is never cut. Time while Wharf itself has stopped reading (flow control) does not count.
-- a client may stop reading an answer at most ``send_idle_timeout`` (the transport's buffer stays
-  full that long).
+- a client may stop reading an answer at most ``send_idle_timeout``: the answer's buffer stays
+  full that long without shrinking. (Blobs sent with sendfile have their own stall limit,
+  ``proxy.http.sendfile``.)
 
 A connection past a deadline is closed without an answer (as Go's and nginx's servers do); a
 handler still reading the stalled body gets ``RequestTimeout``. Each close is counted in
@@ -73,6 +74,7 @@ class GuardedRequestHandler(web.RequestHandler):
         self._last_byte = 0.0                   # when a byte of that body last arrived
         self._body_timer: Any = None
         self._send_timer: Any = None
+        self._unsent = 0                        # answer bytes buffered when the send timer was set
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -143,7 +145,8 @@ class GuardedRequestHandler(web.RequestHandler):
     # -- the answer -----------------------------------------------------------------------------
     def pause_writing(self) -> None:
         super().pause_writing()
-        if self._send_timer is None:
+        if self._send_timer is None and self.transport is not None:
+            self._unsent = self.transport.get_write_buffer_size()
             self._send_timer = self._loop.call_later(self._deadlines.send_idle, self._check_send)
 
     def resume_writing(self) -> None:
@@ -153,8 +156,16 @@ class GuardedRequestHandler(web.RequestHandler):
             self._send_timer = None
 
     def _check_send(self) -> None:
+        """The buffer stayed full: cut the client unless it took some of it meanwhile."""
         self._send_timer = None
-        if self.transport is not None and self.writing_paused:
+        transport = self.transport
+        if transport is None or not self.writing_paused:
+            return
+        unsent = transport.get_write_buffer_size()
+        if unsent < self._unsent:  # slow, but reading
+            self._unsent = unsent
+            self._send_timer = self._loop.call_later(self._deadlines.send_idle, self._check_send)
+        else:
             self._stalled("send")
 
     # -------------------------------------------------------------------------------------------

@@ -10,10 +10,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
+import resource
+import signal
 import socket
+import subprocess
+import sys
 import time
 
+import yaml
 from yarl import URL
 
 _CLOSED_WITHIN = 10.0  # seconds a test waits for Wharf to close a stalled connection
@@ -235,3 +241,57 @@ async def test_event_loop_lag_is_measured_in_metrics(make_wharf):
     assert _sample(after, "wharf_event_loop_lag_max_seconds") >= 0.3
     assert _sample(after, 'wharf_event_loop_lag_seconds_bucket{le="0.25"}') < \
         _sample(after, 'wharf_event_loop_lag_seconds_bucket{le="0.5"}')
+
+
+# the same through `wharf serve` (uvloop, config file and environment) -----------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_wharf_serve_sheds_half_sent_requests_and_answers_others(tmp_path):
+    port = _free_port()
+    config = tmp_path / "wharf.yaml"
+    config.write_text(yaml.safe_dump({
+        "listen": f"127.0.0.1:{port}", "workers": 1, "storage": {"root": str(tmp_path / "data")},
+        "upstreams": [], "default_upstream": None, "server": {"max_connections": 5}}))
+    env = dict(os.environ, WHARF_SERVER__HEADER_TIMEOUT="1")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                await _answered(base)
+                break
+            except OSError:
+                await asyncio.sleep(0.2)
+        half_sent = [await Conn.open(base) for _ in range(5)]
+        for conn in half_sent:
+            await conn.send(f"GET /v2/ HTTP/1.1\r\nHost: {conn.host}\r\nUser-Agent: slow".encode())
+        await asyncio.sleep(0.2)
+        refused = await Conn.open(base)
+        assert (await refused.get("/healthz"))[0] == 503  # every place is held
+        for conn in half_sent:
+            assert await conn.closed_by_wharf() == b""
+        await _answered(base)                              # cut, and their places free again
+        metrics = await _metrics(base)
+        assert _sample(metrics, 'wharf_connections_timed_out_total{stage="header"}') == 5
+        assert _sample(metrics, "wharf_connections_refused_total") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
+
+
+def test_max_connections_auto_leaves_descriptors_for_the_store_and_upstreams():
+    from proxy.config import config_from_dict
+    from proxy.http.admission import connection_cap
+
+    config = config_from_dict({"server": {"max_connections": "auto"}})
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = connection_cap(config.server.max_connections)
+    assert cap >= 64 and (soft == resource.RLIM_INFINITY or soft < 640 or 2 * cap + 512 <= soft)
+    assert connection_cap(config_from_dict({"server": {"max_connections": 7}}).server.max_connections) == 7

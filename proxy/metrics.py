@@ -59,6 +59,9 @@ class Metrics:
         self.connections_open = Gauge("wharf_connections_open", "Client connections open", registry=r)
         self.connections_refused = Counter("wharf_connections_refused",
                                            "Connections refused over server.max_connections", registry=r)
+        self.connections_shed = Counter("wharf_connections_shed",
+                                        "Idle or half-sent connections closed at server.max_connections "
+                                        "to make room for a new one", registry=r)
         self.connections_timed_out = Counter("wharf_connections_timed_out",
                                              "Connections closed because the client stalled, by what it "
                                              "stalled on (header, body, send)", ["stage"], registry=r)

@@ -202,29 +202,51 @@ async def test_a_client_that_stops_reading_is_cut(make_wharf):
 
 
 # the connection cap -------------------------------------------------------------------------------
-async def test_connections_over_the_cap_get_503_and_open_ones_keep_working(make_wharf):
+async def test_at_the_cap_idle_and_half_sent_connections_make_room_for_new_clients(make_wharf):
     wharf = await make_wharf(server={"max_connections": 3})
-    held = [await Conn.open(wharf.url) for _ in range(3)]
-    assert (await held[0].get("/healthz"))[0] == 200
+    idle = await Conn.open(wharf.url)
+    assert (await idle.get("/healthz"))[0] == 200                # then idle on keep-alive
+    half_sent = [await Conn.open(wharf.url) for _ in range(2)]
+    for conn in half_sent:
+        await conn.send(b"GET /v2/ HTTP/1.1\r\n")
     await asyncio.sleep(0.1)  # let Wharf see all three
+    newcomers = []
+    for _ in range(3):  # each new client takes the place of the oldest that does nothing
+        newcomers.append(await Conn.open(wharf.url))
+        assert (await newcomers[-1].get("/healthz"))[0] == 200    # and stays open, idle
+        await asyncio.sleep(0.05)
+    for conn in (idle, *half_sent):
+        assert await conn.closed_by_wharf() == b""
+    metrics = await _metrics(wharf.url)
+    assert _sample(metrics, "wharf_connections_shed_total") >= 3  # the metrics client sheds one more
+    assert _sample(metrics, "wharf_connections_refused_total") == 0
+
+
+async def test_over_the_cap_with_every_connection_at_work_new_ones_get_503(make_wharf, repo_name):
+    wharf = await make_wharf(server={"max_connections": 3})
+    uploading = []
+    for _ in range(3):  # each in the middle of an upload's body: at work
+        conn = await Conn.open(wharf.url)
+        location = await _start_upload(conn, repo_name)
+        await conn.send(_patch_head(conn, location, 20) + b"x" * 10)
+        uploading.append(conn)
+    await asyncio.sleep(0.1)
 
     refused = await Conn.open(wharf.url)
     status, headers, body = await refused.get("/healthz")
     assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1"
     assert json.loads(body)["errors"][0]["code"] == "UNAVAILABLE"
     assert await refused.closed_by_wharf() == b""
-
     silent = await Conn.open(wharf.url)  # refused even when it sends nothing
     assert (await silent.closed_by_wharf()).startswith(b"HTTP/1.1 503 ")
 
-    for conn in held:
-        assert (await conn.get("/healthz"))[0] == 200
-    status, _, body = await held[1].get("/metrics")
+    for conn in uploading:  # the connections at work are unharmed
+        await conn.send(b"y" * 10)
+        status, headers, _ = await conn.response()
+        assert status == 202 and headers["range"] == "0-19"
+    status, _, body = await uploading[0].get("/metrics")
     assert _sample(body.decode(), "wharf_connections_refused_total") == 2
     assert _sample(body.decode(), "wharf_connections_open") == 3
-    held[2].close()
-    await asyncio.sleep(0.1)
-    await _answered(wharf.url)  # a place freed is a place for the next client
 
 
 # event-loop lag -----------------------------------------------------------------------------------
@@ -267,18 +289,17 @@ async def test_wharf_serve_sheds_half_sent_requests_and_answers_others(tmp_path)
                 break
             except OSError:
                 await asyncio.sleep(0.2)
-        half_sent = [await Conn.open(base) for _ in range(5)]
+        half_sent = [await Conn.open(base) for _ in range(5)]  # every place held
         for conn in half_sent:
             await conn.send(f"GET /v2/ HTTP/1.1\r\nHost: {conn.host}\r\nUser-Agent: slow".encode())
         await asyncio.sleep(0.2)
-        refused = await Conn.open(base)
-        assert (await refused.get("/healthz"))[0] == 503  # every place is held
+        await _answered(base)                              # in the place of the oldest
         for conn in half_sent:
-            assert await conn.closed_by_wharf() == b""
-        await _answered(base)                              # cut, and their places free again
+            assert await conn.closed_by_wharf() == b""    # the others cut at the head deadline
         metrics = await _metrics(base)
-        assert _sample(metrics, 'wharf_connections_timed_out_total{stage="header"}') == 5
-        assert _sample(metrics, "wharf_connections_refused_total") == 1
+        assert _sample(metrics, 'wharf_connections_timed_out_total{stage="header"}') == 4
+        assert _sample(metrics, "wharf_connections_shed_total") == 1
+        assert _sample(metrics, "wharf_connections_refused_total") == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode()

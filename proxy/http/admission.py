@@ -2,7 +2,9 @@
 
 Rules: a worker holds at most ``max_connections`` client connections (with ``auto``, derived
 from the process's open-file limit so that the store, the upstream connections and the files
-being served always find a descriptor). A connection beyond the cap is answered
+being served always find a descriptor). At the cap, a new connection takes the place of the
+oldest one that is idle or still sending its head (the server sheds it); only when every
+connection is at work is the new one refused: it is answered
 ``503 UNAVAILABLE`` with ``Retry-After`` and ``Connection: close`` as soon as its first bytes
 arrive (so the client reads the answer instead of a reset), or after ``_REFUSAL_WAIT`` seconds
 if it sends nothing, and closed. While many refusals wait at once (a flood), later ones are closed

@@ -102,6 +102,15 @@ class GuardedRequestHandler(web.RequestHandler):
             self._body_timer = self._loop.call_at(self._last_byte + self._deadlines.body_idle,
                                                   self._check_body)
 
+    def sheddable(self) -> bool:
+        """Open but doing nothing for its client: idle between requests, or still receiving a head."""
+        return self.transport is not None and not self._request_in_progress and not self._messages \
+            and (self._body is None or self._body.is_eof())
+
+    def shed(self) -> None:
+        """Close this connection to make room for another (it must be ``sheddable``)."""
+        self.force_close()
+
     # -- the head -------------------------------------------------------------------------------
     def _start_head(self, now: float) -> None:
         due = now + self._deadlines.header

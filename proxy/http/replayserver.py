@@ -162,7 +162,8 @@ def replay_supported() -> bool:
 class ReplayingServer(web.Server):
     """aiohttp's low-level server whose connections replay remembered answers and keep deadlines.
 
-    Beyond ``max_connections`` open connections, new ones are refused (``proxy.http.admission``).
+    At ``max_connections`` open connections, a new one takes the place of the oldest idle or
+    half-sent one; when every connection is at work, it is refused (``proxy.http.admission``).
     With an aiohttp whose connection internals differ, connections are plain aiohttp ones
     (every request goes through the application; no head, body or send deadlines) and a warning
     says so once.
@@ -181,7 +182,7 @@ class ReplayingServer(web.Server):
         metrics.connections_open.set_function(lambda: len(self._connections))
 
     def __call__(self) -> Any:
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) >= self.max_connections and not self._shed_one():
             return self._refusals.protocol()
         if not _DEADLINES:
             return super().__call__()
@@ -190,6 +191,20 @@ class ReplayingServer(web.Server):
         return ReplayingRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+    def _shed_one(self) -> bool:
+        """At the cap, close the oldest connection that is idle or still sending its head (as nginx
+        reuses keep-alive connections): a new client is refused only when every one is at work."""
+        for index, handler in enumerate(self._connections):
+            if index >= _SHED_SCAN:
+                break
+            if isinstance(handler, GuardedRequestHandler) and handler.sheddable():
+                handler.shed()
+                self.metrics.connections_shed.inc()
+                return True
+        return False
+
+
+_SHED_SCAN = 4096  # connections looked at, oldest first, for one to shed
 _DEADLINES = deadlines_supported()
 _SUPPORTED = _DEADLINES and replay_supported()
 if not _SUPPORTED:

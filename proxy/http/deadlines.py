@@ -64,10 +64,14 @@ class _WatchedParser:
 class GuardedRequestHandler(web.RequestHandler):
     """aiohttp's connection handler enforcing ``Deadlines`` (its manager's ``deadlines``)."""
 
+    # a subclass that wraps the parser itself calls heads_parsed from its wrapper (one call less per read)
+    watch_parser = True
+
     def __init__(self, manager: Any, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._deadlines: Deadlines = manager.deadlines
-        self._parser = _WatchedParser(self._parser, self)
+        if self.watch_parser:
+            self._parser = _WatchedParser(self._parser, self)
         self._head_due: float | None = None     # when the head being received must be whole
         self._head_timer: Any = None
         self._body: Any = None                  # the body of the last parsed request

@@ -76,6 +76,7 @@ class _ReplayingParser:
         if not messages:
             return messages, upgraded, tail
         protocol = self._protocol
+        protocol.heads_parsed(messages[-1][1])  # the deadlines' watch (proxy.http.deadlines)
         for index, (message, payload) in enumerate(messages):
             if not protocol.replay(message, payload):
                 return messages[index:], upgraded, tail
@@ -89,6 +90,7 @@ class _ReplayingParser:
 class ReplayingRequestHandler(GuardedRequestHandler):
     """aiohttp's connection handler (with deadlines), answering replayable requests itself."""
 
+    watch_parser = False  # _ReplayingParser tells the deadlines about parsed heads
     def __init__(self, manager: "ReplayingServer", **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._parser = _ReplayingParser(self._parser, self)

@@ -1,4 +1,4 @@
-"""The route table and the request-level middleware (errors, API version header, metrics)."""
+"""The route table and the request-level middleware (errors, API version header, metrics; client rates)."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import time
 
@@ -107,7 +108,7 @@ async def _metrics(port: int) -> dict[str, float]:
         return {}
     found = {}
     for line in text.splitlines():
-        if line.startswith(("wharf_connections_", "wharf_event_loop_lag_max")):
+        if line.startswith(("wharf_connections_", "wharf_event_loop_lag_max")) and "_created" not in line:
             name, _, value = line.rpartition(" ")
             found[name] = float(value)
     return found
@@ -173,6 +174,7 @@ async def _attack(port: int) -> dict:
     metrics = await _metrics(port)
     for a in attackers:
         a.close()
+    await asyncio.sleep(1)  # let the aborted transports close their sockets
     outcomes = [o for _, o in normal]
     return {"held": held, "cut_after_median_s": cut_after, "flood_opened": flood_sent,
             "normal": {o: outcomes.count(o) for o in ("answered", "refused", "failed")},
@@ -181,7 +183,11 @@ async def _attack(port: int) -> dict:
 
 @contextlib.contextmanager
 def _file_limit(soft: int):
-    """Processes started inside inherit this open-file soft limit."""
+    """Processes started inside inherit this open-file soft limit (the driver's own descriptors
+    must fit under it meanwhile)."""
+    in_use = len(os.listdir("/proc/self/fd"))
+    if in_use > soft - 64:
+        raise RuntimeError(f"the driver holds {in_use} descriptors; cannot start a target under {soft}")
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, old[1]), old[1]))
     try:

@@ -13,8 +13,10 @@ from aiohttp import web
 
 from proxy.config import Config
 from proxy.http import keys
+from proxy.http.ratelimit import ClientLimiter
 from proxy.http.replay import ReplayTable
 from proxy.http.routes import setup_routes
+from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing, LocalNamespaces
 from proxy.registry.gc import collect
@@ -87,6 +89,7 @@ def create_app(config: Config) -> web.Application:
     replays = app[keys.REPLAYS] = ReplayTable()
     invalidation.subscribe(replays.drop_tag, replays.clear)
     app[keys.INVALIDATION] = invalidation
+    app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange
@@ -107,7 +110,8 @@ def create_app(config: Config) -> web.Application:
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
-                    asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire))]
+                    asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),
+                    asyncio.ensure_future(watch_loop_lag(metrics))]
         # changes published by other processes on this store (workers, the CLI)
         periodic.append(asyncio.ensure_future(_periodic(POLL_SECONDS, invalidation.poll)))
         if exchange is not None:

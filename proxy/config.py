@@ -182,6 +182,41 @@ class LimitsConfig(_Frozen):
         return parse_size(value)
 
 
+class ServerConfig(_Frozen):
+    """Connection-level limits: how long a client may take, and how many connections a worker holds.
+
+    ``header_timeout``: a request head (request line and headers) must arrive whole within this
+    many seconds of its first byte (the first request of a connection: of connecting); trickling
+    bytes does not extend it. ``body_idle_timeout``: a request body may pause this long between
+    bytes. ``send_idle_timeout``: a client may stop reading an answer this long.
+    ``keepalive_timeout``: an idle connection between requests is closed after this long.
+    ``max_connections`` per worker process; "auto" derives it from the open-file limit.
+    """
+
+    header_timeout: float = Field(default=15, gt=0)
+    body_idle_timeout: float = Field(default=60, gt=0)
+    send_idle_timeout: float = Field(default=60, gt=0)
+    keepalive_timeout: float = Field(default=75, gt=0)
+    max_connections: int = Field(default=0, ge=0)  # 0 ("auto"): from the open-file limit
+
+    @field_validator("max_connections", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return 0 if value == "auto" or value is None else value
+
+
+class ClientLimitsConfig(_Frozen):
+    """Per-client request rate: a token bucket per client address, or per credential presented.
+
+    ``requests_per_second`` is the sustained rate a client may keep up (0: no limit, the default,
+    as in distribution and Harbor: a CI fleet behind one NAT address looks like one client);
+    ``burst`` the requests it may make at once (0: ten seconds' worth).
+    """
+
+    requests_per_second: float = Field(default=0, ge=0)
+    burst: int = Field(default=0, ge=0)
+
+
 class GcConfig(_Frozen):
     """Garbage collection of pushed content no manifest references, and of expired uploads."""
 
@@ -258,6 +293,8 @@ class Config(_Frozen):
     tokens: TokensConfig = TokensConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
+    server: ServerConfig = ServerConfig()
+    clients: ClientLimitsConfig = ClientLimitsConfig()
     gc: GcConfig = GcConfig()
     log: LogConfig = LogConfig()
     tls: TlsConfig = TlsConfig()

@@ -94,6 +94,12 @@ class TooManyRequests(OCIError):
     code, status, default_message = "TOOMANYREQUESTS", 429, "too many requests"
 
 
+class RequestTimeout(OCIError):
+    """The client stopped sending its request body; the connection is closed (nobody reads this)."""
+
+    code, status, default_message = "REQUEST_TIMEOUT", 408, "request body stalled"
+
+
 class Unavailable(OCIError):
     code, status, default_message = "UNAVAILABLE", 503, "upstream registry unavailable"
 

@@ -73,6 +73,25 @@ class Metrics:
                                 registry=r)
         self.store_full_refusals = Counter("wharf_store_full_refusals",
                                            "Writes refused or failed because the store was full", registry=r)
+        # the limit half: connections and clients Wharf cut off, and how late the event loop runs
+        self.connections_open = Gauge("wharf_connections_open", "Client connections open", registry=r)
+        self.connections_refused = Counter("wharf_connections_refused",
+                                           "Connections refused over server.max_connections", registry=r)
+        self.connections_shed = Counter("wharf_connections_shed",
+                                        "Idle or half-sent connections closed at server.max_connections "
+                                        "to make room for a new one", registry=r)
+        self.connections_timed_out = Counter("wharf_connections_timed_out",
+                                             "Connections closed because the client stalled, by what it "
+                                             "stalled on (header, body, send)", ["stage"], registry=r)
+        self.requests_limited = Counter("wharf_client_requests_limited",
+                                        "Requests answered 429 under the per-client rate, by what the "
+                                        "client was known by (address, credential)", ["client"], registry=r)
+        self.loop_lag = Histogram("wharf_event_loop_lag_seconds",
+                                  "How late the event loop ran a timer (a probe every 0.25 s)",
+                                  buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                                  registry=r)
+        self.loop_lag_max = Gauge("wharf_event_loop_lag_max_seconds",
+                                  "Worst event-loop lag seen in the last minute", registry=r)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count a request and its duration; labelled children are looked up once, then kept."""
@@ -94,7 +113,7 @@ class Metrics:
 
 # how a gauge's per-worker values combine: in-flight counts add up; store totals, budgets and
 # upstream quota are facts every worker reports alike (the most recent or highest wins)
-_GAUGE_SUM = frozenset({"wharf_fills_in_flight"})
+_GAUGE_SUM = frozenset({"wharf_fills_in_flight", "wharf_connections_open"})
 _GAUGE_MIN = frozenset({"wharf_upstream_ratelimit_remaining", "wharf_store_free_bytes"})
 
 

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.http.ratelimit import ClientLimiter
 from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing
@@ -29,6 +30,7 @@ UPSTREAMS = web.AppKey("upstreams", dict[str, Upstream])
 SENDFILE_POOL = web.AppKey("sendfile_pool", ThreadPoolExecutor)
 REPLAYS = web.AppKey("replays", ReplayTable)
 INVALIDATION = web.AppKey("invalidation", Invalidation)
+CLIENT_LIMITS = web.AppKey("client_limits", ClientLimiter)
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries
 

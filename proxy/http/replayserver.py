@@ -8,8 +8,11 @@ Rules: replay only a keep-alive GET or HEAD without a body or upgrade; only whil
 nothing else on the connection is queued or running (answers stay in request order; after the
 first request that goes through the application, the rest of that read does too); only while
 the socket's send buffer is small (a client that does not read gets the application's flow
-control). Replayed requests are counted, timed and logged like any other, and carry an
-``X-Request-Id`` like any other answer.
+control); only while the client is within its request rate (``proxy.http.ratelimit``: the
+replay is charged to it; a client over its rate is left to the application, which answers 429).
+Replayed requests are counted, timed and logged like any other, and carry an
+``X-Request-Id`` like any other answer. Connections keep the deadlines
+of ``proxy.http.deadlines`` and the cap of ``proxy.http.admission`` whether or not they replay.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
 from proxy.http.accesslog import JsonAccessLogger, request_id
-from proxy.http.keys import METRICS, REPLAYS
+from proxy.http.admission import Refusals, connection_cap
+from proxy.http.deadlines import Deadlines, GuardedRequestHandler, deadlines_supported
+from proxy.http.keys import CLIENT_LIMITS, CONFIG, METRICS, REPLAYS
+from proxy.http.ratelimit import ClientLimiter, client_key
 from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics
 
@@ -71,6 +77,7 @@ class _ReplayingParser:
         if not messages:
             return messages, upgraded, tail
         protocol = self._protocol
+        protocol.heads_parsed(messages[-1][1])  # the deadlines' watch (proxy.http.deadlines)
         for index, (message, payload) in enumerate(messages):
             if not protocol.replay(message, payload):
                 return messages[index:], upgraded, tail
@@ -81,14 +88,16 @@ class _ReplayingParser:
         return getattr(self._parser, name)
 
 
-class ReplayingRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering replayable requests itself."""
+class ReplayingRequestHandler(GuardedRequestHandler):
+    """aiohttp's connection handler (with deadlines), answering replayable requests itself."""
 
+    watch_parser = False  # _ReplayingParser tells the deadlines about parsed heads
     def __init__(self, manager: "ReplayingServer", **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._parser = _ReplayingParser(self._parser, self)
         self._table = manager.replays
         self._metrics = manager.metrics
+        self._limiter = manager.limiter if manager.limiter.enabled else None
         self._clock = manager.clock
         self._remote = "-"
         logger = self.access_logger
@@ -116,6 +125,9 @@ class ReplayingRequestHandler(web.RequestHandler):
         entry = self._table.get(message.path, tuple(message.headers.getall("Accept", ())))
         if entry is None:
             return False
+        if self._limiter is not None and self._limiter.take(
+                client_key(self._remote, message.headers.get("Authorization"))) is not None:
+            return False  # over its rate: the application answers 429, as it does for every route
         started = time.perf_counter()
         head = message.method == "HEAD"
         headers = message.headers
@@ -156,28 +168,57 @@ def replay_supported() -> bool:
 
 
 class ReplayingServer(web.Server):
-    """aiohttp's low-level server whose connections replay remembered answers.
+    """aiohttp's low-level server whose connections replay remembered answers and keep deadlines.
 
+    At ``max_connections`` open connections, a new one takes the place of the oldest idle or
+    half-sent one; when every connection is at work, it is refused (``proxy.http.admission``).
     With an aiohttp whose connection internals differ, connections are plain aiohttp ones
-    (every request goes through the application) and a warning says so once.
+    (every request goes through the application; no head, body or send deadlines) and a warning
+    says so once.
     """
 
-    def __init__(self, *args: Any, replays: ReplayTable, metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, replays: ReplayTable, metrics: Metrics, deadlines: Deadlines,
+                 limiter: ClientLimiter, max_connections: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.replays = replays
         self.metrics = metrics
+        self.deadlines = deadlines
+        self.limiter = limiter
         self.clock = _Clock()
+        self.max_connections = max_connections
+        self._refusals = Refusals(metrics.connections_refused.inc)
+        metrics.connections_open.set_function(lambda: len(self._connections))
 
-    def __call__(self) -> web.RequestHandler:
-        if not _SUPPORTED:
+    def __call__(self) -> Any:
+        if len(self._connections) >= self.max_connections and not self._shed_one():
+            return self._refusals.protocol()
+        if not _DEADLINES:
             return super().__call__()
+        if not _SUPPORTED:
+            return GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
         return ReplayingRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
-_SUPPORTED = replay_supported()
+    def _shed_one(self) -> bool:
+        """At the cap, close the oldest connection that is idle or still sending its head (as nginx
+        reuses keep-alive connections): a new client is refused only when every one is at work."""
+        for index, handler in enumerate(self._connections):
+            if index >= _SHED_SCAN:
+                break
+            if isinstance(handler, GuardedRequestHandler) and handler.sheddable():
+                handler.shed()
+                self.metrics.connections_shed.inc()
+                return True
+        return False
+
+
+_SHED_SCAN = 4096  # connections looked at, oldest first, for one to shed
+_DEADLINES = deadlines_supported()
+_SUPPORTED = _DEADLINES and replay_supported()
 if not _SUPPORTED:
-    log.warning("aiohttp %s lacks the connection internals replaying hits relies on; "
-                "every request goes through the application", aiohttp.__version__)
+    log.warning("aiohttp %s lacks the connection internals replaying hits%s relies on; "
+                "every request goes through the application", aiohttp.__version__,
+                "" if _DEADLINES else " and request deadlines")
 
 
 class ReplayingAppRunner(web.AppRunner):
@@ -185,6 +226,12 @@ class ReplayingAppRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # runs the app's startup and freezes it
+        limits = self.app[CONFIG].server
+        metrics = self.app[METRICS]
+        deadlines = Deadlines(limits.header_timeout, limits.body_idle_timeout, limits.send_idle_timeout, metrics)
+        kwargs = {**server._kwargs, "keepalive_timeout": limits.keepalive_timeout}
         return ReplayingServer(server.request_handler, request_factory=server.request_factory,
                                handler_cancellation=server.handler_cancellation, loop=server._loop,
-                               replays=self.app[REPLAYS], metrics=self.app[METRICS], **server._kwargs)
+                               replays=self.app[REPLAYS], metrics=metrics, deadlines=deadlines,
+                               limiter=self.app[CLIENT_LIMITS], max_connections=connection_cap(limits.max_connections),
+                               **kwargs)

@@ -1,4 +1,5 @@
-"""The route table and the request-level middleware (request id, errors, API version header, metrics)."""
+"""The route table and the request-level middleware (request id, errors, API version header, metrics;
+client rates)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from proxy.http import auth, ops, pull, push
 from proxy.http.accesslog import request_id
 from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
-from proxy.http.keys import API_VERSION, CAUSE, METRICS, OUTCOME_STATUS, REQUEST_ID, STARTED
+from proxy.http.keys import API_VERSION, CAUSE, CLIENT_LIMITS, METRICS, OUTCOME_STATUS, REQUEST_ID, STARTED
+from proxy.http.ratelimit import client_limit_middleware
 from proxy.logs import REQUEST_ID as REQUEST_ID_VAR
 
 log = logging.getLogger("wharf.http")
@@ -84,6 +86,7 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 def setup_routes(app: web.Application) -> None:
     app.middlewares.append(observe)
     app.on_response_prepare.append(_stamp_request_id)
+    app.middlewares.append(client_limit_middleware(app[CLIENT_LIMITS], app[METRICS]))
     v2 = V2Resource()
     v2.add("base", "GET", pull.base)
     v2.add("catalog", "GET", push.catalog)

@@ -24,6 +24,7 @@ from .imagegen import Store
 from .profile import FULL, PROJECT, QUICK, RESULTS, SHM, WORK
 from .results_model import Results
 from .servers import Upstream
+from .slowloris import slowloris
 
 
 def _version(argv: list[str]) -> str:
@@ -64,7 +65,7 @@ def machine() -> dict:
             "hostname": platform.node(), "wharf_commit": commit}
 
 
-ALL = ["2", "1", "4", "5", "3", "6", "7"]
+ALL = ["2", "1", "4", "5", "3", "6", "7", "8"]
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -101,6 +102,7 @@ async def main(args: argparse.Namespace) -> int:
         "3": scenarios.thundering_herd,
         "6": scenarios.memory_flat,
         "7": scenarios.upstream_outage,
+        "8": slowloris,
     }
     out = Path(args.out) if args.out else RESULTS / ("latest.json" if profile is FULL else "quick.json")
     try:

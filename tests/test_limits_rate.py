@@ -11,6 +11,7 @@ import json
 
 from support.images import make_image, push_image
 from test_limits import Conn, _metrics, _sample
+from test_replay import REPLAYING
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 SLOW = {"requests_per_second": 0.01}
@@ -67,7 +68,7 @@ async def test_a_credential_has_its_own_bucket_and_inventing_credentials_does_no
 async def test_replayed_answers_are_charged_to_the_client_too(make_wharf, registry_upstream, repo_name):
     image = make_image("limits", (300,))
     await push_image(registry_upstream, repo_name, image, tag="v1")
-    wharf = await make_wharf(registry_upstream, clients=SLOW | {"burst": 4})
+    wharf = await make_wharf(registry_upstream, clients=SLOW | {"burst": 4}, fast_paths=REPLAYING)
     path = f"/v2/{wharf.upstream_name(registry_upstream)}/{repo_name}/manifests/{image.digest}"
     conn = await Conn.open(wharf.url)
     answers = [await conn.get(path, f"Accept: {DOCKER_V2}\r\n") for _ in range(5)]

@@ -16,7 +16,7 @@ import pytest
 
 from proxy.config import load_config
 from support.images import MANIFEST_ACCEPT, make_image, push_image
-from support.servers import free_port
+from support.servers import free_port, has_ipv6_loopback
 from support.wharf_serve import SOURCE_ROOT, assert_one_line_refusal, start_failure, start_wharf, wharf_argv, wharf_env
 
 
@@ -25,15 +25,6 @@ def _minimal(tmp_path, **overrides) -> dict:
               "upstreams": [], "default_upstream": None}
     config.update(overrides)
     return config
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -92,7 +83,7 @@ def test_bracketed_ipv6_wildcard_serves_both_families(tmp_path):
     wharf = start_wharf(tmp_path, _minimal(tmp_path, listen=f"[::]:{port}"))
     try:
         assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        if not _ipv6_loopback():
+        if not has_ipv6_loopback():
             pytest.skip("the IPv4 half passed; this machine has no IPv6 loopback (::1) to try the other")
         assert _get(f"http://[::1]:{port}/healthz")[0] == 200
     finally:
@@ -100,7 +91,7 @@ def test_bracketed_ipv6_wildcard_serves_both_families(tmp_path):
     assert wharf.process.returncode == 0, wharf.output()
 
 
-@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to listen on")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1) to listen on")
 def test_bracketed_ipv6_address(tmp_path):
     port = free_port()
     wharf = start_wharf(tmp_path, _minimal(tmp_path, listen=f"[::1]:{port}"))

@@ -27,7 +27,7 @@ import pytest
 
 from support.ca import TestCA, make_ca
 from support.images import ImageIndex, make_image
-from support.servers import free_port, require_binary
+from support.servers import free_port, has_ipv6_loopback, require_binary
 from support.wharf_serve import WharfProcess, start_wharf
 from test_clients_e2e import (ALIAS, IMAGE_TAG, INDEX_TAG, DockerD, _dockerd_major, assert_dir_copy,  # noqa: F401
                               client_env, clients_dir, containerd, ctr_images, push_pair, run, run_status,
@@ -37,15 +37,6 @@ pytestmark = pytest.mark.clients
 
 UNTRUSTED = ("x509", "certificate signed by unknown authority", "unknown authority")
 DOCKER_CERTS_D = Path("/etc/docker/certs.d")
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +171,7 @@ async def test_skopeo_pushes_over_https(ca, repo_name, clients_dir, tmp_path):
 def tls_dockerd(clients_dir: Path, containerd: Path, tls_wharf: WharfProcess) -> Iterator[DockerD]:
     """dockerd whose only registry mirror is Wharf's HTTPS listener at ``[::1]`` (no insecure
     registries); it looks for the mirror's CA in /etc/docker/certs.d on every connection."""
-    if not _ipv6_loopback():
+    if not has_ipv6_loopback():
         pytest.skip("no IPv6 loopback (::1): dockerd verifies no registry on 127.0.0.0/8, so it cannot be tried")
     binary = require_binary("dockerd")
     require_binary("docker")

@@ -244,3 +244,13 @@ def start_redis(workdir: Path) -> ServerProcess:
         return argv, f"redis://127.0.0.1:{port}/0"
 
     return _start("redis-server", workdir, launch, _redis_answers)
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (some containers have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False

@@ -192,3 +192,18 @@ async def test_the_references_of_a_big_manifest_are_checked_off_the_event_loop(m
     loop_thread = threading.current_thread()
     assert checked_in[0] is loop_thread, "a small manifest is checked in place"
     assert checked_in[-1] is not loop_thread, "the big manifest's references were checked on the event loop"
+
+
+async def test_a_flood_of_descriptors_is_refused_before_it_is_parsed(make_wharf, repo_name, monkeypatch):
+    """json.loads holds the interpreter for its whole run, even in a thread: a body naming more
+    digests than the limit allows is refused from a count of its bytes, never parsed."""
+    from proxy.oci import media
+
+    parsed: list[int] = []
+    loads = media.json.loads
+    monkeypatch.setattr(media.json, "loads", lambda body, *a, **k: parsed.append(len(body)) or loads(body, *a, **k))
+    wharf = await make_wharf()
+    resp = await wharf.client.put(f"/v2/{repo_name}/manifests/flood", data=_many_layers(36_000),
+                                  headers={"Content-Type": OCI_MANIFEST})
+    assert resp.status == 400 and "at most 10000" in (await resp.json())["errors"][0]["message"]
+    assert parsed == [], "the flood went through json.loads"

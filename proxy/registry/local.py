@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlencode
 
 from proxy.errors import (BlobUnknown, DigestInvalid, ManifestBlobUnknown, ManifestInvalid, ManifestTooLarge,
@@ -53,6 +54,8 @@ class LocalRegistry:
         self._uploads = uploads
         self._invalidation = invalidation
         self._max_descriptors = max_descriptors
+        # big manifests are parsed and checked here, one at a time (see parse_manifest_off_loop)
+        self._manifest_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifests")
 
     def _linked(self, target: Target, digest: Digest) -> bool:
         return target.scope in self._meta.visibility(str(digest), fresh=True).repos
@@ -180,7 +183,7 @@ class LocalRegistry:
             digest = Digest.of(body)
         header_type = (content_type or "").split(";")[0].strip().lower()
         parsed = await parse_manifest_off_loop(body, header_type if header_type in MANIFEST_TYPES else None,
-                                               self._max_descriptors)
+                                               self._max_descriptors, self._manifest_thread)
         media_type = header_type if header_type in MANIFEST_TYPES else parsed.media_type
         if media_type not in MANIFEST_TYPES:
             raise ManifestInvalid(f"unsupported manifest media type {media_type[:100]!r}")
@@ -188,7 +191,8 @@ class LocalRegistry:
             raise ManifestInvalid("an image manifest must have a config descriptor")
         self._blobs.space.ensure_room(len(body))  # refused before anything is written
         if len(parsed.blobs) + len(parsed.manifests) > _INLINE_DESCRIPTORS:  # work per descriptor: off the loop
-            await asyncio.to_thread(self._link_references, target, parsed)
+            await asyncio.get_running_loop().run_in_executor(self._manifest_thread, self._link_references,
+                                                             target, parsed)
         else:
             self._link_references(target, parsed)
         # commit: what names the manifest; gc spares what was linked within its grace period
@@ -216,25 +220,26 @@ class LocalRegistry:
     def _link_references(self, target: Target, parsed) -> None:
         """Check that every blob and child manifest is readable here, then link each into the
         repository (renewing gc's grace; public cached content becomes pushed content)."""
-        self._check_references(target, parsed)
-        for digest in dict.fromkeys(d.digest for d in (*parsed.blobs, *parsed.manifests)):
-            if self._readable(target, digest):
-                self._meta.mark_pushed(str(digest))
-                self._meta.grant(str(digest), target.scope, False)
+        checked = self._check_references(target, parsed)
+        foreign = dict.fromkeys(d.digest for d in parsed.blobs if d.non_distributable and d.digest not in checked)
+        for digest in (*checked, *(d for d in foreign if self._readable(target, d))):
+            self._meta.mark_pushed(str(digest))
+            self._meta.grant(str(digest), target.scope, False)
 
-    def _check_references(self, target: Target, parsed) -> None:
-        for descriptor in parsed.blobs:
-            if descriptor.non_distributable:
-                continue
-            if self._blobs.size(descriptor.digest) is None or not self._readable(target, descriptor.digest):
-                raise ManifestBlobUnknown(f"blob {descriptor.digest} is not in {target.repo}",
-                                          detail={"digest": str(descriptor.digest)})
-        for descriptor in parsed.manifests:
-            if (self._meta.manifest_type(str(descriptor.digest)) is None
-                    or self._blobs.size(descriptor.digest) is None
-                    or not self._readable(target, descriptor.digest)):
-                raise ManifestBlobUnknown(f"manifest {descriptor.digest} is not in {target.repo}",
-                                          detail={"digest": str(descriptor.digest)})
+    def _check_references(self, target: Target, parsed) -> dict[Digest, None]:
+        """Each blob (but foreign layers) and child manifest must be readable here; each digest is
+        looked at once, however often the manifest names it. Returns the digests checked."""
+        blobs = dict.fromkeys(d.digest for d in parsed.blobs if not d.non_distributable)
+        for digest in blobs:
+            if self._blobs.size(digest) is None or not self._readable(target, digest):
+                raise ManifestBlobUnknown(f"blob {digest} is not in {target.repo}", detail={"digest": str(digest)})
+        for digest in dict.fromkeys(d.digest for d in parsed.manifests):
+            if (self._meta.manifest_type(str(digest)) is None or self._blobs.size(digest) is None
+                    or not self._readable(target, digest)):
+                raise ManifestBlobUnknown(f"manifest {digest} is not in {target.repo}",
+                                          detail={"digest": str(digest)})
+        blobs.update(dict.fromkeys(d.digest for d in parsed.manifests))
+        return blobs
 
     async def delete_manifest(self, target: Target, reference: str, client: Client) -> None:
         """By tag: remove the tag. By digest: remove the manifest from the repository, with its tags."""

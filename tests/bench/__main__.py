@@ -23,6 +23,7 @@ from . import imagegen, report, scenarios
 from .imagegen import Store
 from .profile import FULL, PROJECT, QUICK, RESULTS, SHM, WORK
 from .results_model import Results
+from .manifestlag import manifest_lag
 from .servers import Upstream
 from .slowloris import slowloris
 
@@ -65,7 +66,7 @@ def machine() -> dict:
             "hostname": platform.node(), "wharf_commit": commit}
 
 
-ALL = ["2", "1", "4", "5", "3", "6", "7", "8"]
+ALL = ["2", "1", "4", "5", "3", "6", "7", "8", "9"]
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -103,6 +104,7 @@ async def main(args: argparse.Namespace) -> int:
         "6": scenarios.memory_flat,
         "7": scenarios.upstream_outage,
         "8": slowloris,
+        "9": manifest_lag,
     }
     out = Path(args.out) if args.out else RESULTS / ("latest.json" if profile is FULL else "quick.json")
     try:

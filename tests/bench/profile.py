@@ -26,6 +26,7 @@ class Ports:
     front_status: int = 15009     # stub_status of the front, to wait for upstream to go idle
     wharf: int = 15010
     distribution: int = 15020
+    distribution_registry: int = 15021  # distribution without proxy: takes pushes (test 9)
     nginx_cache: int = 15030
     nginx_cache_tuned: int = 15031
     nginx_sendfile: int = 15040

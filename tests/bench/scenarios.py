@@ -19,8 +19,8 @@ from . import measure
 from .imagegen import Image, Store
 from .profile import ACCEPT_VARIANTS, DOCKER_ACCEPT, MiB, PORTS, HOST, Profile
 from .results_model import Results, ratio
-from .servers import (BareAiohttp, Direct, Distribution, NginxCache, NginxCacheTuned, NginxSendfile, Relay, Target,
-                      Upstream, Wharf, summarize)
+from .servers import (BareAiohttp, Direct, Distribution, DistributionRegistry, NginxCache, NginxCacheTuned,
+                      NginxSendfile, Relay, Target, Upstream, Wharf, summarize)
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Bench:
         for i, workers in enumerate(self.wharf_workers):
             w = Wharf(self.work, workers=workers, index=i)
             self.targets[w.name] = w
-        for cls in (Distribution, NginxCache, NginxCacheTuned, Direct):
+        for cls in (Distribution, DistributionRegistry, NginxCache, NginxCacheTuned, Direct):
             t = cls(self.work)
             self.targets[t.name] = t
         self.targets["nginx-sendfile"] = NginxSendfile(self.work, self.store.root)

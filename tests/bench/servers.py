@@ -399,9 +399,11 @@ upstreams:
 class Distribution(Target):
     name = "distribution"
     port = PORTS.distribution
+    proxied = True       # `proxy: remoteurl:` (pull-through; pushes refused)
 
     def _spawn(self, upstream_url: str, tag_ttl: float) -> Proc:
         cfg = self.work / "config.yml"
+        proxy = f'proxy: {{remoteurl: "{upstream_url}"}}\n' if self.proxied else ""
         cfg.write_text(f"""version: 0.1
 log: {{level: warn, accesslog: {{disabled: true}}}}
 storage:
@@ -409,9 +411,16 @@ storage:
   cache: {{blobdescriptor: inmemory}}
   delete: {{enabled: true}}
 http: {{addr: "{HOST}:{self.port}"}}
-proxy: {{remoteurl: "{upstream_url}"}}
-""")
+{proxy}""")
         return Proc([REGISTRY, "serve", str(cfg)], self.work / "registry.log")
+
+
+class DistributionRegistry(Distribution):
+    """distribution as a plain registry (no ``proxy:``): the reference for pushes (test 9)."""
+
+    name = "distribution-registry"
+    port = PORTS.distribution_registry
+    proxied = False
 
 
 class NginxCache(Target):

@@ -112,6 +112,8 @@ def _manifest_media_type(body: bytes, content_type: str) -> str:
     if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
         raise UpstreamInvalid("upstream image manifest has no config descriptor")
     return media_type
+_MAX_TAG_READERS = 256  # credentials remembered per stale tag list, the most recent
+MAX_PAGE = 999_999_999  # the largest ``n`` a client may ask for (``proxy.http.pull.page_size``)
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
 
 
@@ -591,13 +593,20 @@ class PullThroughRegistry:
 
     # tags and referrers ----------------------------------------------------------------------
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
-        """Pass the tag list through; keep the last answer to serve when upstream is down."""
+        """Pass the tag list through; keep one copy of the whole list to serve when upstream is down.
+
+        The copy is upstream's answer to a request for the whole list (no ``last``, and no ``n``
+        or an answer without a next page); a paged request while upstream is down is cut from
+        it. One copy per repository, whatever ``n`` and ``last`` clients send: queries cannot
+        make Wharf store a copy each. It remembers the last ``_MAX_TAG_READERS`` credentials
+        upstream let read the list.
+        """
         if target.upstream is None:
             return await self._local.tags(target, n, last, client)
         upstream = self._upstream(target)
         credential, public = self._effective(upstream, client)
         params = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
-        key = f"tags:{target.scope}:{n}:{last}"
+        key = f"tags:{target.scope}"
         try:
             response = await upstream.request("GET", target.repo, "tags/list", credential,
                                               params=params, not_found=NameUnknown)
@@ -609,15 +618,24 @@ class PullThroughRegistry:
         except _STALE_ERRORS:
             saved = self._meta.document(key)
             if saved and (saved["public"] or credential is not None and credential.id in saved["readers"]):
-                self._count("tags", "stale")
-                return TagsPage(saved["body"].encode(), saved["link"], "stale")
+                if n is None and last is None:
+                    self._count("tags", "stale")
+                    return TagsPage(saved["body"].encode(), saved["link"], "stale")
+                if saved["link"] is None:  # the whole list: cut the page asked for
+                    self._count("tags", "stale")
+                    body, link = page_tags(saved["body"].encode(), MAX_PAGE if n is None else n, last)
+                    return TagsPage(body, link, "stale")
             raise
+        if last is None and (n is None or link is None):
+            saved = self._meta.document(key) or {"readers": []}
+            readers = [r for r in saved.get("readers", []) if credential is None or r != credential.id]
+            if credential is not None and not public:
+                readers.append(credential.id)
+            self._meta.set_document(key, {"body": body.decode(), "link": link if n is None else None,
+                                          "public": public or saved.get("public", False),
+                                          "readers": readers[-_MAX_TAG_READERS:]})
         if link is None and n is not None:
             body, link = page_tags(body, n, last)
-        saved = self._meta.document(key) or {"readers": []}
-        readers = set(saved.get("readers", [])) | ({credential.id} if credential and not public else set())
-        self._meta.set_document(key, {"body": body.decode(), "link": link, "public": public or saved.get("public", False),
-                                      "readers": sorted(readers)})
         return TagsPage(body, link, "miss")
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,

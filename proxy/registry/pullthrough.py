@@ -24,6 +24,7 @@ digest it names is also public content.
 
 Upstream manifests must parse as manifests of their media type before they are stored or
 served; anything else (an error page, a token document from a redirect) is ``UpstreamInvalid``.
+Big ones are hashed and parsed in a worker thread, as pushed ones are.
 
 When a tag moves or is deleted, the invalidation hook drops every answer remembered for it.
 """
@@ -45,7 +46,7 @@ from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown,
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
-                             UPSTREAM_ACCEPT, accepts, parse_manifest)
+                             OFF_LOOP_BYTES, UPSTREAM_ACCEPT, accepts, parse_manifest)
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
@@ -112,6 +113,27 @@ def _manifest_media_type(body: bytes, content_type: str) -> str:
     if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
         raise UpstreamInvalid("upstream image manifest has no config descriptor")
     return media_type
+
+
+async def _read_manifest_body(response) -> bytes:
+    """The whole body, to its end (a single ``read(n)`` returns what has arrived so far), refused
+    as soon as it passes ``MAX_MANIFEST_BYTES``."""
+    parts, total = [], 0
+    async for data in response.content.iter_any():
+        total += len(data)
+        if total > MAX_MANIFEST_BYTES:
+            raise UpstreamInvalid("upstream manifest is too large")
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _verified_media_type(body: bytes, expected: Digest, content_type: str) -> str:
+    """The media type of an upstream manifest that hashes to ``expected`` (UpstreamInvalid if not)."""
+    if Digest.of(body, expected.algorithm) != expected:
+        raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
+    return _manifest_media_type(body, content_type)
+
+
 _MAX_TAG_READERS = 256  # credentials remembered per stale tag list, the most recent
 MAX_PAGE = 999_999_999  # the largest ``n`` a client may ask for (``proxy.http.pull.page_size``)
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
@@ -459,9 +481,7 @@ class PullThroughRegistry:
         try:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamInvalid("upstream manifest is too large")
-            body = await response.content.read(MAX_MANIFEST_BYTES + 1)
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise UpstreamInvalid("upstream manifest is too large")
+            body = await _read_manifest_body(response)
             if response.content_length is not None and len(body) != response.content_length:
                 raise UpstreamInvalid("upstream manifest was truncated")
             content_type = response.headers.get("Content-Type", "")
@@ -481,9 +501,11 @@ class PullThroughRegistry:
                 raise UpstreamInvalid("upstream sent a malformed Docker-Content-Digest") from None
         else:
             expected = Digest.of(body)
-        if Digest.of(body, expected.algorithm) != expected:
-            raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
-        media_type = _manifest_media_type(body, content_type.split(";")[0].strip().lower())
+        declared = content_type.split(";")[0].strip().lower()
+        if len(body) > OFF_LOOP_BYTES:  # hashing and parsing grow with the body: not on the loop
+            media_type = await asyncio.to_thread(_verified_media_type, body, expected, declared)
+        else:
+            media_type = _verified_media_type(body, expected, declared)
         if self._blobs.size(expected) is None:
             self._blobs.put_bytes(body, expected)
         self._meta.set_manifest_type(str(expected), media_type)

@@ -115,15 +115,21 @@ def _manifest_media_type(body: bytes, content_type: str) -> str:
     return media_type
 
 
-async def _read_manifest_body(response) -> bytes:
+async def _read_capped(response, limit: int, what: str) -> bytes:
     """The whole body, to its end (a single ``read(n)`` returns what has arrived so far), refused
-    as soon as it passes ``MAX_MANIFEST_BYTES``."""
+    (UpstreamInvalid) as soon as it passes ``limit`` bytes: upstream cannot make Wharf hold more.
+    A body that breaks off or stalls is Unavailable."""
     parts, total = [], 0
-    async for data in response.content.iter_any():
-        total += len(data)
-        if total > MAX_MANIFEST_BYTES:
-            raise UpstreamInvalid("upstream manifest is too large")
-        parts.append(data)
+    try:
+        async for data in response.content.iter_any():
+            total += len(data)
+            if total > limit:
+                raise UpstreamInvalid(f"upstream {what} is too large (more than {limit} bytes)")
+            parts.append(data)
+    except OCIError:
+        raise
+    except Exception as exc:  # the connection broke or stalled past read_timeout
+        raise Unavailable(f"reading the {what} from upstream failed: {type(exc).__name__}") from None
     return b"".join(parts)
 
 
@@ -134,6 +140,7 @@ def _verified_media_type(body: bytes, expected: Digest, content_type: str) -> st
     return _manifest_media_type(body, content_type)
 
 
+MAX_TAG_LIST_BYTES = 16 * 1024 * 1024  # an upstream tag list (or page) Wharf reads, at most
 _MAX_TAG_READERS = 256  # credentials remembered per stale tag list, the most recent
 MAX_PAGE = 999_999_999  # the largest ``n`` a client may ask for (``proxy.http.pull.page_size``)
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
@@ -481,7 +488,7 @@ class PullThroughRegistry:
         try:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamInvalid("upstream manifest is too large")
-            body = await _read_manifest_body(response)
+            body = await _read_capped(response, MAX_MANIFEST_BYTES, "manifest")
             if response.content_length is not None and len(body) != response.content_length:
                 raise UpstreamInvalid("upstream manifest was truncated")
             content_type = response.headers.get("Content-Type", "")
@@ -633,7 +640,7 @@ class PullThroughRegistry:
             response = await upstream.request("GET", target.repo, "tags/list", credential,
                                               params=params, not_found=NameUnknown)
             try:
-                body = await response.read()
+                body = await _read_capped(response, MAX_TAG_LIST_BYTES, "tag list")
                 link = next_page_query(response.headers.get("Link"))
             finally:
                 response.release()
@@ -672,7 +679,7 @@ class PullThroughRegistry:
             response = await upstream.request("GET", target.repo, f"referrers/{digest}", credential,
                                               params=params, headers={"Accept": OCI_INDEX})
             try:
-                body = await response.read()
+                body = await _read_capped(response, MAX_MANIFEST_BYTES, "referrers list")
                 return ReferrersResult(body, response.headers.get("Content-Type", OCI_INDEX),
                                        response.headers.get("OCI-Filters-Applied"))
             finally:

@@ -1,7 +1,8 @@
 """Attack: an anonymous client made Wharf store one copy of a repository's tag list per distinct
 ``n`` / ``last`` it sent (``?n=101``, ``?n=102``, … ``?last=<anything>``), on disk for good and in
 the metadata front in memory: a few requests a second filled the disk and the memory. Wharf now
-keeps one copy per repository, and serves pages cut from it while upstream is down."""
+keeps one copy per repository, and serves pages cut from it while upstream is down. Keeping that
+copy is best effort: on a full disk, upstream's answer still goes through (it was a 507)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 
 from support.fake_upstream import ANY_PATH, Fault
 from support.images import make_image
+from test_disk_full import fill, small_disk  # noqa: F401  (a 4 MiB tmpfs, and filling it)
 
 
 def _stored_tag_lists(wharf) -> list[str]:
@@ -65,3 +67,20 @@ async def test_a_stale_private_tag_list_goes_only_to_a_reader(fake_upstream, mak
     assert resp.status == 200 and (await resp.json())["tags"] == ["v1"]
     for params in ({}, {"n": "1"}):
         assert (await wharf.client.get(f"/v2/{name}/tags/list", params=params)).status == 503
+
+
+
+async def test_a_tag_list_passes_through_when_the_disk_is_full(fake_upstream, make_wharf, small_disk):
+    """The stale copy is best effort: a full disk must not turn upstream's answer into a 507."""
+    fake = await fake_upstream()
+    fake.add_image("org/app", make_image("tags-on-full", (10,)), tag="v1")
+    wharf = await make_wharf(fake.url, storage={"root": str(small_disk), "min_free_bytes": 256 * 1024})
+    name = f"{wharf.upstream_name(fake.url)}/org/app"
+    filler = fill(small_disk)
+    try:
+        fake.add_image("org/app", make_image("tags-on-full-2", (10,)), tag="v2")
+        resp = await wharf.client.get(f"/v2/{name}/tags/list")
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["tags"] == ["v1", "v2"]
+    finally:
+        filler.unlink()

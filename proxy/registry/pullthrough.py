@@ -628,7 +628,7 @@ class PullThroughRegistry:
         or an answer without a next page); a paged request while upstream is down is cut from
         it. One copy per repository, whatever ``n`` and ``last`` clients send: queries cannot
         make Wharf store a copy each. It remembers the last ``_MAX_TAG_READERS`` credentials
-        upstream let read the list.
+        upstream let read the list. Keeping the copy is best effort (not on a full disk).
         """
         if target.upstream is None:
             return await self._local.tags(target, n, last, client)
@@ -660,9 +660,12 @@ class PullThroughRegistry:
             readers = [r for r in saved.get("readers", []) if credential is None or r != credential.id]
             if credential is not None and not public:
                 readers.append(credential.id)
-            self._meta.set_document(key, {"body": body.decode(), "link": link if n is None else None,
-                                          "public": public or saved.get("public", False),
-                                          "readers": readers[-_MAX_TAG_READERS:]})
+            try:
+                self._meta.set_document(key, {"body": body.decode(), "link": link if n is None else None,
+                                              "public": public or saved.get("public", False),
+                                              "readers": readers[-_MAX_TAG_READERS:]})
+            except StoreFull:
+                pass  # the copy is for later; upstream's answer goes through on a full disk
         if link is None and n is not None:
             body, link = page_tags(body, n, last)
         return TagsPage(body, link, "miss")

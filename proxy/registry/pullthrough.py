@@ -24,6 +24,7 @@ digest it names is also public content.
 
 Upstream manifests must parse as manifests of their media type before they are stored or
 served; anything else (an error page, a token document from a redirect) is ``UpstreamInvalid``.
+Big ones are hashed and parsed in a worker thread, as pushed ones are.
 
 When a tag moves or is deleted, the invalidation hook drops every answer remembered for it.
 """
@@ -45,7 +46,7 @@ from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown,
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
-                             UPSTREAM_ACCEPT, accepts, parse_manifest)
+                             OFF_LOOP_BYTES, UPSTREAM_ACCEPT, accepts, parse_manifest)
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
@@ -112,6 +113,36 @@ def _manifest_media_type(body: bytes, content_type: str) -> str:
     if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
         raise UpstreamInvalid("upstream image manifest has no config descriptor")
     return media_type
+
+
+async def _read_capped(response, limit: int, what: str) -> bytes:
+    """The whole body, to its end (a single ``read(n)`` returns what has arrived so far), refused
+    (UpstreamInvalid) as soon as it passes ``limit`` bytes: upstream cannot make Wharf hold more.
+    A body that breaks off or stalls is Unavailable."""
+    parts, total = [], 0
+    try:
+        async for data in response.content.iter_any():
+            total += len(data)
+            if total > limit:
+                raise UpstreamInvalid(f"upstream {what} is too large (more than {limit} bytes)")
+            parts.append(data)
+    except OCIError:
+        raise
+    except Exception as exc:  # the connection broke or stalled past read_timeout
+        raise Unavailable(f"reading the {what} from upstream failed: {type(exc).__name__}") from None
+    return b"".join(parts)
+
+
+def _verified_media_type(body: bytes, expected: Digest, content_type: str) -> str:
+    """The media type of an upstream manifest that hashes to ``expected`` (UpstreamInvalid if not)."""
+    if Digest.of(body, expected.algorithm) != expected:
+        raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
+    return _manifest_media_type(body, content_type)
+
+
+MAX_TAG_LIST_BYTES = 16 * 1024 * 1024  # an upstream tag list (or page) Wharf reads, at most
+_MAX_TAG_READERS = 256  # credentials remembered per stale tag list, the most recent
+MAX_PAGE = 999_999_999  # the largest ``n`` a client may ask for (``proxy.http.pull.page_size``)
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
 
 
@@ -457,9 +488,7 @@ class PullThroughRegistry:
         try:
             if (response.content_length or 0) > MAX_MANIFEST_BYTES:
                 raise UpstreamInvalid("upstream manifest is too large")
-            body = await response.content.read(MAX_MANIFEST_BYTES + 1)
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise UpstreamInvalid("upstream manifest is too large")
+            body = await _read_capped(response, MAX_MANIFEST_BYTES, "manifest")
             if response.content_length is not None and len(body) != response.content_length:
                 raise UpstreamInvalid("upstream manifest was truncated")
             content_type = response.headers.get("Content-Type", "")
@@ -479,9 +508,11 @@ class PullThroughRegistry:
                 raise UpstreamInvalid("upstream sent a malformed Docker-Content-Digest") from None
         else:
             expected = Digest.of(body)
-        if Digest.of(body, expected.algorithm) != expected:
-            raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
-        media_type = _manifest_media_type(body, content_type.split(";")[0].strip().lower())
+        declared = content_type.split(";")[0].strip().lower()
+        if len(body) > OFF_LOOP_BYTES:  # hashing and parsing grow with the body: not on the loop
+            media_type = await asyncio.to_thread(_verified_media_type, body, expected, declared)
+        else:
+            media_type = _verified_media_type(body, expected, declared)
         if self._blobs.size(expected) is None:
             self._blobs.put_bytes(body, expected)
         self._meta.set_manifest_type(str(expected), media_type)
@@ -591,33 +622,52 @@ class PullThroughRegistry:
 
     # tags and referrers ----------------------------------------------------------------------
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
-        """Pass the tag list through; keep the last answer to serve when upstream is down."""
+        """Pass the tag list through; keep one copy of the whole list to serve when upstream is down.
+
+        The copy is upstream's answer to a request for the whole list (no ``last``, and no ``n``
+        or an answer without a next page); a paged request while upstream is down is cut from
+        it. One copy per repository, whatever ``n`` and ``last`` clients send: queries cannot
+        make Wharf store a copy each. It remembers the last ``_MAX_TAG_READERS`` credentials
+        upstream let read the list. Keeping the copy is best effort (not on a full disk).
+        """
         if target.upstream is None:
             return await self._local.tags(target, n, last, client)
         upstream = self._upstream(target)
         credential, public = self._effective(upstream, client)
         params = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
-        key = f"tags:{target.scope}:{n}:{last}"
+        key = f"tags:{target.scope}"
         try:
             response = await upstream.request("GET", target.repo, "tags/list", credential,
                                               params=params, not_found=NameUnknown)
             try:
-                body = await response.read()
+                body = await _read_capped(response, MAX_TAG_LIST_BYTES, "tag list")
                 link = next_page_query(response.headers.get("Link"))
             finally:
                 response.release()
         except _STALE_ERRORS:
             saved = self._meta.document(key)
             if saved and (saved["public"] or credential is not None and credential.id in saved["readers"]):
-                self._count("tags", "stale")
-                return TagsPage(saved["body"].encode(), saved["link"], "stale")
+                if n is None and last is None:
+                    self._count("tags", "stale")
+                    return TagsPage(saved["body"].encode(), saved["link"], "stale")
+                if saved["link"] is None:  # the whole list: cut the page asked for
+                    self._count("tags", "stale")
+                    body, link = page_tags(saved["body"].encode(), MAX_PAGE if n is None else n, last)
+                    return TagsPage(body, link, "stale")
             raise
+        if last is None and (n is None or link is None):
+            saved = self._meta.document(key) or {"readers": []}
+            readers = [r for r in saved.get("readers", []) if credential is None or r != credential.id]
+            if credential is not None and not public:
+                readers.append(credential.id)
+            try:
+                self._meta.set_document(key, {"body": body.decode(), "link": link if n is None else None,
+                                              "public": public or saved.get("public", False),
+                                              "readers": readers[-_MAX_TAG_READERS:]})
+            except StoreFull:
+                pass  # the copy is for later; upstream's answer goes through on a full disk
         if link is None and n is not None:
             body, link = page_tags(body, n, last)
-        saved = self._meta.document(key) or {"readers": []}
-        readers = set(saved.get("readers", [])) | ({credential.id} if credential and not public else set())
-        self._meta.set_document(key, {"body": body.decode(), "link": link, "public": public or saved.get("public", False),
-                                      "readers": sorted(readers)})
         return TagsPage(body, link, "miss")
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
@@ -632,7 +682,7 @@ class PullThroughRegistry:
             response = await upstream.request("GET", target.repo, f"referrers/{digest}", credential,
                                               params=params, headers={"Accept": OCI_INDEX})
             try:
-                body = await response.read()
+                body = await _read_capped(response, MAX_MANIFEST_BYTES, "referrers list")
                 return ReferrersResult(body, response.headers.get("Content-Type", OCI_INDEX),
                                        response.headers.get("OCI-Filters-Applied"))
             finally:

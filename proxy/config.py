@@ -215,6 +215,8 @@ class ClientLimitsConfig(_Frozen):
 
     requests_per_second: float = Field(default=0, ge=0)
     burst: int = Field(default=0, ge=0)
+    # all credentials presented from one address together: at most this many times rate and burst
+    address_ceiling: int = Field(default=8, ge=1)
 
 
 class GcConfig(_Frozen):

@@ -123,6 +123,10 @@ async def test_wrong_content_from_upstream_is_never_served_as_complete(fake_upst
     fake, wharf, data, digest, path = await _setup(fake_upstream, make_wharf, size=200_000,
                                                    content=_blob(200_000, b"evil"), times=1)
     await _pull_is_aborted_and_nothing_kept(wharf, digest, path)
+    from proxy.app import META
+    # a fill that failed grants nothing: had its anonymous fetch left the digest marked public, the
+    # real bytes cached later with a client's credential would be served to anyone
+    assert wharf.app[META].visibility(digest, fresh=True).repos == set()
     resp = await wharf.client.get(path)
     assert await resp.read() == data
 

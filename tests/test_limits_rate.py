@@ -65,6 +65,18 @@ async def test_a_credential_has_its_own_bucket_and_inventing_credentials_does_no
     assert _sample(metrics, 'wharf_client_requests_limited_total{client="credential"}') == 2
 
 
+async def test_many_invented_credentials_share_their_address_ceiling(make_wharf):
+    """Each new credential would bring a burst of its own: all of an address's credentials
+    together get at most ``address_ceiling`` times one client's burst."""
+    wharf = await make_wharf(clients=SLOW | {"burst": 3, "address_ceiling": 2})
+    conn = await Conn.open(wharf.url)
+    answered = 0
+    for i in range(20):
+        for _ in range(3):
+            answered += (await conn.get("/v2/", _basic(f"mallory-{i}")))[0] != 429
+    assert answered == 2 * 3
+
+
 async def test_replayed_answers_are_charged_to_the_client_too(make_wharf, registry_upstream, repo_name):
     image = make_image("limits", (300,))
     await push_image(registry_upstream, repo_name, image, tag="v1")

@@ -5,8 +5,10 @@ Rules (``clients.requests_per_second``, ``clients.burst``; off by default):
 - a request with a credential (Basic, or a Bearer token other than the anonymous one) is charged to
   that credential, known only by a hash of it (``Credential.id``), never by the secret. Wharf
   cannot tell a real credential from an invented one before asking upstream, so the first
-  request of a credential not seen recently is also charged to the address: inventing
-  credentials does not get a client past its address's rate;
+  request of a credential not seen recently is also charged to the address, and every
+  credential's requests are charged to their address's ceiling too (``clients.address_ceiling``
+  times the rate and the burst, shared by all credentials from that address): inventing
+  credentials gets a client at most that ceiling, however many it invents;
 - ``/healthz``, ``/readyz`` and ``/metrics`` are never limited;
 - replayed answers (``proxy.http.replayserver``) are charged the same way, before they are sent;
   a client over its rate is left to the application, which answers the 429.
@@ -54,6 +56,7 @@ class ClientLimiter:
         self.rate = config.requests_per_second
         self.burst = float(config.burst or max(1, math.ceil(10 * self.rate)))
         self.enabled = self.rate > 0
+        self.ceiling = config.address_ceiling
         self._buckets: dict[str, list[float]] = {}  # key -> [tokens, when counted]
 
     def take(self, key: ClientKey) -> float | None:
@@ -66,21 +69,25 @@ class ClientLimiter:
             wait = self._take("a:" + key.address, now)
             if wait is not None:
                 return wait
+        wait = self._take("A:" + key.address, now, self.ceiling)  # all credentials of the address
+        if wait is not None:
+            return wait
         return self._take(name, now)
 
-    def _take(self, name: str, now: float) -> float | None:
+    def _take(self, name: str, now: float, scale: int = 1) -> float | None:
+        rate, burst = self.rate * scale, self.burst * scale
         bucket = self._buckets.get(name)
         if bucket is None:
             if len(self._buckets) >= _MAX_BUCKETS:
                 self._forget_oldest()
-            bucket = self._buckets[name] = [self.burst, now]
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket = self._buckets[name] = [burst, now]
+        tokens = min(burst, bucket[0] + (now - bucket[1]) * rate)
         bucket[1] = now
         if tokens >= 1.0:
             bucket[0] = tokens - 1.0
             return None
         bucket[0] = tokens
-        return (1.0 - tokens) / self.rate
+        return (1.0 - tokens) / rate
 
     def _forget_oldest(self) -> None:
         for name in list(self._buckets)[: max(1, _MAX_BUCKETS // 10)]:

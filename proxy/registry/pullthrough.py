@@ -616,6 +616,9 @@ class PullThroughRegistry:
         except BaseException:
             if writer is not None and not writer.closed:
                 writer.abort()
+            if self._blobs.size(fill.digest) is None:
+                # who may see it was granted for the followers; bytes that never arrived grant nothing
+                self._meta.forget(str(fill.digest))
             raise
         finally:
             response.release()
@@ -701,7 +704,8 @@ class PullThroughRegistry:
         if target.upstream is not None:
             raise Denied(f"{action} refused: {target.upstream}/{target.repo} is in the namespace of the "
                          f"upstream registry {target.upstream}, which Wharf only mirrors; push to a "
-                         f"repository name without the {target.upstream}/ prefix or ns= instead")
+                         f"local repository instead: a name without the {target.upstream}/ prefix or "
+                         f"ns= (with a default upstream, under a namespace declared in local_namespaces)")
         return self._local
 
     async def start_upload(self, target: Target, algorithm: str, client: Client) -> UploadState:

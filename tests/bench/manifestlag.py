@@ -231,7 +231,11 @@ async def _kind(b: Bench, key: str, t: Target, kind: str) -> None:
                           answers=[a for a, _ in done], each_s=[round(s, 3) for _, s in done])
                     await asyncio.sleep(0.3)
             finally:
-                task.cancel()
+                # Python 3.11's wait_for can swallow a cancel that lands as its inner call ends
+                # (the probe then runs on forever): cancel until the task has really stopped
+                while not task.done():
+                    task.cancel()
+                    await asyncio.wait([task], timeout=0.1)
                 await asyncio.gather(task, return_exceptions=True)
         lag = await _wharf_lag(t)
         if "lag_max_s" in lag:

@@ -23,6 +23,8 @@ from typing import Any, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from proxy.oci.names import is_name_component
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "wharf.yaml"
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -306,7 +308,7 @@ class Config(_Frozen):
     @classmethod
     def _local_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for namespace in value:
-            if not re.match(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$", namespace):
+            if not is_name_component(namespace):
                 raise ValueError(f"{namespace!r} is not a repository name component")
             if namespace == "library":
                 raise ValueError("library/ is where docker.io keeps its official images; it is never local")

@@ -27,6 +27,8 @@ from typing import Any, Callable, Iterator
 
 import diskcache
 
+from proxy.storage.space import is_sqlite_full
+
 log = logging.getLogger("wharf.shared")
 
 
@@ -36,7 +38,7 @@ def _unless_full() -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if "full" not in str(exc):
+        if not is_sqlite_full(exc):
             raise
 
 

@@ -83,12 +83,17 @@ class StoreSpace:
         return None
 
 
+def is_sqlite_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full"."""
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 @contextmanager
 def _full_is_store_full() -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
-        if "full" not in str(exc):
+        if not is_sqlite_full(exc):
             raise
         raise StoreFull("the registry's storage is full (its metadata cannot be written): it cannot store "
                         "new content; stored content is still served") from None

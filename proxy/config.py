@@ -18,7 +18,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -276,6 +276,25 @@ class TlsConfig(_Frozen):
         return self.cert is not None
 
 
+class DatabaseConfig(_Frozen):
+    """Where accounts and package metadata live: SQLite in the store by default, PostgreSQL to share."""
+
+    # a SQLAlchemy URL: postgresql+psycopg://user:pass@host/db (replicas share it); unset:
+    # sqlite in the store (storage.root/wharf.db)
+    url: str | None = None
+
+
+class AccessConfig(_Frozen):
+    """Who may use what (``proxy.registry.access`` has the rules for local packages)."""
+
+    pull_through: Literal["anonymous", "authenticated"] = "anonymous"  # who may pull upstream content
+    login_failures: int = Field(default=5, ge=1)           # failed logins per client or user ...
+    login_window_seconds: float = Field(default=300, gt=0)  # ... in this window, then 429 until it passes
+    retention_days: float = Field(default=30, ge=0)         # deleted versions stay restorable this long
+    delete_download_limit: int = Field(default=5000, ge=0)  # public versions pulled more often stay
+    audit_log: Path | None = None                           # JSON lines; unset: storage.root/audit.log
+
+
 class Config(_Frozen):
     listen: str = "0.0.0.0:5000"
     public_url: str | None = None  # how clients reach Wharf, e.g. https://wharf.example (token realm)
@@ -303,6 +322,8 @@ class Config(_Frozen):
     log: LogConfig = LogConfig()
     tls: TlsConfig = TlsConfig()
     fast_paths: FastPathsConfig = FastPathsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    access: AccessConfig = AccessConfig()
 
     @field_validator("local_namespaces")
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import AsyncIterable, AsyncIterator, Callable, ContextManager, Protocol
 
 from proxy.oci.digest import Digest
+from proxy.registry.access import ANONYMOUS, Principal
 from proxy.upstream.auth import Credential
 
 
@@ -25,9 +26,12 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """Who is asking: the credential they presented (None: anonymous)."""
+    """Who is asking: the upstream credential they presented (None: anonymous upstream), and who
+    they are for local packages (a Wharf account, or anonymous). The two never mix: a Wharf
+    token is never a credential for an upstream, an upstream credential never a principal."""
 
     credential: Credential | None = None
+    principal: Principal = ANONYMOUS
 
 
 @dataclass(slots=True)

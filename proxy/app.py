@@ -27,6 +27,7 @@ from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
+from proxy.storage.database import Database, database_url
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
@@ -90,6 +91,9 @@ def create_app(config: Config) -> web.Application:
     invalidation.subscribe(replays.drop_tag, replays.clear)
     app[keys.INVALIDATION] = invalidation
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
+    # accounts and packages (issue 9): wire new services here ------------------------------------
+    database = app[keys.DATABASE] = Database(database_url(config.database.url, root))
+    # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange
@@ -132,6 +136,7 @@ def create_app(config: Config) -> web.Application:
             blobs.flush_access_times()
             await shared.close()
             meta.close()
+            database.close()
             if exchange is not None:
                 exchange.close()
 

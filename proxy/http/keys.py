@@ -14,6 +14,7 @@ from proxy.registry.addressing import Addressing
 from proxy.registry.base import Registry
 from proxy.registry.invalidation import Invalidation
 from proxy.registry.tokens import TokenService
+from proxy.storage.database import Database
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
 from proxy.upstream.client import Upstream
@@ -31,6 +32,12 @@ SENDFILE_POOL = web.AppKey("sendfile_pool", ThreadPoolExecutor)
 REPLAYS = web.AppKey("replays", ReplayTable)
 INVALIDATION = web.AppKey("invalidation", Invalidation)
 CLIENT_LIMITS = web.AppKey("client_limits", ClientLimiter)
+DATABASE = web.AppKey("database", Database)
+# issue 9's services; typed as object here to keep this module free of their imports while they land
+ACCOUNTS = web.AppKey("accounts", object)   # proxy.registry.accounts.Accounts
+PACKAGES = web.AppKey("packages", object)   # proxy.registry.packages.Packages
+AUDIT = web.AppKey("audit", object)         # proxy.registry.audit.AuditLog
+IDENTITY = web.AppKey("identity", object)   # proxy.http.identity.Identity
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries
 

@@ -128,6 +128,8 @@ async def test_every_role_and_visibility_over_the_registry_api(make_wharf, visib
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer realm=")
             resp = await session.post(f"{wharf.url}/v2/team/app/blobs/uploads/", headers=headers)
             assert resp.status == (202 if push == ALLOWED else push), (person, visibility, "push")
+            if push == UNAUTH:  # the challenge asks for what a push needs
+                assert 'scope="repository:team/app:pull,push"' in resp.headers["WWW-Authenticate"]
             if push == DENIED:
                 assert (await resp.json())["errors"][0]["code"] == "DENIED"
             tag = f"t-{person}"

@@ -38,15 +38,15 @@ import math
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from proxy.config import CacheConfig, LimitsConfig
-from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
+from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown, OCIError,
                           SizeInvalid, StoreFull, TooManyRequests, Unavailable, UpstreamInvalid)
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
-                             OFF_LOOP_BYTES, UPSTREAM_ACCEPT, accepts, parse_manifest)
+from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, OCI_INDEX, OCI_MANIFEST, OFF_LOOP_BYTES, accepts,
+                             parse_manifest)
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
@@ -58,18 +58,11 @@ from proxy.storage.blobs import BlobStore
 from proxy.storage.hashing import ThreadedHasher
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.shared import SharedCache
+from proxy.upstream.answers import UpstreamManifest
 from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
 
 log = logging.getLogger("wharf.cache")
-
-
-def next_page_query(link_header: str | None) -> str | None:
-    """The query string of a ``Link: <...?n=..&last=..>; rel="next"`` header, which clients follow."""
-    if not link_header or "<" not in link_header:
-        return None
-    url = link_header.split("<", 1)[1].split(">", 1)[0]
-    return urlsplit(url).query or None
 
 
 def page_tags(body: bytes, n: int, last: str | None) -> tuple[bytes, str | None]:
@@ -115,24 +108,6 @@ def _manifest_media_type(body: bytes, content_type: str) -> str:
     return media_type
 
 
-async def _read_capped(response, limit: int, what: str) -> bytes:
-    """The whole body, to its end (a single ``read(n)`` returns what has arrived so far), refused
-    (UpstreamInvalid) as soon as it passes ``limit`` bytes: upstream cannot make Wharf hold more.
-    A body that breaks off or stalls is Unavailable."""
-    parts, total = [], 0
-    try:
-        async for data in response.content.iter_any():
-            total += len(data)
-            if total > limit:
-                raise UpstreamInvalid(f"upstream {what} is too large (more than {limit} bytes)")
-            parts.append(data)
-    except OCIError:
-        raise
-    except Exception as exc:  # the connection broke or stalled past read_timeout
-        raise Unavailable(f"reading the {what} from upstream failed: {type(exc).__name__}") from None
-    return b"".join(parts)
-
-
 def _verified_media_type(body: bytes, expected: Digest, content_type: str) -> str:
     """The media type of an upstream manifest that hashes to ``expected`` (UpstreamInvalid if not)."""
     if Digest.of(body, expected.algorithm) != expected:
@@ -140,7 +115,6 @@ def _verified_media_type(body: bytes, expected: Digest, content_type: str) -> st
     return _manifest_media_type(body, content_type)
 
 
-MAX_TAG_LIST_BYTES = 16 * 1024 * 1024  # an upstream tag list (or page) Wharf reads, at most
 _MAX_TAG_READERS = 256  # credentials remembered per stale tag list, the most recent
 MAX_PAGE = 999_999_999  # the largest ``n`` a client may ask for (``proxy.http.pull.page_size``)
 EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
@@ -204,8 +178,8 @@ class PullThroughRegistry:
         return upstream.rate.blocked() or (remaining is not None
                                            and remaining <= self._cache.low_quota_remaining)
 
-    async def _authorize(self, upstream: Upstream, target: Target, digest: Digest, suffix: str,
-                         client: Client, not_found: type[OCIError]) -> None:
+    async def _authorize(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
+                         blob: bool = False) -> None:
         """Let the client see a stored object only if it is public or upstream confirms access."""
         visibility = self._meta.visibility(str(digest))
         if not visibility.public:  # another worker may have learned more since this one looked
@@ -215,9 +189,10 @@ class PullThroughRegistry:
         if target.scope in visibility.repos and await self._shared.get(self._authz_key(upstream, target, client)):
             return
         credential, public = self._effective(upstream, client)
-        response = await upstream.request("HEAD", target.repo, suffix, credential,
-                                          headers={"Accept": UPSTREAM_ACCEPT}, not_found=not_found)
-        response.release()
+        if blob:
+            await upstream.head_blob(target.repo, digest, credential)
+        else:
+            await upstream.head_manifest(target.repo, str(digest), credential)
         self._meta.grant(str(digest), target.scope, public)
         await self._remember_authorized(upstream, target, client)
 
@@ -244,10 +219,8 @@ class PullThroughRegistry:
         if record.public or await self._shared.get(self._authz_key(upstream, target, client)):
             return
         credential, public = self._effective(upstream, client)
-        response = await upstream.request("HEAD", target.repo, f"manifests/{tag}", credential,
-                                          headers={"Accept": UPSTREAM_ACCEPT}, not_found=ManifestUnknown)
-        response.release()
-        if public and response.headers.get("Docker-Content-Digest") == record.digest:
+        head = await upstream.head_manifest(target.repo, tag, credential)
+        if public and head.digest == record.digest:
             self._meta.set_tag(target.scope, tag, TagRecord(record.digest, record.media_type, record.size,
                                                              record.checked_at, True))
         await self._remember_authorized(upstream, target, client)
@@ -329,12 +302,12 @@ class PullThroughRegistry:
         media_type = self._meta.manifest_type(str(digest))
         size = self._blobs.size(digest) if media_type else None
         if media_type and size is not None:
-            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+            await self._authorize(upstream, target, digest, client)
             self._count("manifest", "hit")
             return TagRecord(str(digest), media_type, size, 0.0), "hit"
         record, joined = await self._fetch_manifest(upstream, target, str(digest), client)
         if joined:
-            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+            await self._authorize(upstream, target, digest, client)
             return record, "coalesced"
         self._count("manifest", "miss")
         return record, "miss"
@@ -346,7 +319,7 @@ class PullThroughRegistry:
             fetched, joined = await self._fetch_manifest(upstream, target, tag, client)
             if joined:
                 digest = Digest.parse(fetched.digest)
-                await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
+                await self._authorize(upstream, target, digest, client)
                 return fetched, "coalesced"
             self._count("tag", "miss")
             return fetched, "miss"
@@ -429,10 +402,7 @@ class PullThroughRegistry:
                           record: TagRecord) -> TagRecord:
         """HEAD the tag; GET the manifest only when the digest changed (Docker Hub counts GETs)."""
         credential, public = self._effective(upstream, client)
-        response = await upstream.request("HEAD", target.repo, f"manifests/{tag}", credential,
-                                          headers={"Accept": UPSTREAM_ACCEPT})
-        response.release()
-        digest = response.headers.get("Docker-Content-Digest")
+        digest = (await upstream.head_manifest(target.repo, tag, credential)).digest
         if digest == record.digest and self._blobs.size(Digest.parse(digest)) is not None:
             fresh = TagRecord(record.digest, record.media_type, record.size, time.time(), public or record.public)
             self._meta.set_tag(target.scope, tag, fresh)
@@ -447,9 +417,8 @@ class PullThroughRegistry:
                                    accept: list[str], client: Client) -> tuple[TagRecord, str]:
         """A client that accepts none of the cached tag's type gets upstream's answer for its Accept."""
         credential, public = self._effective(upstream, client)
-        response = await upstream.request("GET", target.repo, f"manifests/{tag}", credential,
-                                          headers={"Accept": ", ".join(accept)})
-        record = await self._store_manifest(response, target, tag, public)
+        answer = await upstream.get_manifest(target.repo, tag, credential, accept=", ".join(accept))
+        record = await self._store_manifest(answer, target, tag, public)
         if not accepts(accept, record.media_type):
             raise ManifestUnknown(f"no manifest of an accepted media type for tag {tag}")
         self._count("manifest", "miss")
@@ -466,12 +435,11 @@ class PullThroughRegistry:
 
         async def fetch() -> TagRecord:
             try:
-                response = await upstream.request("GET", target.repo, f"manifests/{reference}", credential,
-                                                  headers={"Accept": UPSTREAM_ACCEPT})
+                answer = await upstream.get_manifest(target.repo, reference, credential)
             except ManifestUnknown:
                 await self._remember_negative(negative_key)
                 raise
-            record = await self._store_manifest(response, target, reference, public)
+            record = await self._store_manifest(answer, target, reference, public)
             if not is_digest(reference):
                 self._set_tag(target, reference, record)
                 await self._mark_fresh(upstream, target, reference, record)
@@ -483,32 +451,14 @@ class PullThroughRegistry:
         flight = ("manifest", target.scope, reference, self._cred_id(upstream, client))
         return await self._coalesced("manifest", flight, fetch)
 
-    async def _store_manifest(self, response, target: Target, reference: str, public: bool) -> TagRecord:
-        """Read, verify and store a manifest body exactly as upstream sent it."""
-        try:
-            if (response.content_length or 0) > MAX_MANIFEST_BYTES:
-                raise UpstreamInvalid("upstream manifest is too large")
-            body = await _read_capped(response, MAX_MANIFEST_BYTES, "manifest")
-            if response.content_length is not None and len(body) != response.content_length:
-                raise UpstreamInvalid("upstream manifest was truncated")
-            content_type = response.headers.get("Content-Type", "")
-            header_digest = response.headers.get("Docker-Content-Digest")
-        except (asyncio.TimeoutError, OSError, Exception) as exc:
-            if isinstance(exc, OCIError):
-                raise
-            raise Unavailable(f"reading the manifest from upstream failed: {type(exc).__name__}") from None
-        finally:
-            response.release()
+    async def _store_manifest(self, answer: UpstreamManifest, target: Target, reference: str,
+                              public: bool) -> TagRecord:
+        """Verify and store a manifest body exactly as upstream sent it."""
         if is_digest(reference):
             expected = Digest.parse(reference)
-        elif header_digest:
-            try:
-                expected = Digest.parse(header_digest)
-            except OCIError:
-                raise UpstreamInvalid("upstream sent a malformed Docker-Content-Digest") from None
         else:
-            expected = Digest.of(body)
-        declared = content_type.split(";")[0].strip().lower()
+            expected = answer.declared_digest() or Digest.of(answer.body)
+        body, declared = answer.body, answer.media_type
         if len(body) > OFF_LOOP_BYTES:  # hashing and parsing grow with the body: not on the loop
             media_type = await asyncio.to_thread(_verified_media_type, body, expected, declared)
         else:
@@ -524,10 +474,9 @@ class PullThroughRegistry:
         if target.upstream is None:
             return await self._local.blob(target, digest, client, head)
         upstream = self._upstream(target)
-        suffix = f"blobs/{digest}"
         size = self._blobs.size(digest)
         if size is not None:
-            await self._authorize(upstream, target, digest, suffix, client, BlobUnknown)
+            await self._authorize(upstream, target, digest, client, blob=True)
             self._count("blob", "hit")
             return BlobResult(digest, size, path=self._blobs.path(digest),
                               reading=lambda: self._blobs.reading(digest), cache_status="hit")
@@ -540,7 +489,7 @@ class PullThroughRegistry:
         fill = self.fills.get(digest)
         if fill is not None:
             await asyncio.shield(fill.started)
-            await self._authorize(upstream, target, digest, suffix, client, BlobUnknown)
+            await self._authorize(upstream, target, digest, client, blob=True)
             self._count("blob", "coalesced")
             status = "coalesced"
         else:
@@ -565,63 +514,53 @@ class PullThroughRegistry:
                                   client: Client, negative_key: str) -> BlobResult:
         credential, public = self._effective(upstream, client)
         try:
-            response = await upstream.request("HEAD", target.repo, f"blobs/{digest}", credential,
-                                              not_found=BlobUnknown)
+            answer = await upstream.head_blob(target.repo, digest, credential)
         except BlobUnknown:
             await self._remember_negative(negative_key)
             raise
-        response.release()
         self._meta.grant(str(digest), target.scope, public)
         self._count("blob", "miss")
-        return BlobResult(digest, response.content_length, cache_status="miss")
+        return BlobResult(digest, answer.size, cache_status="miss")
 
     async def _run_fill(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
                         target: Target, credential: Credential | None, public: bool) -> None:
         """Download one blob into the store; readers here and in other workers follow it."""
-        response = await upstream.request("GET", target.repo, f"blobs/{fill.digest}", credential,
-                                          not_found=BlobUnknown)
-        writer = None
-        try:
-            size = response.content_length
-            if size is not None and size > self._limits.max_layer_bytes:
-                raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
-            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
-                                            max_size=size if size is not None else self._limits.max_layer_bytes,
-                                            expected_size=size)
-            hasher = ThreadedHasher(fill.digest.algorithm)
-            size_path.write_text(str(size if size is not None else -1))
-            self._meta.grant(str(fill.digest), target.scope, public)
-            fill.begin(writer, size)
-            self._metrics.fills_in_flight.inc()
-            received = self._metrics.upstream_bytes.labels(upstream.name)
+        async with upstream.open_blob(target.repo, fill.digest, credential) as source:
+            writer = None
             try:
-                # chunks as received, never joined (iter_any would copy them into one bytes)
-                async for chunk, _ in response.content.iter_chunks():
-                    if not chunk:
-                        continue
-                    writer.write(chunk)
-                    received.inc(len(chunk))
-                    await hasher.update(chunk)
-                path = writer.commit(fill.digest, size, actual=await hasher.digest())
-            except OCIError:
-                writer.abort()
+                size = source.size
+                if size is not None and size > self._limits.max_layer_bytes:
+                    raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
+                writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
+                                                max_size=size if size is not None else self._limits.max_layer_bytes,
+                                                expected_size=size)
+                hasher = ThreadedHasher(fill.digest.algorithm)
+                size_path.write_text(str(size if size is not None else -1))
+                self._meta.grant(str(fill.digest), target.scope, public)
+                fill.begin(writer, size)
+                self._metrics.fills_in_flight.inc()
+                try:
+                    async for chunk in source:
+                        writer.write(chunk)
+                        await hasher.update(chunk)
+                    path = writer.commit(fill.digest, size, actual=await hasher.digest())
+                except OCIError:
+                    writer.abort()
+                    raise
+                except Exception as exc:
+                    writer.abort()
+                    raise Unavailable(f"download of {fill.digest} from {upstream.name} broke: "
+                                      f"{type(exc).__name__}") from None
+                finally:
+                    self._metrics.fills_in_flight.dec()
+                fill.finish(path)
+            except BaseException:
+                if writer is not None and not writer.closed:
+                    writer.abort()
+                if self._blobs.size(fill.digest) is None:
+                    # who may see it was granted for the followers; bytes that never arrived grant nothing
+                    self._meta.forget(str(fill.digest))
                 raise
-            except Exception as exc:
-                writer.abort()
-                raise Unavailable(f"download of {fill.digest} from {upstream.name} broke: "
-                                  f"{type(exc).__name__}") from None
-            finally:
-                self._metrics.fills_in_flight.dec()
-            fill.finish(path)
-        except BaseException:
-            if writer is not None and not writer.closed:
-                writer.abort()
-            if self._blobs.size(fill.digest) is None:
-                # who may see it was granted for the followers; bytes that never arrived grant nothing
-                self._meta.forget(str(fill.digest))
-            raise
-        finally:
-            response.release()
 
     # tags and referrers ----------------------------------------------------------------------
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
@@ -640,13 +579,7 @@ class PullThroughRegistry:
         params = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
         key = f"tags:{target.scope}"
         try:
-            response = await upstream.request("GET", target.repo, "tags/list", credential,
-                                              params=params, not_found=NameUnknown)
-            try:
-                body = await _read_capped(response, MAX_TAG_LIST_BYTES, "tag list")
-                link = next_page_query(response.headers.get("Link"))
-            finally:
-                response.release()
+            answer = await upstream.tags(target.repo, params, credential)
         except _STALE_ERRORS:
             saved = self._meta.document(key)
             if saved and (saved["public"] or credential is not None and credential.id in saved["readers"]):
@@ -658,6 +591,7 @@ class PullThroughRegistry:
                     body, link = page_tags(saved["body"].encode(), MAX_PAGE if n is None else n, last)
                     return TagsPage(body, link, "stale")
             raise
+        body, link = answer.body, answer.next_query
         if last is None and (n is None or link is None):
             saved = self._meta.document(key) or {"readers": []}
             readers = [r for r in saved.get("readers", []) if credential is None or r != credential.id]
@@ -680,16 +614,9 @@ class PullThroughRegistry:
             return await self._local.referrers(target, digest, artifact_type, client)
         upstream = self._upstream(target)
         credential, _ = self._effective(upstream, client)
-        params = {"artifactType": artifact_type} if artifact_type else None
         try:
-            response = await upstream.request("GET", target.repo, f"referrers/{digest}", credential,
-                                              params=params, headers={"Accept": OCI_INDEX})
-            try:
-                body = await _read_capped(response, MAX_MANIFEST_BYTES, "referrers list")
-                return ReferrersResult(body, response.headers.get("Content-Type", OCI_INDEX),
-                                       response.headers.get("OCI-Filters-Applied"))
-            finally:
-                response.release()
+            answer = await upstream.referrers(target.repo, digest, artifact_type, credential)
+            return ReferrersResult(answer.body, answer.media_type, answer.filters_applied)
         except ManifestUnknown:
             pass
         try:

@@ -4,7 +4,7 @@ It decorates the local registry: a Target with no upstream goes straight to it.
 
 Cache policy, rule by rule:
 - digests are immutable: a stored manifest or blob is served without asking upstream, once the
-  client is allowed to see it (``_authorize``);
+  client is allowed to see it (``UpstreamAccess.authorize``);
 - a tag is fresh for its upstream's ``tag_ttl`` after upstream last confirmed it; then it is
   revalidated with a HEAD, and the manifest is fetched with GET only when the digest changed;
 - when upstream is rate-limited (429 / Retry-After) or its quota is below
@@ -12,15 +12,12 @@ Cache policy, rule by rule:
 - when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale; a
   revalidation that takes longer than ``cache.revalidate_timeout`` is left running in the
   background and the stored answer is served meanwhile;
-- a 404 from upstream is remembered for ``cache.negative_ttl`` per credential;
+- a 404 from upstream is remembered for ``cache.negative_ttl`` per credential
+  (``upstream_access.py``);
 - concurrent requests for the same manifest or blob share one upstream request.
 
-Authorization is never widened by the cache: content fetched without client credentials is
-public; content fetched with them is served to another client only after upstream confirms,
-with a HEAD carrying that client's credentials, that it may read the repository (remembered for
-``cache.authz_ttl`` per credential and repository). A tag is judged by how its resolution was
-learned, not by its digest: a tag learned with a client's credential is private even when the
-digest it names is also public content.
+Who may see stored upstream content is decided in ``upstream_access.py``; each cache decision
+is counted in ``decisions.py``.
 
 Upstream manifests must parse as manifests of their media type before they are stored or
 served; anything else (an error page, a token document from a redirect) is ``UpstreamInvalid``.
@@ -33,11 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
 from urllib.parse import urlencode
 
 from proxy.config import CacheConfig, LimitsConfig
@@ -50,10 +45,12 @@ from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, OCI_INDEX, OCI_MAN
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
+from proxy.registry.decisions import CacheDecisions
 from proxy.registry.fills import Fill, FillGroup
 from proxy.registry.hot import HotManifest, HotSet
 from proxy.registry.invalidation import Invalidation
-from proxy.registry.tasks import BackgroundTasks, SingleFlight
+from proxy.registry.tasks import BackgroundTasks
+from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
 from proxy.storage.hashing import ThreadedHasher
 from proxy.storage.meta import MetaStore, TagRecord
@@ -61,8 +58,6 @@ from proxy.storage.shared import SharedCache
 from proxy.upstream.answers import UpstreamManifest
 from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
-
-log = logging.getLogger("wharf.cache")
 
 
 def page_tags(body: bytes, n: int, last: str | None) -> tuple[bytes, str | None]:
@@ -136,7 +131,8 @@ class PullThroughRegistry:
         self._cache = cache
         self._limits = limits
         self._tasks = tasks
-        self._flights = SingleFlight()
+        self._decisions = CacheDecisions(metrics)
+        self._access = UpstreamAccess(meta, shared, cache)
         self.fills = FillGroup(tasks, blobs)
         self._hot = HotSet(enabled=hot_manifests)
         self._invalidation = invalidation
@@ -146,84 +142,10 @@ class PullThroughRegistry:
     def _upstream(self, target: Target) -> Upstream:
         return self._upstreams[target.upstream]  # Addressing only yields configured names
 
-    @staticmethod
-    def _effective(upstream: Upstream, client: Client) -> tuple[Credential | None, bool]:
-        """The credential to use upstream, and whether what it fetches is public.
-
-        A client's own credential wins and makes the result private to clients upstream
-        confirms; without one, the configured upstream credential (or none) is used and the
-        result is public to everyone who can reach Wharf.
-        """
-        if client.credential is not None:
-            return client.credential, False
-        return upstream.configured_credential, True
-
-    def _count(self, kind: str, result: str) -> None:
-        """Count a cache decision; at debug level, log it (with the request's id, not the request)."""
-        self._metrics.count_cache(kind, result)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("cache %s: %s", kind, result, extra={"kind": kind, "result": result})
-
-    async def _coalesced(self, kind: str, key: tuple, factory: Callable[[], Awaitable]) -> tuple:
-        result, joined = await self._flights.run(key, factory)
-        if joined:
-            self._count(kind, "coalesced")
-        return result, joined
-
-    async def _remember_negative(self, key: str) -> None:
-        await self._shared.set(key, 1, self._cache.negative_ttl)
-
     def _quota_low(self, upstream: Upstream) -> bool:
         remaining = upstream.rate.remaining
         return upstream.rate.blocked() or (remaining is not None
                                            and remaining <= self._cache.low_quota_remaining)
-
-    async def _authorize(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
-                         blob: bool = False) -> None:
-        """Let the client see a stored object only if it is public or upstream confirms access."""
-        visibility = self._meta.visibility(str(digest))
-        if not visibility.public:  # another worker may have learned more since this one looked
-            visibility = self._meta.visibility(str(digest), fresh=True)
-        if visibility.public:
-            return
-        if target.scope in visibility.repos and await self._shared.get(self._authz_key(upstream, target, client)):
-            return
-        credential, public = self._effective(upstream, client)
-        if blob:
-            await upstream.head_blob(target.repo, digest, credential)
-        else:
-            await upstream.head_manifest(target.repo, str(digest), credential)
-        self._meta.grant(str(digest), target.scope, public)
-        await self._remember_authorized(upstream, target, client)
-
-    def _authz_key(self, upstream: Upstream, target: Target, client: Client) -> str:
-        return f"authz:{self._cred_id(upstream, client)}:{target.scope}"
-
-    async def _remember_authorized(self, upstream: Upstream, target: Target, client: Client) -> None:
-        """Upstream just let this client's credential read the repository: remember it briefly."""
-        await self._shared.set(self._authz_key(upstream, target, client), 1, self._cache.authz_ttl)
-
-    async def _may_serve_stale(self, target: Target, record: TagRecord, client: Client,
-                               upstream: Upstream) -> bool:
-        """A stale tag goes only to clients who could see it without asking upstream."""
-        if record.public:
-            return True
-        return bool(await self._shared.get(self._authz_key(upstream, target, client)))
-
-    async def _authorize_tag(self, upstream: Upstream, target: Target, tag: str, record: TagRecord,
-                             client: Client) -> None:
-        """Let the client see a stored tag only if it was learned publicly or upstream confirms access.
-
-        A public answer from upstream (the client has no credential of its own) makes the tag public.
-        """
-        if record.public or await self._shared.get(self._authz_key(upstream, target, client)):
-            return
-        credential, public = self._effective(upstream, client)
-        head = await upstream.head_manifest(target.repo, tag, credential)
-        if public and head.digest == record.digest:
-            self._meta.set_tag(target.scope, tag, TagRecord(record.digest, record.media_type, record.size,
-                                                             record.checked_at, True))
-        await self._remember_authorized(upstream, target, client)
 
     # manifests -------------------------------------------------------------------------------
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
@@ -232,7 +154,7 @@ class PullThroughRegistry:
             return await self._local.manifest(target, reference, accept, client, head)
         hot, until = self._hot_manifest(target, reference)
         if hot is not None and accepts(accept, hot.media_type):
-            self._count("manifest" if is_digest(reference) else "tag", "hit")
+            self._decisions.count("manifest" if is_digest(reference) else "tag", "hit")
             return ManifestResult(hot.digest, hot.media_type, len(hot.body), hot.body, "hit", until)
         upstream = self._upstream(target)
         if is_digest(reference):
@@ -302,14 +224,14 @@ class PullThroughRegistry:
         media_type = self._meta.manifest_type(str(digest))
         size = self._blobs.size(digest) if media_type else None
         if media_type and size is not None:
-            await self._authorize(upstream, target, digest, client)
-            self._count("manifest", "hit")
+            await self._access.authorize(upstream, target, digest, client)
+            self._decisions.count("manifest", "hit")
             return TagRecord(str(digest), media_type, size, 0.0), "hit"
         record, joined = await self._fetch_manifest(upstream, target, str(digest), client)
         if joined:
-            await self._authorize(upstream, target, digest, client)
+            await self._access.authorize(upstream, target, digest, client)
             return record, "coalesced"
-        self._count("manifest", "miss")
+        self._decisions.count("manifest", "miss")
         return record, "miss"
 
     async def _manifest_by_tag(self, upstream: Upstream, target: Target, tag: str,
@@ -319,9 +241,9 @@ class PullThroughRegistry:
             fetched, joined = await self._fetch_manifest(upstream, target, tag, client)
             if joined:
                 digest = Digest.parse(fetched.digest)
-                await self._authorize(upstream, target, digest, client)
+                await self._access.authorize(upstream, target, digest, client)
                 return fetched, "coalesced"
-            self._count("tag", "miss")
+            self._decisions.count("tag", "miss")
             return fetched, "miss"
         if not await self._is_fresh(target, tag, record.digest):
             latest = self._meta.tag(target.scope, tag, fresh=True)  # another worker may have moved it
@@ -329,27 +251,27 @@ class PullThroughRegistry:
                     and self._blobs.size(Digest.parse(latest.digest)) is not None:
                 record = latest
         if await self._is_fresh(target, tag, record.digest):
-            await self._authorize_tag(upstream, target, tag, record, client)
-            self._count("tag", "hit")
+            await self._access.authorize_tag(upstream, target, tag, record, client)
+            self._decisions.count("tag", "hit")
             return record, "hit"
-        if self._quota_low(upstream) and await self._may_serve_stale(target, record, client, upstream):
+        if self._quota_low(upstream) and await self._access.may_serve_stale(target, record, client, upstream):
             self._tasks.spawn(self._revalidate_quietly(upstream, target, tag, client),
                               name=f"revalidate {target.scope}:{tag}")
-            self._count("tag", "stale")
+            self._decisions.count("tag", "stale")
             return record, "stale"
-        flight = ("revalidate", target.scope, tag, self._cred_id(upstream, client))
+        flight = ("revalidate", target.scope, tag, self._access.cred_id(upstream, client))
         lock_key = f"lock:{target.scope}:{tag}"
         owns_lock = False
-        if not self._flights.running(flight):
+        if not self._decisions.running(flight):
             owns_lock = await self._shared.add(lock_key, 1, upstream.config.first_byte_timeout + 5)
             if owns_lock and not rechecked and await self._shared.get(f"fresh:{target.scope}:{tag}"):
                 # another worker revalidated between our look and our lock: use its answer
                 await self._shared.delete(lock_key)
                 return await self._manifest_by_tag(upstream, target, tag, client, rechecked=True)
-            if not owns_lock and await self._may_serve_stale(target, record, client, upstream):
+            if not owns_lock and await self._access.may_serve_stale(target, record, client, upstream):
                 # another worker or replica is revalidating this tag right now: its answer is
                 # moments away, and what we hold was right until just now
-                self._count("tag", "coalesced")
+                self._decisions.count("tag", "coalesced")
                 return record, "coalesced"
 
         async def revalidate() -> TagRecord:
@@ -361,39 +283,32 @@ class PullThroughRegistry:
 
         try:
             try:
-                fresh, joined = await asyncio.wait_for(self._coalesced("tag", flight, revalidate),
+                fresh, joined = await asyncio.wait_for(self._decisions.coalesced("tag", flight, revalidate),
                                                        self._cache.revalidate_timeout)
             except asyncio.TimeoutError:
                 # upstream is slow or hung: serve what we have; the revalidation goes on
-                if await self._may_serve_stale(target, record, client, upstream):
-                    self._count("tag", "stale")
+                if await self._access.may_serve_stale(target, record, client, upstream):
+                    self._decisions.count("tag", "stale")
                     return record, "stale"
-                fresh, joined = await self._coalesced("tag", flight, revalidate)
+                fresh, joined = await self._decisions.coalesced("tag", flight, revalidate)
         except _STALE_ERRORS:
-            if await self._may_serve_stale(target, record, client, upstream):
-                self._count("tag", "stale")
+            if await self._access.may_serve_stale(target, record, client, upstream):
+                self._decisions.count("tag", "stale")
                 return record, "stale"
             raise
         except ManifestUnknown:
             self._delete_tag(target, tag)
             raise
         if not joined:
-            self._count("tag", "revalidated")
+            self._decisions.count("tag", "revalidated")
         return fresh, "revalidated"
-
-    def _cred_id(self, upstream: Upstream, client: Client) -> str:
-        """What keys per-credential facts: a client's keyed id; the configured credential, the same
-        for every client, by a name, so that no hash of the operator's secret is ever stored."""
-        if client.credential is not None:
-            return client.credential.id
-        return "configured" if upstream.configured_credential is not None else "anon"
 
     async def _revalidate_quietly(self, upstream: Upstream, target: Target, tag: str, client: Client) -> None:
         record = self._meta.tag(target.scope, tag)
         if record is None:
             return
         try:
-            await self._coalesced("tag", ("revalidate", target.scope, tag, self._cred_id(upstream, client)),
+            await self._decisions.coalesced("tag", ("revalidate", target.scope, tag, self._access.cred_id(upstream, client)),
                                   lambda: self._revalidate(upstream, target, tag, client, record))
         except OCIError:
             pass  # served stale already; the next request tries again
@@ -401,13 +316,13 @@ class PullThroughRegistry:
     async def _revalidate(self, upstream: Upstream, target: Target, tag: str, client: Client,
                           record: TagRecord) -> TagRecord:
         """HEAD the tag; GET the manifest only when the digest changed (Docker Hub counts GETs)."""
-        credential, public = self._effective(upstream, client)
+        credential, public = self._access.effective(upstream, client)
         digest = (await upstream.head_manifest(target.repo, tag, credential)).digest
         if digest == record.digest and self._blobs.size(Digest.parse(digest)) is not None:
             fresh = TagRecord(record.digest, record.media_type, record.size, time.time(), public or record.public)
             self._meta.set_tag(target.scope, tag, fresh)
             self._meta.grant(record.digest, target.scope, public)
-            await self._remember_authorized(upstream, target, client)
+            await self._access.remember_authorized(upstream, target, client)
             await self._mark_fresh(upstream, target, tag, fresh)
             return fresh
         fetched, _ = await self._fetch_manifest(upstream, target, tag, client, coalesce=False)
@@ -416,40 +331,39 @@ class PullThroughRegistry:
     async def _manifest_for_accept(self, upstream: Upstream, target: Target, tag: str,
                                    accept: list[str], client: Client) -> tuple[TagRecord, str]:
         """A client that accepts none of the cached tag's type gets upstream's answer for its Accept."""
-        credential, public = self._effective(upstream, client)
+        credential, public = self._access.effective(upstream, client)
         answer = await upstream.get_manifest(target.repo, tag, credential, accept=", ".join(accept))
         record = await self._store_manifest(answer, target, tag, public)
         if not accepts(accept, record.media_type):
             raise ManifestUnknown(f"no manifest of an accepted media type for tag {tag}")
-        self._count("manifest", "miss")
+        self._decisions.count("manifest", "miss")
         return record, "miss"
 
     async def _fetch_manifest(self, upstream: Upstream, target: Target, reference: str,
                               client: Client, coalesce: bool = True) -> tuple[TagRecord, bool]:
         """GET a manifest (by tag or digest) once for all concurrent askers with this credential."""
-        credential, public = self._effective(upstream, client)
-        negative_key = f"neg:{target.scope}:{reference}:{self._cred_id(upstream, client)}"
-        if await self._shared.get(negative_key):
-            self._count("manifest", "negative")
+        credential, public = self._access.effective(upstream, client)
+        if await self._access.known_missing(upstream, target, reference, client):
+            self._decisions.count("manifest", "negative")
             raise ManifestUnknown(f"manifest {reference} unknown upstream (cached answer)")
 
         async def fetch() -> TagRecord:
             try:
                 answer = await upstream.get_manifest(target.repo, reference, credential)
             except ManifestUnknown:
-                await self._remember_negative(negative_key)
+                await self._access.remember_missing(upstream, target, reference, client)
                 raise
             record = await self._store_manifest(answer, target, reference, public)
             if not is_digest(reference):
                 self._set_tag(target, reference, record)
                 await self._mark_fresh(upstream, target, reference, record)
-            await self._remember_authorized(upstream, target, client)
+            await self._access.remember_authorized(upstream, target, client)
             return record
 
         if not coalesce:
             return await fetch(), False
-        flight = ("manifest", target.scope, reference, self._cred_id(upstream, client))
-        return await self._coalesced("manifest", flight, fetch)
+        flight = ("manifest", target.scope, reference, self._access.cred_id(upstream, client))
+        return await self._decisions.coalesced("manifest", flight, fetch)
 
     async def _store_manifest(self, answer: UpstreamManifest, target: Target, reference: str,
                               public: bool) -> TagRecord:
@@ -476,25 +390,24 @@ class PullThroughRegistry:
         upstream = self._upstream(target)
         size = self._blobs.size(digest)
         if size is not None:
-            await self._authorize(upstream, target, digest, client, blob=True)
-            self._count("blob", "hit")
+            await self._access.authorize(upstream, target, digest, client, blob=True)
+            self._decisions.count("blob", "hit")
             return BlobResult(digest, size, path=self._blobs.path(digest),
                               reading=lambda: self._blobs.reading(digest), cache_status="hit")
-        credential, public = self._effective(upstream, client)
-        negative_key = f"neg:{target.scope}:{digest}:{self._cred_id(upstream, client)}"
-        if self.fills.get(digest) is None and await self._shared.get(negative_key):
-            self._count("blob", "negative")
+        credential, public = self._access.effective(upstream, client)
+        if self.fills.get(digest) is None and await self._access.known_missing(upstream, target, str(digest), client):
+            self._decisions.count("blob", "negative")
             raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
         # no await between looking for a running fill and starting one: that is the single flight
         fill = self.fills.get(digest)
         if fill is not None:
             await asyncio.shield(fill.started)
-            await self._authorize(upstream, target, digest, client, blob=True)
-            self._count("blob", "coalesced")
+            await self._access.authorize(upstream, target, digest, client, blob=True)
+            self._decisions.count("blob", "coalesced")
             status = "coalesced"
         else:
             if head:
-                return await self._head_upstream_blob(upstream, target, digest, client, negative_key)
+                return await self._head_upstream_blob(upstream, target, digest, client)
             fill = self.fills.start(
                 digest, lambda f, temp, size_file: self._run_fill(f, temp, size_file, upstream, target,
                                                                   credential, public),
@@ -502,24 +415,24 @@ class PullThroughRegistry:
             try:
                 await asyncio.shield(fill.started)
             except BlobUnknown:
-                await self._remember_negative(negative_key)
+                await self._access.remember_missing(upstream, target, str(digest), client)
                 raise
-            self._count("blob", "miss")
+            self._decisions.count("blob", "miss")
             status = "miss"
         if head:
             return BlobResult(digest, fill.size, cache_status=status)
         return BlobResult(digest, fill.size, segments=fill.segments, cache_status=status)
 
     async def _head_upstream_blob(self, upstream: Upstream, target: Target, digest: Digest,
-                                  client: Client, negative_key: str) -> BlobResult:
-        credential, public = self._effective(upstream, client)
+                                  client: Client) -> BlobResult:
+        credential, public = self._access.effective(upstream, client)
         try:
             answer = await upstream.head_blob(target.repo, digest, credential)
         except BlobUnknown:
-            await self._remember_negative(negative_key)
+            await self._access.remember_missing(upstream, target, str(digest), client)
             raise
         self._meta.grant(str(digest), target.scope, public)
-        self._count("blob", "miss")
+        self._decisions.count("blob", "miss")
         return BlobResult(digest, answer.size, cache_status="miss")
 
     async def _run_fill(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
@@ -575,7 +488,7 @@ class PullThroughRegistry:
         if target.upstream is None:
             return await self._local.tags(target, n, last, client)
         upstream = self._upstream(target)
-        credential, public = self._effective(upstream, client)
+        credential, public = self._access.effective(upstream, client)
         params = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
         key = f"tags:{target.scope}"
         try:
@@ -584,10 +497,10 @@ class PullThroughRegistry:
             saved = self._meta.document(key)
             if saved and (saved["public"] or credential is not None and credential.id in saved["readers"]):
                 if n is None and last is None:
-                    self._count("tags", "stale")
+                    self._decisions.count("tags", "stale")
                     return TagsPage(saved["body"].encode(), saved["link"], "stale")
                 if saved["link"] is None:  # the whole list: cut the page asked for
-                    self._count("tags", "stale")
+                    self._decisions.count("tags", "stale")
                     body, link = page_tags(saved["body"].encode(), MAX_PAGE if n is None else n, last)
                     return TagsPage(body, link, "stale")
             raise
@@ -613,7 +526,7 @@ class PullThroughRegistry:
         if target.upstream is None:
             return await self._local.referrers(target, digest, artifact_type, client)
         upstream = self._upstream(target)
-        credential, _ = self._effective(upstream, client)
+        credential, _ = self._access.effective(upstream, client)
         try:
             answer = await upstream.referrers(target.repo, digest, artifact_type, credential)
             return ReferrersResult(answer.body, answer.media_type, answer.filters_applied)

@@ -27,7 +27,7 @@ from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
-from proxy.storage.database import Database, database_url
+from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
@@ -92,7 +92,7 @@ def create_app(config: Config) -> web.Application:
     app[keys.INVALIDATION] = invalidation
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
     # accounts and packages (issue 9): wire new services here ------------------------------------
-    database = app[keys.DATABASE] = Database(database_url(config.database.url, root))
+    database = app[keys.DATABASE] = open_database(config)  # migrated to the newest schema before serving
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:

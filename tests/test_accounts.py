@@ -327,3 +327,13 @@ def test_changes_are_audited_without_secrets(accounts, audit_path):
     assert secret not in text and secret[14:] not in text
     assert hashlib.sha256(secret.encode()).hexdigest() not in text
     assert stat.S_IMODE(os.stat(audit_path).st_mode) == 0o600
+
+
+def test_a_change_that_cannot_be_audited_is_not_made(database, tmp_path):
+    (tmp_path / "not-a-dir").write_text("")
+    accounts = Accounts(database, AuditLog(tmp_path / "not-a-dir" / "audit.log"))
+    before = database.revision()
+    with pytest.raises(OSError):
+        accounts.add_user("alice")
+    assert accounts.list_users() == [] and accounts.namespaces() == []
+    assert database.revision() == before

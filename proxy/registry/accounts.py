@@ -11,7 +11,8 @@ Rules:
   looks the token up by its hash and compares in constant time;
 - every change writes an audit record and bumps the database revision, so every worker and
   replica drops what it remembered (a revoked token is refused at once everywhere); marking a
-  token used is not a change.
+  token used is not a change. The record is written in the change's transaction, after its
+  rows are flushed: a change whose record cannot be written is rolled back, never unaudited.
 
 The methods block: async callers go through ``Database.run``.
 """
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from proxy.oci.names import is_name_component
 from proxy.registry.access import SCOPES, NamespaceFacts, Principal
-from proxy.registry.audit import AuditLog
+from proxy.registry.audit import AuditLog, iso_time
 from proxy.storage.database import Database, Namespace, Org, OrgMember, Token, User, bump_revision
 
 TOKEN_PREFIX = "wharf_pat_"
@@ -193,9 +194,9 @@ class Accounts:
                 bump_revision(session)
                 session.flush()
                 info = UserInfo(user.id, user.name, user.admin, user.created_at)
+                self.audit.record("user.add", actor, remote, user=name, admin=info.admin)
         except IntegrityError:  # another process took the name between our check and our insert
             raise Conflict(f"{name!r} is taken") from None
-        self.audit.record("user.add", actor, remote, user=name, admin=info.admin)
         return info
 
     def user(self, name: str) -> UserInfo:
@@ -224,9 +225,10 @@ class Accounts:
                 session.add(OrgMember(org_id=org.id, user_id=user.id, role="owner"))
                 bump_revision(session)
                 info = OrgInfo(org.id, org.name, org.created_at, {owner: "owner"})
+                session.flush()
+                self.audit.record("org.add", actor, remote, org=name, owner=owner)
         except IntegrityError:
             raise Conflict(f"{name!r} is taken") from None
-        self.audit.record("org.add", actor, remote, org=name, owner=owner)
         return info
 
     def add_member(self, org: str, user: str, role: str = "member", *, actor: str | None = CLI,
@@ -253,7 +255,7 @@ class Accounts:
             bump_revision(session)
             session.flush()
             info = self._org_info(session, org_row)
-        self.audit.record("org.member", actor, remote, org=org, user=user, role=role, previous_role=before)
+            self.audit.record("org.member", actor, remote, org=org, user=user, role=role, previous_role=before)
         return info
 
     def org(self, name: str) -> OrgInfo:
@@ -297,8 +299,9 @@ class Accounts:
             bump_revision(session)
             session.flush()
             info = _token_info(token, owner.name)
-        self.audit.record("token.create", actor, remote, user=user, token_id=info.id, hint=info.hint,
-                          scopes=list(chosen), expires_at=info.expires_at, note=note)
+            self.audit.record("token.create", actor, remote, user=user, token_id=info.id, hint=info.hint,
+                              scopes=list(chosen), note=note,
+                              expires_at=iso_time(info.expires_at) if info.expires_at is not None else None)
         return info, secret
 
     def list_tokens(self, user: str) -> list[TokenInfo]:
@@ -328,8 +331,9 @@ class Accounts:
                 return _token_info(token, owner)
             token.revoked_at = self.clock()
             bump_revision(session)
+            session.flush()
             info = _token_info(token, owner)
-        self.audit.record("token.revoke", actor, remote, user=owner, token_id=info.id, hint=info.hint)
+            self.audit.record("token.revoke", actor, remote, user=owner, token_id=info.id, hint=info.hint)
         return info
 
     def authenticate(self, user: str, secret: str) -> Principal | None:

@@ -28,7 +28,8 @@ def audit_path(config: Config) -> Path:
     return config.access.audit_log or config.storage.root / "audit.log"
 
 
-def _iso(epoch: float) -> str:
+def iso_time(epoch: float) -> str:
+    """``2026-12-01T23:21:12.255Z``: how records (and their fields) write times."""
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -46,7 +47,7 @@ class AuditLog:
         for name in fields:
             if name.lower() in _SECRET_FIELDS:
                 raise ValueError(f"audit records never carry secrets: field {name!r}")
-        line = json.dumps({"time": _iso(time.time()), "action": action, "actor": actor, "remote": remote,
+        line = json.dumps({"time": iso_time(time.time()), "action": action, "actor": actor, "remote": remote,
                            **fields}, separators=(",", ":"), sort_keys=False, default=str) + "\n"
         data = line.encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)

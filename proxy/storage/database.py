@@ -201,15 +201,49 @@ class Database:
         self.engine.dispose()
 
 
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be opened or upgraded; the message names ``database.url``
+    (its password hidden) and the reason in one line."""
+
+
+class DatabaseUrlInvalid(DatabaseUnavailable):
+    """``database.url`` is no URL SQLAlchemy can use (a config error)."""
+
+
 def open_database(config: "Config") -> Database:
-    """The configured database (SQLite in the store by default), its schema upgraded."""
-    database = Database(database_url(config.database.url, config.storage.root))
+    """The configured database (SQLite in the store by default), its schema upgraded.
+
+    Raises DatabaseUnavailable when the URL is not one SQLAlchemy can use, the server does not
+    answer, or the file cannot be written.
+    """
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    url = database_url(config.database.url, config.storage.root)
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise DatabaseUrlInvalid("database.url: not a database URL (e.g. postgresql+psycopg://user:pass@host/db)") \
+            from None
+    try:
+        database = Database(url)
+    except ArgumentError as exc:  # an unknown dialect or driver
+        raise DatabaseUrlInvalid(f"database.url: {shown}: {describe_error(exc)}") from None
     try:
         database.upgrade()
+    except (SQLAlchemyError, OSError) as exc:
+        database.close()
+        raise DatabaseUnavailable(f"database.url: cannot open {shown}: {describe_error(exc)}") from None
     except BaseException:
         database.close()
         raise
     return database
+
+
+def describe_error(exc: BaseException) -> str:
+    """The driver's own words when SQLAlchemy wraps them, without SQL or parameters."""
+    reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
+    lines = str(reason).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 _ADVISORY_LOCK = 0x77686172  # "whar": the key of the PostgreSQL lock migrations hold

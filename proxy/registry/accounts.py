@@ -380,7 +380,7 @@ class Accounts:
             return None
         return Principal(user=owner.name, user_id=owner.id, admin=owner.admin,
                          scopes=frozenset(s for s in token.scopes.split(",") if s), token_id=token.id,
-                         orgs=self._orgs_of(session, owner.id))
+                         orgs=self._orgs_of(session, owner.id), expires_at=token.expires_at)
 
     @staticmethod
     def _user(session: Session, name: str) -> User:

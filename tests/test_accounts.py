@@ -198,6 +198,15 @@ def test_authenticate(accounts, clock):
     assert accounts.authenticate("alice", "") is None
 
 
+def test_a_bearer_token_names_no_user(accounts):
+    accounts.add_user("alice")
+    info, secret = accounts.create_token("alice", "read:packages")
+    principal = accounts.authenticate(None, secret)
+    assert principal is not None and principal.user == "alice" and principal.token_id == info.id
+    accounts.revoke_token(info.id)
+    assert accounts.authenticate(None, secret) is None
+
+
 def test_a_token_with_a_valid_checksum_but_unknown_is_refused(accounts):
     from proxy.registry.accounts import new_secret
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import threading
+import time
 
 import pytest
 import yaml
@@ -188,3 +189,37 @@ def test_commands_work_while_serve_runs(tmp_path):
     finally:
         server.stop()
     assert "Traceback" not in server.output()
+
+
+def _status(url: str, authorization: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": authorization})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_a_token_made_and_revoked_at_the_console_works_and_stops_on_the_running_server(tmp_path):
+    from support.accounts import basic
+
+    path, config = write_config(tmp_path, workers=2)
+    server = start_wharf(tmp_path / "serve", config)
+    try:
+        ok(path, "users", "add", "alice")
+        secret = ok(path, "tokens", "create", "alice", "--scopes", "read:packages")[-1]
+        url = server.url + "/api/user/tokens"
+        for _ in range(8):  # each worker in turn (the kernel spreads connections over them)
+            assert _status(url, basic("alice", secret)) == 200
+        token_id = ok(path, "tokens", "list", "alice")[1].split()[0]
+        ok(path, "tokens", "revoke", token_id)
+        deadline = time.monotonic() + 10  # workers poll the revision every 0.1 s
+        while _status(url, basic("alice", secret)) != 401:
+            assert time.monotonic() < deadline, "the revoked token still signs in"
+        for _ in range(3):  # on every worker (a few only: five failed sign-ins are throttled)
+            assert _status(url, basic("alice", secret)) == 401
+    finally:
+        server.stop()

@@ -336,9 +336,10 @@ class Accounts:
             self.audit.record("token.revoke", actor, remote, user=owner, token_id=info.id, hint=info.hint)
         return info
 
-    def authenticate(self, user: str, secret: str) -> Principal | None:
+    def authenticate(self, user: str | None, secret: str) -> Principal | None:
         """The principal ``user`` acts as with token ``secret``, or None when the token is malformed,
-        unknown, another user's, revoked or expired."""
+        unknown, another user's, revoked or expired. ``user`` None: whoever owns the token (a
+        ``Bearer`` token names no user)."""
         if not isinstance(secret, str) or not looks_like_token(secret):
             return None
         digest = secret_hash(secret)
@@ -373,8 +374,8 @@ class Accounts:
                                                      for token_id, when in sorted(used.items())])
 
     # helpers -----------------------------------------------------------------------------------
-    def _principal(self, session: Session, token: Token, owner: User, user: str) -> Principal | None:
-        if owner.name != user or token.revoked_at is not None:
+    def _principal(self, session: Session, token: Token, owner: User, user: str | None) -> Principal | None:
+        if (user is not None and owner.name != user) or token.revoked_at is not None:
             return None
         if token.expires_at is not None and token.expires_at <= self.clock():
             return None

@@ -22,6 +22,7 @@ from proxy.registry.addressing import Addressing, LocalNamespaces
 from proxy.registry.gc import collect
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
+from proxy.registry.packages import Packages
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
@@ -93,6 +94,7 @@ def create_app(config: Config) -> web.Application:
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
     # accounts and packages (issue 9): wire new services here ------------------------------------
     database = app[keys.DATABASE] = Database(database_url(config.database.url, root))
+    packages = app[keys.PACKAGES] = Packages(database, meta, blobs, invalidation, app.get(keys.AUDIT), config.access)
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
@@ -102,7 +104,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.SENDFILE_POOL] = sendfile_pool
 
     async def gc_pass() -> None:
-        report = await collect(blobs, meta, uploads, config.gc.grace_seconds)
+        held = await database.run(packages.held_digests)  # deleted versions that may still be restored
+        report = await collect(blobs, meta, uploads, config.gc.grace_seconds, held=held)
         if report.removed or report.released_to_cache:
             await budget.scan_off_loop()  # recount pushed and cached bytes after content left or changed hands
 
@@ -135,6 +138,7 @@ def create_app(config: Config) -> web.Application:
             sendfile_pool.shutdown(wait=False, cancel_futures=True)
             blobs.flush_access_times()
             await shared.close()
+            await packages.close()  # the download counts not yet written
             meta.close()
             database.close()
             if exchange is not None:

@@ -158,21 +158,23 @@ class Packages:
         with self._db.session() as s:
             return _namespace(s, namespace)
 
-    async def record_push(self, principal: Principal, repository: str, digest: str, media_type: str,
+    async def record_push(self, principal: Principal, repository: str, digest: Digest | str, media_type: str,
                           body: bytes, tags: list[str]) -> None:
         """After a manifest PUT into a local repository: the package (created if need be), the version,
         the metadata. Never raises: a push does not fail because of its bookkeeping."""
         try:
+            digest = str(digest)
             created = await self._db.run(self._record_push, principal, repository, digest, media_type, body,
-                                         list(tags))
+                                         [str(t) for t in tags])
         except Exception:
             log.exception("could not record the push of %s@%s", repository, digest)
             return
         self._record("push", principal, repository=repository, digest=digest, tags=list(tags),
                      created=created)
 
-    async def record_delete(self, principal: Principal, repository: str, digest: str) -> None:
+    async def record_delete(self, principal: Principal, repository: str, digest: Digest | str) -> None:
         """After an OCI DELETE of a manifest by digest: its version is deleted (restorable)."""
+        digest = str(digest)
         try:
             deleted = await self._db.run(self._record_delete, repository, digest)
         except Exception:
@@ -181,9 +183,9 @@ class Packages:
         if deleted:
             self._record("delete", principal, repository=repository, digest=digest)
 
-    async def count_download(self, repository: str, digest: str) -> None:
+    async def count_download(self, repository: str, digest: Digest | str) -> None:
         """One pull of a manifest; counted in memory and written every ``flush_seconds``."""
-        self._downloads[(repository, digest)] += 1
+        self._downloads[(repository, str(digest))] += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
 

@@ -19,7 +19,10 @@ from proxy.http.routes import setup_routes
 from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing, LocalNamespaces
+from proxy.registry._interim import Accounts
 from proxy.registry.gc import collect
+from proxy.registry.guard import AccessGuard
+from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Identity, LoginThrottle, jwt_key
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
 from proxy.registry.packages import Packages
@@ -79,13 +82,13 @@ def create_app(config: Config) -> web.Application:
     app[keys.SHARED] = shared
     app[keys.SPACE] = space
     token_key = read_key(config.tokens.key_file) if config.tokens.key_file else store_key(root / "keys")
-    app[keys.TOKENS] = TokenService(shared, token_key, agree_through_shared=config.tokens.key_file is None)
+    tokens = app[keys.TOKENS] = TokenService(shared, token_key, agree_through_shared=config.tokens.key_file is None)
     app[keys.UPSTREAMS] = upstreams
-    app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream,
-                                      LocalNamespaces(config.local_namespaces, invalidation))
-    app[keys.REGISTRY] = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
-                                             config.cache, config.limits, tasks, invalidation,
-                                             hot_manifests=config.fast_paths.hot_manifests)
+    namespaces = LocalNamespaces(config.local_namespaces, invalidation)
+    app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream, namespaces)
+    pullthrough = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
+                                      config.cache, config.limits, tasks, invalidation,
+                                      hot_manifests=config.fast_paths.hot_manifests)
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
     replays = app[keys.REPLAYS] = ReplayTable()
@@ -94,8 +97,20 @@ def create_app(config: Config) -> web.Application:
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
     # accounts and packages (issue 9): wire new services here ------------------------------------
     database = app[keys.DATABASE] = Database(database_url(config.database.url, root))
-    packages = app[keys.PACKAGES] = Packages(database, meta, blobs, invalidation, app.get(keys.AUDIT), config.access)
+    audit = app[keys.AUDIT] = None
+    accounts = app[keys.ACCOUNTS] = Accounts(database, audit, frozenset(config.upstream_names()))
+    packages = app[keys.PACKAGES] = Packages(database, meta, blobs, invalidation, audit, config.access)
     # ---------------------------------------------------------------------------------------------
+    # who callers are, remembered per database revision; a new revision drops every cached answer
+    identity = app[keys.IDENTITY] = Identity(database, accounts, tokens, jwt_key(token_key), metrics)
+    app[keys.LOGIN_THROTTLE] = LoginThrottle(shared, config.access, metrics)
+    identity.on_change(invalidation.names_changed)
+
+    async def reload_namespaces() -> None:
+        namespaces.replace_accounts(await identity.namespace_names())
+
+    identity.on_change(reload_namespaces)
+    app[keys.REGISTRY] = AccessGuard(pullthrough, identity, packages, meta, config.access)
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange
@@ -121,6 +136,9 @@ def create_app(config: Config) -> web.Application:
                     asyncio.ensure_future(watch_loop_lag(metrics))]
         # changes published by other processes on this store (workers, the CLI)
         periodic.append(asyncio.ensure_future(_periodic(POLL_SECONDS, invalidation.poll)))
+        await identity.poll()
+        await reload_namespaces()
+        periodic.append(asyncio.ensure_future(_periodic(IDENTITY_POLL_SECONDS, identity.poll)))
         if exchange is not None:
             periodic.append(asyncio.ensure_future(_periodic(1.0, exchange.publish)))
         if config.gc.interval_seconds:
@@ -133,6 +151,7 @@ def create_app(config: Config) -> web.Application:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await tasks.close()
+            await identity.close()
             await asyncio.to_thread(budget.wait_idle, 30)  # an eviction thread still uses the metadata
             await session.close()
             sendfile_pool.shutdown(wait=False, cancel_futures=True)

@@ -86,6 +86,10 @@ class Metrics:
         self.requests_limited = Counter("wharf_client_requests_limited",
                                         "Requests answered 429 under the per-client rate, by what the "
                                         "client was known by (address, credential)", ["client"], registry=r)
+        self.login_failures = Counter("wharf_login_failures", "Failed sign-ins (docker login, /token, Basic on "
+                                      "a registry route), by reason", ["reason"], registry=r)
+        self.login_throttled = Counter("wharf_login_throttled", "Sign-ins refused with 429 after repeated "
+                                       "failures from one address or for one user", registry=r)
         self.loop_lag = Histogram("wharf_event_loop_lag_seconds",
                                   "How late the event loop ran a timer (a probe every 0.25 s)",
                                   buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),

@@ -15,8 +15,9 @@ from typing import Awaitable, Callable, Iterator, Mapping
 import pytest
 from aiohttp.test_utils import TestServer
 
+from support.accounts import add_token, add_user, basic
 from support.fake_upstream import FakeRegistry
-from support.images import Credentials, basic_auth_header
+from support.images import PUSH_ACCOUNTS, Credentials, basic_auth_header
 from support.servers import RegistryServer, start_redis, start_registry
 
 AUTH_USER = "wharf-test"
@@ -126,6 +127,18 @@ class Wharf:
     app: object
     client: object  # aiohttp TestClient
     seen: list[SeenRequest] = field(default_factory=list)
+    # the server admin account ``admin`` and its token (every scope); ``client`` sends it unless
+    # the test started Wharf with ``auth=None`` or sends an Authorization header of its own
+    admin: tuple[str, str] = ("admin", "")
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": basic(*self.admin)}
+
+    @property
+    def database(self):
+        from proxy.http.keys import DATABASE
+        return self.app[DATABASE]
 
     def upstream_name(self, upstream_url: str) -> str:
         return upstream_url.split("://", 1)[1]
@@ -169,7 +182,7 @@ async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
 
     async def start(*upstream_urls: str, upstream_options: dict | None = None,
                     named_upstreams: Mapping[str, str] | None = None, port: int | None = None,
-                    **overrides) -> Wharf:
+                    auth: str | None = "admin", **overrides) -> Wharf:
         nonlocal counter
         counter += 1
         named = [(url.split("://", 1)[1], url) for url in upstream_urls]
@@ -188,7 +201,13 @@ async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
                                     _joined(request.headers), _joined(response.headers)))
 
         app.on_response_prepare.append(record)
-        client = await aiohttp_client(WharfTestServer(app, port=port))
-        return Wharf(str(client.make_url("")).rstrip("/"), app, client, seen)
+        from proxy.http.keys import DATABASE
+        add_user(app[DATABASE], "admin", admin=True)
+        _, secret = add_token(app[DATABASE], "admin")
+        headers = {"Authorization": basic("admin", secret)} if auth == "admin" else {}
+        client = await aiohttp_client(WharfTestServer(app, port=port), headers=headers)
+        url = str(client.make_url("")).rstrip("/")
+        PUSH_ACCOUNTS[url] = ("admin", secret)
+        return Wharf(url, app, client, seen, ("admin", secret))
 
     return start

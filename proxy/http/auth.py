@@ -1,6 +1,11 @@
-"""``/token``: exchanges a client's Basic credentials for a Wharf token (``docker login`` + pull).
+"""``/token``: exchanges a client's Basic credentials for a token (``docker login`` + pull/push).
 
-Credentials are checked before a token is issued, so a wrong password fails at login/pull time
+A Wharf account (user name + personal access token, ``wharf_pat_…``) gets a short-lived signed
+token (``proxy.registry.identity``) naming, per repository asked for, the actions the account may
+do there now (Docker's ``access`` claim); the registry decides again on every request, so a
+revoked token or a changed role counts at once. A personal access token never reaches an upstream.
+
+Any other credential is an upstream credential. Credentials are checked before a token is issued, so a wrong password fails at login/pull time
 with 401, not later:
 - when the requested scope names an upstream repository, at that upstream;
 - with no repository scope at all (``docker login <wharf>`` asks for a token with none), at every
@@ -20,7 +25,10 @@ import time
 from aiohttp import web
 
 from proxy.errors import OCIError, Unauthorized
-from proxy.http.keys import ADDRESSING, TOKENS, UPSTREAMS
+from proxy.http.identity import basic_user, caller_of
+from proxy.http.keys import ADDRESSING, IDENTITY, LOGIN_THROTTLE, REGISTRY, TOKENS, UPSTREAMS
+from proxy.registry.access import Action, Principal
+from proxy.registry.identity import PAT_PREFIX
 from proxy.registry.tokens import TOKEN_TTL
 from proxy.upstream.auth import Credential, credential_from_header
 from proxy.upstream.client import Upstream
@@ -59,22 +67,68 @@ async def check_login(upstreams: list[Upstream], credential: Credential) -> None
         raise Unauthorized("no upstream accepted the credentials")
 
 
+_ACTIONS = {"pull": Action.PULL, "push": Action.PUSH, "delete": Action.DELETE}
+
+
+def _scopes(request: web.Request) -> list[tuple[str, list[str]]]:
+    """``(repository name, actions)`` of every ``repository:NAME:ACTIONS`` scope asked for."""
+    found = []
+    for scope in request.query.getall("scope", []):
+        for item in scope.split(" "):
+            parts = item.split(":")
+            if len(parts) >= 3 and parts[0] == "repository":
+                found.append((":".join(parts[1:-1]), parts[-1].split(",")))
+    return found
+
+
+async def _granted(request: web.Request, principal: Principal) -> list[dict]:
+    """Docker's ``access`` claim: per repository asked for, the actions the account may do now."""
+    access = []
+    for name, actions in _scopes(request)[:32]:
+        try:
+            target = request.app[ADDRESSING].resolve(name, None)
+        except OCIError:
+            continue
+        wanted = list(_ACTIONS) if "*" in actions else [a for a in actions if a in _ACTIONS]
+        granted = [a for a in wanted if await request.app[REGISTRY].allowed(principal, _ACTIONS[a], target)]
+        access.append({"type": "repository", "name": name, "actions": granted})
+    return access
+
+
+def _answer(issued: str, ttl: int) -> web.Response:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return web.json_response({"token": issued, "access_token": issued, "expires_in": ttl, "issued_at": now})
+
+
 async def token(request: web.Request) -> web.Response:
-    credential = credential_from_header(request.headers.get("Authorization"))
+    header = request.headers.get("Authorization")
+    user, password = basic_user(header)
+    if password is not None and password.startswith(PAT_PREFIX):
+        client = await caller_of(request)  # throttled; 401 for a token that does not stand
+        issued, ttl = request.app[IDENTITY].sign(client.principal, await _granted(request, client.principal))
+        return _answer(issued, ttl)
+    credential = credential_from_header(header)
     if credential is not None and credential.scheme != "basic":
         credential = None
     if credential is not None:
-        names = _scoped_names(request)
-        for name in names:
-            try:
-                target = request.app[ADDRESSING].resolve(name, None)
-            except OCIError:
-                continue
-            if target.upstream is not None:
-                await request.app[UPSTREAMS][target.upstream].check_credentials(target.repo, credential)
-        if not names:
-            await check_login(list(request.app[UPSTREAMS].values()), credential)
-    issued = await request.app[TOKENS].issue(credential)
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return web.json_response({"token": issued, "access_token": issued, "expires_in": TOKEN_TTL,
-                              "issued_at": now})
+        throttle = request.app[LOGIN_THROTTLE]
+        await throttle.check(request.remote, user)
+        try:
+            await _check_upstream_credential(request, credential)
+        except Unauthorized:
+            await throttle.failed(request.remote, user, "refused upstream")
+            raise
+    return _answer(await request.app[TOKENS].issue(credential), TOKEN_TTL)
+
+
+async def _check_upstream_credential(request: web.Request, credential: Credential) -> None:
+    names = _scoped_names(request)
+    for name in names:
+        try:
+            target = request.app[ADDRESSING].resolve(name, None)
+        except OCIError:
+            continue
+        if target.upstream is not None:
+            await request.app[UPSTREAMS][target.upstream].check_credentials(target.repo, credential)
+    if not names:
+        await check_login(list(request.app[UPSTREAMS].values()), credential)

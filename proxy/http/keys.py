@@ -12,6 +12,7 @@ from proxy.http.replay import ReplayTable
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing
 from proxy.registry.base import Registry
+from proxy.registry.identity import Identity, LoginThrottle
 from proxy.registry.invalidation import Invalidation
 from proxy.registry.tokens import TokenService
 from proxy.storage.database import Database
@@ -37,7 +38,8 @@ DATABASE = web.AppKey("database", Database)
 ACCOUNTS = web.AppKey("accounts", object)   # proxy.registry.accounts.Accounts
 PACKAGES = web.AppKey("packages", object)   # proxy.registry.packages.Packages
 AUDIT = web.AppKey("audit", object)         # proxy.registry.audit.AuditLog
-IDENTITY = web.AppKey("identity", object)   # proxy.http.identity.Identity
+IDENTITY = web.AppKey("identity", Identity)
+LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries
 

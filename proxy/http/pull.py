@@ -15,13 +15,13 @@ from aiohttp import web
 from proxy.errors import (DigestInvalid, OCIError, PaginationNumberInvalid, RangeInvalid, SizeInvalid, Unauthorized,
                           Unavailable, UpstreamInvalid)
 from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, CAUSE, CONFIG, ERROR_CODE, METRICS,
-                             OUTCOME_STATUS, REGISTRY, REPLAYS, SENDFILE_POOL, TOKENS, UPSTREAM)
+                             OUTCOME_STATUS, REGISTRY, REPLAYS, SENDFILE_POOL, UPSTREAM)
+from proxy.http.identity import caller_of
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import parse_accept
 from proxy.registry.base import BlobResult, Client, Target
 from proxy.registry.fills import FillFailed
-from proxy.upstream.auth import credential_from_header
 
 log = logging.getLogger("wharf.http")
 _CHUNK = 256 * 1024
@@ -31,9 +31,8 @@ _PAGE_SIZE_RE = re.compile(r"0*([0-9]{1,9})", re.ASCII)
 
 
 async def client_of(request: web.Request) -> Client:
-    """The caller's credential: Basic as sent, Wharf tokens resolved, other tokens passed through."""
-    credential = credential_from_header(request.headers.get("Authorization"))
-    return Client(await request.app[TOKENS].resolve(credential))
+    """The caller (``proxy.http.identity``): a Wharf account, and/or an upstream credential."""
+    return await caller_of(request)
 
 
 def target_of(request: web.Request) -> Target:
@@ -59,6 +58,7 @@ async def base(request: web.Request) -> web.Response:
     """
     if "Authorization" not in request.headers:
         raise Unauthorized("Wharf issues tokens at its /token endpoint (anonymous ones too)")
+    await caller_of(request)  # a Wharf token that does not stand is refused here already
     return web.json_response({})
 
 

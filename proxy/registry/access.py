@@ -29,7 +29,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from proxy.errors import Denied, NameUnknown, OCIError, Unauthorized
+from proxy.errors import Denied, OCIError, Unauthorized
 
 READ_PACKAGES = "read:packages"
 WRITE_PACKAGES = "write:packages"
@@ -72,6 +72,7 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     token_id: int | None = None
     orgs: Mapping[str, str] = field(default_factory=dict)
+    expires_at: float | None = None  # of the token (time.time()); None: it does not expire
 
     @property
     def signed_in(self) -> bool:
@@ -153,7 +154,8 @@ def check(principal: Principal, action: Action, repository: str, namespace: Name
           package: PackageFacts | None) -> None:
     """Raise the error the caller gets unless ``principal`` may do ``action`` on ``repository``.
 
-    ``package`` is None when no live package has that name (a push then creates it).
+    ``package`` is None when no live package has that name: a push then creates it; a signed-in
+    caller's read is let through to be answered as unknown, an anonymous one is Unauthorized.
     """
     error = verdict(principal, action, repository, namespace, package)
     if error is not None:
@@ -181,7 +183,7 @@ def verdict(principal: Principal, action: Action, repository: str, namespace: Na
                 return Denied(f"{namespace.name}/ belongs to no user or organisation of this Wharf; "
                               f"only server admins may push there")
             return Denied(f"{principal.user} may not create packages in {namespace.name}/")
-        return NameUnknown(f"repository {repository} is not known")
+        return None  # a read of nothing: the registry answers that it does not know it
     needed = _ROLE_OF[action]
     have = role_of(principal, namespace, package)
     if have >= needed:

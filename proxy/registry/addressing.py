@@ -39,7 +39,8 @@ class LocalNamespaces:
     """The first path components under which prefix-less names are local repositories."""
 
     def __init__(self, names: Iterable[str] = (), invalidation: Invalidation | None = None) -> None:
-        self._names = frozenset(names)
+        self._declared = frozenset(names)
+        self._names = self._declared
         self._invalidation = invalidation
 
     def __contains__(self, namespace: str) -> bool:
@@ -47,6 +48,15 @@ class LocalNamespaces:
 
     def __iter__(self):
         return iter(sorted(self._names))
+
+    def replace_accounts(self, names: Iterable[str]) -> None:
+        """The users' and organisations' namespaces (created by an admin) are local too, beside the
+        declared ones; a change drops every answer remembered by name."""
+        names = self._declared | {n for n in names if n != "library" and "/" not in n}
+        if names != self._names:
+            self._names = names
+            if self._invalidation is not None:
+                self._invalidation.names_changed()
 
     def declare(self, namespace: str) -> None:
         """Make ``namespace`` local from now on; answers remembered for its names are dropped."""

@@ -202,10 +202,19 @@ async def _check(resp: aiohttp.ClientResponse, *expected: int) -> None:
         raise PushError(f"{resp.method} {resp.url} -> {resp.status}: {body[:500]}")
 
 
+# the account a test Wharf at a base URL takes pushes from (``make_wharf`` registers its admin), used
+# when a push names no ``auth`` of its own
+PUSH_ACCOUNTS: dict[str, Credentials] = {}
+
+
+def _push_auth(base_url: str, auth: Credentials | None) -> Credentials | None:
+    return auth if auth is not None else PUSH_ACCOUNTS.get(base_url.rstrip("/"))
+
+
 async def push_blob(session: aiohttp.ClientSession, base_url: str, repo: str, data: bytes,
                     auth: Credentials | None = None) -> str:
     """Upload ``data`` unless the repo already has it: POST a session, then one PUT ?digest=."""
-    digest, headers = sha256_digest(data), basic_auth_header(auth)
+    digest, headers = sha256_digest(data), basic_auth_header(_push_auth(base_url, auth))
     async with session.head(f"{base_url}/v2/{repo}/blobs/{digest}", headers=headers) as resp:
         if resp.status == 200:
             return digest
@@ -224,7 +233,8 @@ async def push_manifest(session: aiohttp.ClientSession, base_url: str, repo: str
                         auth: Credentials | None = None) -> str:
     """PUT manifest bytes by tag or digest; returns the digest the registry reports."""
     async with session.put(f"{base_url}/v2/{repo}/manifests/{reference}", data=data,
-                           headers={**basic_auth_header(auth), "Content-Type": media_type}) as resp:
+                           headers={**basic_auth_header(_push_auth(base_url, auth)),
+                                    "Content-Type": media_type}) as resp:
         await _check(resp, 201)
         return resp.headers.get("Docker-Content-Digest", sha256_digest(data))
 

@@ -18,12 +18,13 @@ from support.images import (MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST
 
 from proxy.app import BLOBS, META, UPLOADS
 from proxy.errors import Denied, Unauthorized
-from proxy.http.keys import CONFIG, DATABASE, INVALIDATION
+from proxy.http.keys import CONFIG, INVALIDATION, PACKAGES
 from proxy.oci.digest import Digest
 from proxy.registry.access import SCOPES, Principal, Role
 from proxy.registry.gc import collect
 from proxy.registry.packages import (InvalidRequest, PackageConflict, PackageNotFound, PackageRefused, Packages)
-from proxy.storage.database import Base, Namespace, Org, OrgMember, Package, PackageRole, User
+from proxy.storage.database import Package, PackageRole, User
+from support.accounts import add_org, add_token, add_user
 
 ALL = frozenset(SCOPES)
 
@@ -40,29 +41,36 @@ class RecordingAudit:
 
 
 class Site:
-    """A Wharf with users alice (1), bob (2), carol (3) and the org acme (owner bob, member carol)."""
+    """A Wharf with users alice, bob, carol and the org acme (owner bob, member carol), each with a
+    token of every scope; pushes go through the registry (its guard records them here)."""
 
     def __init__(self, wharf, packages: Packages, audit: RecordingAudit) -> None:
         self.wharf, self.packages, self.audit = wharf, packages, audit
-        self.alice = Principal("alice", 1, False, ALL)
-        self.bob = Principal("bob", 2, False, ALL, orgs={"acme": "owner"})
-        self.carol = Principal("carol", 3, False, ALL, orgs={"acme": "member"})
+        db = wharf.database
+        for name in ("alice", "bob", "carol"):
+            add_user(db, name)
+        add_org(db, "acme", {"bob": "owner", "carol": "member"})
+        self.secrets = {name: add_token(db, name)[1] for name in ("alice", "bob", "carol")}
+        with db.session() as s:
+            ids = dict(s.execute(select(User.name, User.id)).all())
+        self.ids = ids
+        self.alice = Principal("alice", ids["alice"], False, ALL)
+        self.bob = Principal("bob", ids["bob"], False, ALL, orgs={"acme": "owner"})
+        self.carol = Principal("carol", ids["carol"], False, ALL, orgs={"acme": "member"})
         self.anonymous = Principal()
 
     @property
     def db(self):
-        return self.wharf.app[DATABASE]
+        return self.wharf.database
+
+    def auth(self, principal: Principal) -> tuple[str, str]:
+        return principal.user, self.secrets[principal.user]
 
     async def push(self, principal: Principal, repository: str, image, tag: str | None = "latest") -> None:
-        """Push for real, then tell the service as the registry guard does after each manifest PUT."""
-        await push_image(self.wharf.url, repository, image, tag)
-        for child in getattr(image, "images", ()):
-            await self.packages.record_push(principal, repository, child.digest, child.media_type,
-                                            child.manifest, [])
-        await self.packages.record_push(principal, repository, image.digest, image.media_type, image.manifest,
-                                        [tag] if tag else [])
+        await push_image(self.wharf.url, repository, image, tag, auth=self.auth(principal))
 
     async def pull(self, repository: str, reference: str) -> tuple[int, bytes]:
+        """As the server admin (who may read everything): what exists is served, what was deleted not."""
         resp = await self.wharf.client.get(f"/v2/{repository}/manifests/{reference}",
                                            headers={"Accept": MANIFEST_ACCEPT})
         return resp.status, await resp.read()
@@ -77,25 +85,12 @@ class Site:
 
 @pytest.fixture
 async def site(make_wharf) -> Site:
+    """The app's own package service (the one its registry guard calls), with a recording audit log."""
     wharf = await make_wharf(gc={"interval_seconds": 0}, access={"delete_download_limit": 3})
-    db = wharf.app[DATABASE]
-    Base.metadata.create_all(db.engine)
-    now = time.time()
-    with db.session() as s:
-        for name, kind in (("alice", "user"), ("bob", "user"), ("carol", "user"), ("acme", "org")):
-            s.add(Namespace(name=name, kind=kind, created_at=now))
-        s.flush()
-        for i, name in enumerate(("alice", "bob", "carol"), 1):
-            s.add(User(id=i, name=name, admin=False, created_at=now))
-        s.add(Org(id=1, name="acme", created_at=now))
-        s.flush()
-        s.add(OrgMember(org_id=1, user_id=2, role="owner"))
-        s.add(OrgMember(org_id=1, user_id=3, role="member"))
     audit = RecordingAudit()
-    packages = Packages(db, wharf.app[META], wharf.app[BLOBS], wharf.app[INVALIDATION], audit,
-                        wharf.app[CONFIG].access, flush_seconds=0.05)
+    packages = wharf.app[PACKAGES]
+    packages._audit = audit  # the app's audit log is another module's; this one records what it is told
     yield Site(wharf, packages, audit)
-    await packages.close()
 
 
 def unique(prefix: str) -> str:
@@ -110,7 +105,7 @@ async def test_first_push_creates_a_private_package_with_the_pusher_as_admin(sit
     assert site.revision() == before + 1
     facts = site.packages.facts(f"alice/{name}/web")
     assert facts.visibility == "private" and facts.namespace == "alice"
-    assert facts.user_roles == {1: Role.ADMIN}
+    assert facts.user_roles == {site.ids["alice"]: Role.ADMIN}
     package = await site.packages.get_package(site.alice, "users", "alice", f"{name}/web")
     assert (package.namespace, package.name, package.owner_type, package.version_count) == \
         ("alice", f"{name}/web", "User", 1)
@@ -126,7 +121,7 @@ async def test_org_member_push_gives_the_org_package_and_the_owner_admin(site):
     name = unique("svc")
     await site.push(site.carol, f"acme/{name}", make_image(name))
     facts = site.packages.facts(f"acme/{name}")
-    assert facts.user_roles == {3: Role.ADMIN}
+    assert facts.user_roles == {site.ids["carol"]: Role.ADMIN}
     package = await site.packages.get_package(site.bob, "orgs", "acme", name)  # org owner: admin of all
     assert package.owner_type == "Organization"
     with pytest.raises(PackageNotFound):  # an org's package is not at users/
@@ -159,13 +154,10 @@ async def test_an_index_gives_its_annotations_and_its_platforms(site):
     doc = json.loads(index.manifest)
     doc["annotations"] = {"org.opencontainers.image.description": "My multi-arch image"}
     body = canonical_json(doc)
-    await push_image(site.wharf.url, f"alice/{name}", index, tag=None)  # the children and a first index
-    for child in index.images:
-        await site.packages.record_push(site.alice, f"alice/{name}", child.digest, child.media_type,
-                                        child.manifest, [])
+    await site.push(site.alice, f"alice/{name}", index, tag=None)  # the children and a first index
     async with aiohttp.ClientSession() as session:
-        digest = await push_manifest(session, site.wharf.url, f"alice/{name}", "multi", body, OCI_INDEX)
-    await site.packages.record_push(site.alice, f"alice/{name}", digest, OCI_INDEX, body, ["multi"])
+        digest = await push_manifest(session, site.wharf.url, f"alice/{name}", "multi", body, OCI_INDEX,
+                                     auth=site.auth(site.alice))
     package = await site.packages.get_package(site.alice, "users", "alice", name)
     assert package.description == "My multi-arch image"
     versions = {v.digest: v for v in await site.versions(site.alice, "users", "alice", name)}
@@ -188,9 +180,9 @@ async def test_a_config_that_is_not_json_gives_no_metadata_and_the_push_succeeds
                                "layers": [layer.descriptor()]})
     async with aiohttp.ClientSession() as session:
         for blob in (config, layer):
-            await push_blob(session, site.wharf.url, repository, blob.data)
-        digest = await push_manifest(session, site.wharf.url, repository, "v1", manifest, OCI_MANIFEST)
-    await site.packages.record_push(site.alice, repository, digest, OCI_MANIFEST, manifest, ["v1"])
+            await push_blob(session, site.wharf.url, repository, blob.data, auth=site.auth(site.alice))
+        digest = await push_manifest(session, site.wharf.url, repository, "v1", manifest, OCI_MANIFEST,
+                                     auth=site.auth(site.alice))
     await site.packages.record_push(site.alice, repository, sha256_digest(b"x"), OCI_MANIFEST, b"\xff garbage", [])
     package = await site.packages.get_package(site.alice, "users", "alice", name)
     assert (package.description, package.source, package.licenses) == (None, None, None)
@@ -249,8 +241,7 @@ async def test_an_oci_delete_by_digest_makes_the_version_deleted(site):
     image = make_image(name)
     await site.push(site.alice, repository, image, "v1")
     resp = await site.wharf.client.delete(f"/v2/{repository}/manifests/{image.digest}")
-    assert resp.status == 202
-    await site.packages.record_delete(site.alice, repository, image.digest)
+    assert resp.status == 202  # the registry guard tells the package service
     (deleted,) = await site.versions(site.alice, "users", "alice", name, "deleted")
     assert deleted.digest == image.digest
     await site.packages.restore_version(site.alice, "users", "alice", name, deleted.id)
@@ -322,7 +313,7 @@ async def test_download_counts_are_written_in_the_background_and_at_close(site):
     (version,) = await site.versions(site.alice, "users", "alice", name)
     fresh = Packages(site.db, site.wharf.app[META], site.wharf.app[BLOBS], site.wharf.app[INVALIDATION], None,
                      site.wharf.app[CONFIG].access)  # another worker: sees only what was written
-    for _ in range(100):
+    for _ in range(200):
         if (await fresh.get_version(site.alice, "users", "alice", name, version.id)).download_count == 3:
             break
         await asyncio.sleep(0.05)
@@ -384,7 +375,7 @@ async def test_scopes_and_roles_bound_the_api(site):
         await site.packages.get_package(no_read, "users", "alice", "nothing-here")
     # a reader granted on the package sees it but may not delete
     with site.db.session() as s:
-        s.add(PackageRole(package_id=package.id, user_id=2, role="read"))
+        s.add(PackageRole(package_id=package.id, user_id=site.ids["bob"], role="read"))
     assert (await site.packages.get_package(site.bob, "users", "alice", name)).id == package.id
     with pytest.raises(Denied, match="admin role"):
         await site.packages.delete_package(site.bob, "users", "alice", name)

@@ -107,7 +107,8 @@ _NO_CONTENT = {"description": "No Content"}
 _LINK = {"Link": {"description": 'Paging: rel="next", rel="last", rel="prev", rel="first"',
                   "schema": {"type": "string"}}}
 
-_PAGE = [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+_PAGE = [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000000,
+                                                    "default": 1}},
          {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100,
                                                         "default": 30}}]
 _PACKAGE_TYPE_QUERY = {"name": "package_type", "in": "query", "required": True,

@@ -2,7 +2,8 @@
 ``/healthz`` answers (over HTTPS when the config has ``tls``), stop it with SIGTERM.
 
 ``start_failure`` runs a ``wharf serve`` that is expected not to start and returns its exit
-status and stderr. Children die with the test process (``PR_SET_PDEATHSIG``).
+status and stderr. Children die with the test process (``PR_SET_PDEATHSIG``). ``add_admin`` gives a
+running one the server admin account that ``make_wharf`` gives its Wharfs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from support.accounts import add_token, add_user
+from support.images import PUSH_ACCOUNTS, Credentials
 from support.servers import ChildProcess, ServerError, _die_with_parent
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +96,22 @@ def start_wharf(workdir: Path, config: dict, env: dict[str, str] | None = None,
             raise ServerError(f"wharf serve did not answer on {url}:\n{wharf.output()}")
         time.sleep(0.1)
     return wharf
+
+
+def add_admin(url: str, root: Path, database: str | None = None) -> Credentials:
+    """Create the server admin ``admin`` with a token of every scope in the database of the Wharf
+    at ``url`` (store ``root``, ``database.url`` ``database``), as ``make_wharf`` does; ``push_image``
+    to ``url`` then signs in as it. Returns ``(name, token)``."""
+    from proxy.storage.database import Database, database_url
+
+    db = Database(database_url(database, root))
+    try:
+        add_user(db, "admin", admin=True)
+        _, secret = add_token(db, "admin")
+    finally:
+        db.close()
+    PUSH_ACCOUNTS[url.rstrip("/")] = ("admin", secret)
+    return ("admin", secret)
 
 
 def start_failure(workdir: Path, config: dict, env: dict[str, str] | None = None) -> tuple[int | None, str]:

@@ -74,7 +74,8 @@ def create_app(config: Config) -> web.Application:
     uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes, space)
     # one hook for every answer kept in memory; other workers of the store hear of changes by a stamp
     invalidation = Invalidation(root / "invalidation.stamp")
-    local = LocalRegistry(blobs, meta, uploads, invalidation, config.limits.max_manifest_descriptors)
+    local = LocalRegistry(blobs, meta, uploads, invalidation, config.limits.max_manifest_descriptors,
+                          recent_manifests=config.fast_paths.hot_manifests)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
@@ -103,7 +104,7 @@ def create_app(config: Config) -> web.Application:
     # who callers are, remembered per database revision; a new revision drops every cached answer
     identity = app[keys.IDENTITY] = Identity(database, accounts, tokens, jwt_key(token_key), metrics)
     app[keys.LOGIN_THROTTLE] = LoginThrottle(shared, config.access, metrics)
-    identity.on_change(invalidation.names_changed)
+    identity.on_change(invalidation.forget_here)  # every process polls the revision itself
 
     async def reload_namespaces() -> None:
         namespaces.replace_accounts(await identity.namespace_names())

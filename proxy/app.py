@@ -19,18 +19,20 @@ from proxy.http.routes import setup_routes
 from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing, LocalNamespaces
-from proxy.registry._interim import Accounts, Packages
+from proxy.registry.accounts import Accounts
+from proxy.registry.audit import AuditLog, audit_path
 from proxy.registry.gc import collect
 from proxy.registry.guard import AccessGuard
 from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Identity, LoginThrottle, jwt_key
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
+from proxy.registry.packages import Packages
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
-from proxy.storage.database import Database, database_url
+from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
@@ -96,8 +98,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.INVALIDATION] = invalidation
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
     # accounts and packages (issue 9): wire new services here ------------------------------------
-    database = app[keys.DATABASE] = Database(database_url(config.database.url, root))
-    audit = app[keys.AUDIT] = None
+    database = app[keys.DATABASE] = open_database(config)  # migrated to the newest schema before serving
+    audit = app[keys.AUDIT] = AuditLog(audit_path(config))
     accounts = app[keys.ACCOUNTS] = Accounts(database, audit, frozenset(config.upstream_names()))
     packages = app[keys.PACKAGES] = Packages(database, meta, blobs, invalidation, audit, config.access)
     # ---------------------------------------------------------------------------------------------
@@ -119,7 +121,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.SENDFILE_POOL] = sendfile_pool
 
     async def gc_pass() -> None:
-        report = await collect(blobs, meta, uploads, config.gc.grace_seconds)
+        held = await database.run(packages.held_digests)  # deleted versions that may still be restored
+        report = await collect(blobs, meta, uploads, config.gc.grace_seconds, held=held)
         if report.removed or report.released_to_cache:
             await budget.scan_off_loop()  # recount pushed and cached bytes after content left or changed hands
 
@@ -156,6 +159,7 @@ def create_app(config: Config) -> web.Application:
             sendfile_pool.shutdown(wait=False, cancel_futures=True)
             blobs.flush_access_times()
             await shared.close()
+            await packages.close()  # the download counts not yet written
             meta.close()
             database.close()
             if exchange is not None:

@@ -283,7 +283,7 @@ def test_log_level_is_one_of_the_named_levels():
 
 async def test_a_pusher_hanging_up_mid_body_is_a_499_without_a_traceback(tmp_path):
     async with wharf_serve(tmp_path, "http://127.0.0.1:9") as served:
-        authorization = basic(*add_admin(served.base, tmp_path / "data"))
+        authorization = basic(*add_admin(served.base, tmp_path / "wharf.yaml"))
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{served.base}/v2/team/pushed/blobs/uploads/",
                                     headers={"Authorization": authorization}) as resp:

@@ -146,7 +146,7 @@ async def test_skopeo_pushes_over_https(ca, repo_name, clients_dir, tmp_path):
                                                         upstreams=[], default_upstream=None),
                         context=ca.client_context())
     try:
-        creds = ":".join(add_admin(wharf.url, tmp_path / "data"))
+        creds = ":".join(add_admin(wharf.url, wharf.config_path))
         source = tmp_path / "source"
         source.mkdir()
         (source / "manifest.json").write_bytes(image.manifest)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from support.accounts import add_token, add_user
+from support.accounts import ALL_SCOPES
 from support.images import PUSH_ACCOUNTS, Credentials
 from support.servers import ChildProcess, ServerError, _die_with_parent
 
@@ -98,20 +98,23 @@ def start_wharf(workdir: Path, config: dict, env: dict[str, str] | None = None,
     return wharf
 
 
-def add_admin(url: str, root: Path, database: str | None = None) -> Credentials:
-    """Create the server admin ``admin`` with a token of every scope in the database of the Wharf
-    at ``url`` (store ``root``, ``database.url`` ``database``), as ``make_wharf`` does; ``push_image``
-    to ``url`` then signs in as it. Returns ``(name, token)``."""
-    from proxy.storage.database import Database, database_url
+def add_admin(url: str, config_path: Path, env: dict[str, str] | None = None) -> Credentials:
+    """Give the running Wharf at ``url`` the server admin ``admin`` with a token of every scope, as
+    an operator does (``wharf users add --admin``, ``wharf tokens create``, the same config and
+    environment as ``serve``) and as ``make_wharf`` gives its Wharfs one; ``push_image`` to ``url``
+    then signs in as it. Returns ``(name, token)``."""
+    def wharf(*args: str) -> str:
+        result = subprocess.run(wharf_argv(*args, "--config", str(config_path)), cwd=config_path.parent,
+                                env=wharf_env(env), capture_output=True, text=True, timeout=60,
+                                preexec_fn=_die_with_parent)
+        assert result.returncode == 0, f"wharf {' '.join(args)}: exit {result.returncode}\n{result.stderr}"
+        return result.stdout
 
-    db = Database(database_url(database, root))
-    try:
-        add_user(db, "admin", admin=True)
-        _, secret = add_token(db, "admin")
-    finally:
-        db.close()
-    PUSH_ACCOUNTS[url.rstrip("/")] = ("admin", secret)
-    return ("admin", secret)
+    wharf("users", "add", "admin", "--admin")
+    token = wharf("tokens", "create", "admin", "--scopes", ",".join(ALL_SCOPES),
+                  "--note", "tests").strip().splitlines()[-1]  # printed once, on the last line
+    PUSH_ACCOUNTS[url.rstrip("/")] = ("admin", token)
+    return ("admin", token)
 
 
 def start_failure(workdir: Path, config: dict, env: dict[str, str] | None = None) -> tuple[int | None, str]:

@@ -116,13 +116,13 @@ async def main(args: argparse.Namespace) -> int:
             await steps[step](bench)
             if step == "5":
                 await scenarios.tag_revalidation(bench)
-            results.finish(out)    # keep what we have if a later step dies
+            results.finish(out, args.merge)    # keep what we have if a later step dies
     finally:
         bench.stop_all()
         bench.clean()
         upstream.stop()
         shutil.rmtree(SHM, ignore_errors=True)
-    results.finish(out)
+    results.finish(out, args.merge)
     if out.name == "latest.json" or args.report:
         md, png = report.write(out)
         print(f"\nwrote {out}, {md}, {png}")
@@ -145,6 +145,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "results/tmp/<profile>/py-spy/, top functions in the JSON; slows Wharf a little)")
     p.add_argument("--out", help="results JSON path (default results/latest.json, quick.json with --quick)")
     p.add_argument("--report", action="store_true", help="write REPORT.md and chart.png next to --out")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other tests already in the results JSON (e.g. --only 10,11 into latest.json); "
+                        "each test records when and at which commit it ran")
     return p.parse_args(argv)
 
 

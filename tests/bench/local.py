@@ -35,7 +35,7 @@ from . import measure
 from .profile import DOCKER_ACCEPT, HOST, MiB
 from .pusher import http_push, skopeo_dir, skopeo_push
 from .results_model import ratio
-from .scenarios import Bench, guarded, rotate
+from .scenarios import Bench, guarded, profiled, rotate
 from .servers import Target, Wharf
 
 USER = "bench"
@@ -65,6 +65,10 @@ async def _until(probe, seconds: float = 10.0) -> bool:
 async def open_account(t: Wharf) -> tuple[str, str]:
     """The server admin ``bench`` and a token with every scope; (Basic header, ``user:secret``)
     once Wharf answers ``/v2/`` with it (each worker reads the accounts revision every 0.1 s)."""
+    if t.workers > 1:
+        # a fresh multi-worker Wharf loses one worker to a race of the workers' schema creation
+        # ("table namespaces already exists") and starts another 0.5 s later: let that happen first
+        await asyncio.sleep(1.5)
     db = _database(t)
     try:
         add_user(db, USER, admin=True)
@@ -157,8 +161,9 @@ async def local_manifests(b: Bench) -> None:
                 await guarded(b, key, t, measure.fetch_status(url, "GET", DOCKER_ACCEPT,
                                                               auth=headers.get("Authorization")))
                 await b.upstream.wait_idle()
-                load = await guarded(b, key, t, measure.wrk(url, b.profile.load_seconds, CONNECTIONS, 2,
-                                                            DOCKER_ACCEPT, headers))
+                async with profiled(b, key, case, t, rep):
+                    load = await guarded(b, key, t, measure.wrk(url, b.profile.load_seconds, CONNECTIONS, 2,
+                                                                DOCKER_ACCEPT, headers))
                 if not load:
                     continue
                 failed = load.errors > 0

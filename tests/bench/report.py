@@ -65,6 +65,8 @@ def markdown(data: dict) -> str:
         "numbers are noise; the ratios are the result. Each cell: median [min–max] (runs) of interleaved "
         "repetitions.",
         "",
+        *([f"Tests were measured in several runs (merged: {', '.join(data['merged'])}); each test says when "
+           "and at which commit."] + [""] if data.get("merged") else []),
         "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9)",
         "",
         "| test | what | goal | Wharf | value | references | |",
@@ -78,6 +80,10 @@ def markdown(data: dict) -> str:
     lines += ["", "## Figures", ""]
     for key, test in _tests(data):
         lines += [f"### {key}: {test['title']}", ""]
+        run = test.get("run")
+        if data.get("merged") and run:
+            lines += [f"Measured {run.get('started')} (profile {run.get('profile')}), Wharf at "
+                      f"`{run.get('wharf_commit')}`.", ""]
         metrics = test["metrics"]
         if metrics:
             targets = _targets(metrics)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 from sqlalchemy import select
 
 from proxy.storage.database import Database, Package, bump_revision, database_url

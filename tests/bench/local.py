@@ -255,6 +255,9 @@ async def pushes(b: Bench) -> None:
                               idle_mib=round(idle / MiB, 1))
                         r.add(key, f"{image}_{mode}_peak_pss_mib", t.name, rss.peak_pss / MiB if ok else None,
                               "MiB")
+                        # what the push itself added over the idle process tree
+                        r.add(key, f"{image}_{mode}_rss_growth_mib", t.name,
+                              (rss.peak - idle) / MiB if ok else None, "MiB")
     for mode, what in MODES.items():
         r.note(key, f"{mode}: {what}")
     r.note(key, "each push goes to a target started empty; skopeo may send several layers at once "
@@ -269,10 +272,13 @@ async def pushes(b: Bench) -> None:
                             r.med(key, f"{image}_{mode}_peak_rss_mib", ref))
                 pss = ratio(r.med(key, f"{image}_{mode}_peak_pss_mib", w),
                             r.med(key, f"{image}_{mode}_peak_pss_mib", ref))
-                refs = {"Wharf s": r.med(key, f"{image}_{mode}_s", w), "distribution s": r.med(key, f"{image}_{mode}_s", ref),
+                refs = {"Wharf s": r.med(key, f"{image}_{mode}_s", w),
+                        "distribution s": r.med(key, f"{image}_{mode}_s", ref),
                         "Wharf RSS MiB": r.med(key, f"{image}_{mode}_peak_rss_mib", w),
                         "distribution RSS MiB": r.med(key, f"{image}_{mode}_peak_rss_mib", ref),
-                        "PSS ratio": pss}
+                        "PSS ratio": pss,
+                        "RSS growth MiB Wharf": r.med(key, f"{image}_{mode}_rss_growth_mib", w),
+                        "distribution": r.med(key, f"{image}_{mode}_rss_growth_mib", ref)}
                 r.check(key, f"{image} {mode}: push time / distribution; peak RSS / distribution",
                         "reported (no goal)", None if s is None else f"{s:.2f}; {rss:.2f}" if rss else f"{s:.2f}",
                         None, refs, w)

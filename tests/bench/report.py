@@ -65,7 +65,7 @@ def markdown(data: dict) -> str:
         "numbers are noise; the ratios are the result. Each cell: median [min–max] (runs) of interleaved "
         "repetitions.",
         "",
-        *([f"Tests were measured in several runs (merged: {', '.join(data['merged'])}); each test says when "
+        *([f"Tests were measured in several runs (started {', '.join(data['merged'])}); each test says when "
            "and at which commit."] + [""] if data.get("merged") else []),
         "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9)",
         "",

@@ -76,7 +76,8 @@ class Results:
                        "profile": old.get("profile")}
             tests = {k: {**t, "run": t.get("run", earlier)} for k, t in old.get("tests", {}).items()}
             tests.update(self.data["tests"])
-            out = {**old, "tests": tests, "merged": sorted({*old.get("merged", []), self.data["started"]})}
+            runs = sorted({t["run"]["started"] for t in tests.values() if t["run"].get("started")})
+            out = {**old, "tests": tests, "merged": runs}
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1, default=str) + "\n")
 

@@ -8,6 +8,8 @@ by hand), so it is not part of the test run: build it offline with
 suite's own defaults for spec version 1.1 and for the development version (which adds upload
 cancel, ``?tag=`` parameters and required digest headers), each against a fresh ``wharf serve``.
 Every API and data set is on except sparse manifests: Wharf requires every referenced blob.
+The suite signs in as a server admin with a personal access token made by ``wharf users add``
+and ``wharf tokens create``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def serve(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     raise AssertionError(f"wharf serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
 
 
+def account(config: Path) -> tuple[str, str]:
+    """A server admin and a token with every scope, made with Wharf's own CLI: (user, token)."""
+    cli = [sys.executable, "-m", "proxy"]
+    subprocess.run([*cli, "users", "add", "conformance", "--admin", "--config", str(config)], cwd=PROJECT,
+                   check=True, capture_output=True)
+    made = subprocess.run([*cli, "tokens", "create", "conformance", "--scopes",
+                           "read:packages,write:packages,delete:packages", "--config", str(config)],
+                          cwd=PROJECT, check=True, capture_output=True, text=True)
+    return "conformance", made.stdout.strip().splitlines()[-1]
+
+
 def counts(report: str) -> dict[str, int]:
     return {key: int(value) for key, value in
             re.findall(r"^\s*(Disabled|Skip|Pass|FAIL|Error)\.*:\s+(\d+)\s*$", report, re.MULTILINE)}
@@ -70,8 +83,9 @@ RUNS = [("1.1", {}), ("1.1-all-apis", ALL_APIS), ("dev", {})]
 def run(binary: str, version: str, extra: dict[str, str], tmp_path: Path) -> list[str]:
     """One suite run against a fresh ``wharf serve``; returns the problems found (none: passed)."""
     process, port = serve(tmp_path)
+    user, token = account(tmp_path / "wharf.yaml")
     try:
-        env = {**os.environ, "OCI_VERSION": version, "OCI_REGISTRY": f"127.0.0.1:{port}", "OCI_TLS": "disabled",
+        env = {**os.environ, "OCI_USERNAME": user, "OCI_PASSWORD": token, "OCI_VERSION": version, "OCI_REGISTRY": f"127.0.0.1:{port}", "OCI_TLS": "disabled",
                "OCI_REPO1": "conformance/repo1", "OCI_REPO2": "conformance/repo2",
                "OCI_RESULTS_DIR": str(tmp_path / "results"), "OCI_LOG": "warn", **extra}
         result = subprocess.run([binary], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

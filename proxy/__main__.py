@@ -1,5 +1,16 @@
 """Command line: ``wharf serve [--config FILE]``, ``wharf gc [--config FILE] [--dry-run]``,
-``wharf healthcheck [--config FILE]``, ``wharf --version``.
+``wharf healthcheck [--config FILE]``, ``wharf --version``, and the accounts commands operators
+script (names kept as the issue wrote them)::
+
+    wharf users add NAME [--admin]        wharf users list
+    wharf orgs add ORG --owner NAME       wharf orgs members add ORG NAME [--role owner|member]
+    wharf orgs list
+    wharf tokens create NAME --scopes read:packages,write:packages[,delete:packages]
+                                 [--expires DAYS] [--note TEXT]   (the token is the last line)
+    wharf tokens list NAME                wharf tokens revoke ID
+
+They act on the server's database (SQLite in the store, or ``database.url``) while it runs.
+Exit status: 0 done, 1 refused (the reason on stderr), 2 a bad config.
 
 Every command creates files for the owner only (umask 077): the store holds cached private
 content and credentials' traces, and nobody else on the host needs to read it.
@@ -109,6 +120,161 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+# accounts --------------------------------------------------------------------------------------
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _accounts_command(args: argparse.Namespace) -> int:
+    """Open the configured database (upgrading it as the server would) and run one command."""
+    config = _config(args)
+    if config is None:
+        return 2
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from proxy.registry.accounts import AccountError, Accounts
+    from proxy.registry.audit import AuditLog, audit_path
+    from proxy.storage.database import DatabaseUnavailable, DatabaseUrlInvalid, describe_error, open_database
+
+    try:
+        if config.database.url is None:
+            config.storage.root.mkdir(parents=True, exist_ok=True)
+        database = open_database(config)
+    except OSError as exc:
+        print(f"wharf: storage.root: cannot create {config.storage.root}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"wharf: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, DatabaseUrlInvalid) else 1
+    accounts = Accounts(database, AuditLog(audit_path(config)), frozenset(config.upstream_names()))
+    try:
+        for line in args.run(args, accounts, config):
+            print(line)
+    except AccountError as exc:
+        print(f"wharf: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, SQLAlchemyError) as exc:  # the audit log unwritable, the database gone meanwhile
+        print(f"wharf: {args.command} {args.action}: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+    return 0
+
+
+def _local_note(name: str, config) -> list[str]:
+    """With a default upstream, a new user or organisation takes its name away from it."""
+    if config.default_upstream is None:
+        return []
+    return [f"note: {name}/ is now a local namespace: mirror clients' {name}/... no longer reach "
+            f"the default upstream {config.default_upstream}"]
+
+
+def _users_add(args, accounts, config):
+    user = accounts.add_user(args.name, admin=args.admin)
+    yield f"user {user.name} added{' (server admin)' if user.admin else ''}"
+    yield from _local_note(user.name, config)
+
+
+def _users_list(args, accounts, config):
+    rows = [["NAME", "ADMIN", "ORGS", "CREATED"]]
+    rows += [[u.name, "yes" if u.admin else "no",
+              ",".join(f"{org}({role})" for org, role in u.orgs.items()) or "-", _when(u.created_at)]
+             for u in accounts.list_users()]
+    yield _table(rows)
+
+
+def _orgs_add(args, accounts, config):
+    org = accounts.add_org(args.org, owner=args.owner)
+    yield f"organisation {org.name} added, owner {args.owner}"
+    yield from _local_note(org.name, config)
+
+
+def _orgs_list(args, accounts, config):
+    rows = [["NAME", "MEMBERS", "CREATED"]]
+    rows += [[o.name, ",".join(f"{user}({role})" for user, role in o.members.items()), _when(o.created_at)]
+             for o in accounts.list_orgs()]
+    yield _table(rows)
+
+
+def _orgs_members_add(args, accounts, config):
+    accounts.add_member(args.org, args.name, role=args.role)
+    yield f"{args.name} is {'an owner' if args.role == 'owner' else 'a member'} of {args.org}"
+
+
+def _tokens_create(args, accounts, config):
+    token, secret = accounts.create_token(args.name, args.scopes, expires_days=args.expires, note=args.note)
+    expiry = f"expires {_when(token.expires_at)}" if token.expires_at is not None else "never expires"
+    yield f"token {token.id} for {token.user}: {','.join(token.scopes)}; {expiry}"
+    yield "copy it now, it is not shown again:"
+    yield secret
+
+
+def _tokens_list(args, accounts, config):
+    import time
+
+    now = time.time()
+    rows = [["ID", "TOKEN", "SCOPES", "STATE", "CREATED", "EXPIRES", "LAST USED", "NOTE"]]
+    rows += [[str(t.id), t.hint + "...", ",".join(t.scopes), t.state(now), _when(t.created_at),
+              _when(t.expires_at), _when(t.last_used_at), t.note.replace("\n", " ")]
+             for t in accounts.list_tokens(args.name)]
+    yield _table(rows)
+
+
+def _tokens_revoke(args, accounts, config):
+    token = accounts.revoke_token(args.id)
+    yield f"token {token.id} of {token.user} ({token.hint}...) revoked"
+
+
+def _add_accounts_commands(sub, add_config) -> None:
+    users = sub.add_parser("users", help="user accounts").add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", help="add a user (their namespace NAME/ becomes local)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--admin", action="store_true", help="a server admin (admin of every package)")
+    add.set_defaults(run=_users_add)
+    users.add_parser("list", help="list users").set_defaults(run=_users_list)
+
+    orgs = sub.add_parser("orgs", help="organisations").add_subparsers(dest="action", required=True)
+    add = orgs.add_parser("add", help="add an organisation (its namespace ORG/ becomes local)")
+    add.add_argument("org", metavar="ORG")
+    add.add_argument("--owner", required=True, metavar="NAME", help="the user who owns it")
+    add.set_defaults(run=_orgs_add)
+    orgs.add_parser("list", help="list organisations and their members").set_defaults(run=_orgs_list)
+    members = orgs.add_parser("members", help="organisation members").add_subparsers(dest="members", required=True)
+    add = members.add_parser("add", help="add a member, or change a member's role")
+    add.add_argument("org", metavar="ORG")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", choices=("owner", "member"), default="member")
+    add.set_defaults(run=_orgs_members_add)
+
+    tokens = sub.add_parser("tokens", help="personal access tokens").add_subparsers(dest="action", required=True)
+    create = tokens.add_parser("create", help="create a token for a user; it is printed once, on the last line")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--scopes", required=True,
+                        help="comma-separated: read:packages, write:packages, delete:packages")
+    create.add_argument("--expires", type=int, metavar="DAYS", help="days until it expires (default: never)")
+    create.add_argument("--note", default="", metavar="TEXT", help="what the token is for")
+    create.set_defaults(run=_tokens_create)
+    listing = tokens.add_parser("list", help="list a user's tokens (never their secrets)")
+    listing.add_argument("name", metavar="NAME")
+    listing.set_defaults(run=_tokens_list)
+    revoke = tokens.add_parser("revoke", help="revoke a token at once, on every worker and replica")
+    revoke.add_argument("id", type=int, metavar="ID")
+    revoke.set_defaults(run=_tokens_revoke)
+    for parser in (*users.choices.values(), *orgs.choices.values(), *members.choices.values(),
+                   *tokens.choices.values()):
+        if parser is not orgs.choices["members"]:
+            add_config(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # before anything creates a file: the store is the owner's alone
     parser = argparse.ArgumentParser(prog="wharf", description="OCI pull-through cache and registry")
@@ -124,7 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     health = sub.add_parser("healthcheck", help="exit 0 when the server on the configured address is healthy")
     health.add_argument("--config", help="YAML config file (default: the embedded config/wharf.yaml)")
     health.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer")
+    _add_accounts_commands(sub, lambda p: p.add_argument(
+        "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     args = parser.parse_args(argv)
+    if args.command in ("users", "orgs", "tokens"):
+        return _accounts_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "healthcheck":

@@ -19,7 +19,8 @@ from proxy.http.routes import setup_routes
 from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing, LocalNamespaces
-from proxy.registry._interim import Accounts
+from proxy.registry.accounts import Accounts
+from proxy.registry.audit import AuditLog, audit_path
 from proxy.registry.gc import collect
 from proxy.registry.guard import AccessGuard
 from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Identity, LoginThrottle, jwt_key
@@ -31,7 +32,7 @@ from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
-from proxy.storage.database import Database, database_url
+from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
@@ -97,8 +98,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.INVALIDATION] = invalidation
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)
     # accounts and packages (issue 9): wire new services here ------------------------------------
-    database = app[keys.DATABASE] = Database(database_url(config.database.url, root))
-    audit = app[keys.AUDIT] = None
+    database = app[keys.DATABASE] = open_database(config)  # migrated to the newest schema before serving
+    audit = app[keys.AUDIT] = AuditLog(audit_path(config))
     accounts = app[keys.ACCOUNTS] = Accounts(database, audit, frozenset(config.upstream_names()))
     packages = app[keys.PACKAGES] = Packages(database, meta, blobs, invalidation, audit, config.access)
     # ---------------------------------------------------------------------------------------------

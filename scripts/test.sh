@@ -6,12 +6,12 @@
 #   bash scripts/test.sh tests/test_support.py -x # a subset
 #
 # Reruns are quick: apt runs only when a package is missing, pip only when pyproject.toml changed.
-# No systemd is needed: the test fixtures start docker-registry and redis-server themselves, so
+# No systemd is needed: the test fixtures start docker-registry, redis-server and postgres themselves, so
 # the packages' own services are kept from starting during the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry redis-server skopeo containerd docker.io python3-venv python3-dev gcc openssl)
+APT_PACKAGES=(docker-registry redis-server postgresql skopeo containerd docker.io python3-venv python3-dev gcc openssl)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from support.accounts import add_token, add_user, basic
 from support.fake_upstream import FakeRegistry
 from support.images import PUSH_ACCOUNTS, Credentials, basic_auth_header
-from support.servers import RegistryServer, start_redis, start_registry
+from support.servers import PostgresServer, RegistryServer, start_postgres, start_redis, start_registry
 
 AUTH_USER = "wharf-test"
 AUTH_PASSWORD = "s3cret-pass"
@@ -77,6 +77,37 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (``database_url`` makes a database per test)."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
+    """A SQLAlchemy URL of an empty database, once per backend: a SQLite file in ``tmp_path``, or
+    a fresh database on the session PostgreSQL server (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'wharf.db'}"
+        return
+    import psycopg
+
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = dict(host="127.0.0.1", port=server.port, user="wharf", dbname="postgres", autocommit=True)
+    with psycopg.connect(**admin) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.database_url(name)
+    finally:
+        with psycopg.connect(**admin) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

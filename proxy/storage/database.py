@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from sqlalchemy import (Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, create_engine,
                         event, select, text, update)
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+if TYPE_CHECKING:
+    from proxy.config import Config
 
 T = TypeVar("T")
 
@@ -177,6 +182,16 @@ class Database:
         """``fn(*args)`` in the database's threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (Alembic ``upgrade head``).
+
+        Workers, replicas and the CLI may start at once: one upgrades while the others wait, then
+        find nothing left to do. SQLite serializes on a file lock next to the database file,
+        PostgreSQL on an advisory lock held by the migrating connection.
+        """
+        with self.engine.connect() as connection, _migration_lock(self.url, connection):
+            _run_migrations(connection)
+
     def revision(self) -> int:
         with self.session() as session:
             return session.scalar(select(Revision.value).where(Revision.id == 1)) or 0
@@ -184,6 +199,91 @@ class Database:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.engine.dispose()
+
+
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be opened or upgraded; the message names ``database.url``
+    (its password hidden) and the reason in one line."""
+
+
+class DatabaseUrlInvalid(DatabaseUnavailable):
+    """``database.url`` is no URL SQLAlchemy can use (a config error)."""
+
+
+def open_database(config: "Config") -> Database:
+    """The configured database (SQLite in the store by default), its schema upgraded.
+
+    Raises DatabaseUnavailable when the URL is not one SQLAlchemy can use, the server does not
+    answer, or the file cannot be written.
+    """
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    url = database_url(config.database.url, config.storage.root)
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise DatabaseUrlInvalid("database.url: not a database URL (e.g. postgresql+psycopg://user:pass@host/db)") \
+            from None
+    try:
+        database = Database(url)
+    except ArgumentError as exc:  # an unknown dialect or driver
+        raise DatabaseUrlInvalid(f"database.url: {shown}: {describe_error(exc)}") from None
+    try:
+        database.upgrade()
+    except (SQLAlchemyError, OSError) as exc:
+        database.close()
+        raise DatabaseUnavailable(f"database.url: cannot open {shown}: {describe_error(exc)}") from None
+    except BaseException:
+        database.close()
+        raise
+    return database
+
+
+def describe_error(exc: BaseException) -> str:
+    """The driver's own words when SQLAlchemy wraps them, without SQL or parameters."""
+    reason = getattr(exc, "orig", None) or getattr(exc, "strerror", None) or exc
+    lines = str(reason).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+_ADVISORY_LOCK = 0x77686172  # "whar": the key of the PostgreSQL lock migrations hold
+
+
+@contextlib.contextmanager
+def _migration_lock(url: str, connection: Connection) -> Iterator[None]:
+    """Hold the lock that lets one process migrate at a time."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK})
+            connection.commit()
+        return
+    path = make_url(url).database
+    if connection.dialect.name != "sqlite" or not path or path == ":memory:":
+        yield  # a private in-memory database, or an engine without a lock we know: nobody to wait for
+        return
+    fd = os.open(f"{path}.migrate.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+def _run_migrations(connection: Connection) -> None:
+    """``alembic upgrade head`` on ``connection``, with the migrations shipped in this package."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    alembic = AlembicConfig()
+    alembic.set_main_option("script_location", "proxy.storage:migrations")
+    alembic.attributes["connection"] = connection
+    command.upgrade(alembic, "head")
+    connection.commit()
 
 
 def bump_revision(session: Session) -> None:

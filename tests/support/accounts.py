@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import secrets
 import time
 
 from sqlalchemy import select
 
+from proxy.registry.accounts import new_secret
 from proxy.storage.database import Base, Database, Namespace, Org, OrgMember, Token, User, bump_revision
 
 ALL_SCOPES = ("read:packages", "write:packages", "delete:packages")
@@ -44,7 +44,7 @@ def add_org(db: Database, name: str, members: dict[str, str]) -> None:
 
 
 def add_token(db: Database, user: str, scopes=ALL_SCOPES, expires_at: float | None = None) -> tuple[int, str]:
-    secret = "wharf_pat_" + secrets.token_hex(20)
+    secret = new_secret()  # the real format: Accounts.authenticate checks the checksum
     with db.session() as session:
         user_id = session.scalar(select(User.id).where(User.name == user))
         token = Token(user_id=user_id, secret_hash=hashlib.sha256(secret.encode()).hexdigest(),

@@ -254,3 +254,108 @@ def has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+# --- postgresql -----------------------------------------------------------------------------
+
+def _postgres_binary(name: str) -> str:
+    """``name`` on PATH, or in Debian's /usr/lib/postgresql/<version>/bin (newest first)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                      key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0, reverse=True)
+    if versions:
+        return str(versions[0])
+    raise ServerError(f"{name} is not installed (Debian: postgresql); run scripts/test.sh to install it")
+
+
+@dataclass
+class PostgresServer(ServerProcess):
+    """A throwaway PostgreSQL cluster; ``url`` is a SQLAlchemy URL of its ``postgres`` database,
+    superuser ``wharf`` without a password (trust, 127.0.0.1 only)."""
+
+    def database_url(self, name: str) -> str:
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _postgres_answers(port: int) -> bool:
+    """Ready when the server accepts a connection and a query."""
+    import psycopg
+
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="wharf", dbname="postgres",
+                             connect_timeout=1) as connection:
+            connection.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def start_postgres() -> PostgresServer:
+    """``initdb`` a cluster in a fresh temp dir and run ``postgres`` on a free 127.0.0.1 port.
+
+    PostgreSQL refuses to run as root (CI runs as root): then the cluster belongs to the
+    ``postgres`` account Debian's package creates, and both programs run under it. The temp dir is
+    made outside pytest's (root-only) temp tree so that account can enter it; it goes at ``stop``.
+    """
+    import pwd
+    import tempfile
+
+    initdb, postgres = _postgres_binary("initdb"), _postgres_binary("postgres")
+    account = None
+    if os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServerError("running as root, and there is no postgres account to run PostgreSQL as")
+    workdir = Path(tempfile.mkdtemp(prefix="wharf-postgres-"))
+    as_account = {}
+    if account is not None:
+        os.chown(workdir, account.pw_uid, account.pw_gid)
+        as_account = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
+    data = workdir / "data"
+    with open(workdir / "initdb.log", "wb") as log:
+        done = subprocess.run([initdb, "-D", str(data), "-U", "wharf", "--auth=trust", "-E", "UTF8",
+                               "--locale=C.UTF-8", "--no-sync"], cwd=workdir, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, **as_account)
+    if done.returncode != 0:
+        output = (workdir / "initdb.log").read_text(errors="replace")
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise ServerError(f"initdb exited with {done.returncode}:\n{output[-4000:]}")
+
+    def launch(port: int) -> tuple[list[str], str]:
+        argv = [postgres, "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+                "-c", f"unix_socket_directories={workdir}", "-c", "fsync=off",
+                "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"]
+        return argv, f"postgresql+psycopg://wharf@127.0.0.1:{port}/postgres"
+
+    def spawn(argv: list[str], cwd: Path) -> subprocess.Popen:
+        log = open(cwd / "server.log", "ab")
+        try:
+            return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, **as_account)
+        finally:
+            log.close()
+
+    last_error: ServerError | None = None
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        argv, url = launch(port)
+        starting = ServerProcess(name="postgres", port=port, url=url, workdir=workdir,
+                                 process=spawn(argv, workdir))
+        try:
+            _wait_ready(starting, lambda: _postgres_answers(port), START_TIMEOUT)
+        except ServerError as exc:
+            starting.stop()  # the cluster stays for the next port
+            last_error = exc
+            continue
+        return PostgresServer(name="postgres", port=port, url=url, workdir=workdir, process=starting.process)
+    shutil.rmtree(workdir, ignore_errors=True)
+    assert last_error is not None
+    raise last_error

@@ -189,7 +189,8 @@ async def test_wharf_gc_command(make_wharf, repo_name, tmp_path):
 async def test_background_pass_collects_and_recounts_the_budget(make_wharf, repo_name):
     from proxy.app import BUDGET
 
-    wharf = await make_wharf(gc={"interval_seconds": 0.2, "grace_seconds": 1})  # the push itself is safe
+    # the push itself is safe; a deleted version is not kept for a restore (retention 0)
+    wharf = await make_wharf(gc={"interval_seconds": 0.2, "grace_seconds": 1}, access={"retention_days": 0})
     image = make_image("gc-background", (40_000,))
     await push_image(wharf.url, repo_name, image, tag="x")
     budget = wharf.app[BUDGET]

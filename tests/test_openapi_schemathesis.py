@@ -71,8 +71,9 @@ def _schemathesis() -> list[str]:
 def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(tmp_path):
     root = tmp_path / "store"
     port = free_port()
+    # schemathesis also sends wrong credentials: the sign-in throttle must not stop the run at 429s
     wharf = start_wharf(tmp_path, {"listen": f"127.0.0.1:{port}", "storage": {"root": str(root)},
-                                   "log": {"access_log": False}})
+                                   "log": {"access_log": False}, "access": {"login_failures": 1_000_000}})
     try:
         user, secret = _seed(wharf.url, root)
         (tmp_path / "schemathesis.toml").write_text(CONFIG)
@@ -80,7 +81,10 @@ def test_schemathesis_finds_no_server_error_and_no_departure_from_the_document(t
             [*_schemathesis(), "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{wharf.url}/api/openapi.json", "--checks", CHECKS,
              "--max-examples", "20", "--seed", "9", "--workers", "1",
              "--request-timeout", "10", "--header", f"Authorization: {basic(user, secret)}",
-             "--suppress-health-check", "all", "--no-color"],
+             "--suppress-health-check", "all", "--no-color",
+             # its stateful phase revokes the token the run signs in with (found through GET
+             # /api/user/tokens), after which everything is 401: the revocation is left out
+             "--exclude-operation-id", "accounts/revoke-own-token"],
             cwd=tmp_path, capture_output=True, text=True, timeout=300)
         output = run.stdout + run.stderr
         (tmp_path / "schemathesis.txt").write_text(output)

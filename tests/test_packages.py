@@ -422,3 +422,28 @@ async def test_gc_keeps_deleted_versions_until_their_retention_ends(site):
     assert not any(stored(d) for d in (image.digest, *image.blobs))
     with pytest.raises(PackageConflict):  # within the retention by the clock, but the content is gone
         await site.packages.restore_version(site.alice, "users", "alice", name, version.id)
+
+
+async def test_the_background_gc_pass_keeps_what_may_be_restored(make_wharf):
+    wharf = await make_wharf(gc={"interval_seconds": 0.1, "grace_seconds": 0})
+    repository = f"admin/{unique('kept')}"
+    image = make_image(repository)
+    await push_image(wharf.url, repository, image, "v1")
+    resp = await wharf.client.delete(f"/v2/{repository}/manifests/{image.digest}")
+    assert resp.status == 202
+    async with aiohttp.ClientSession() as session:  # a blob no manifest names: the next pass takes it
+        stray = await push_blob(session, wharf.url, repository, b"stray bytes " * 100)
+    blobs = wharf.app[BLOBS]
+    for _ in range(200):
+        if blobs.size(Digest.parse(stray)) is None:
+            break
+        await asyncio.sleep(0.05)
+    assert blobs.size(Digest.parse(stray)) is None  # a pass ran after the delete ...
+    assert all(blobs.size(Digest.parse(d)) is not None for d in (image.digest, *image.blobs))  # ... and kept these
+    name = repository.split("/", 1)[1]
+    packages = wharf.app[PACKAGES]
+    admin = Principal("admin", None, True, ALL)
+    (deleted,) = (await packages.list_versions(admin, "users", "admin", name, "deleted")).items
+    await packages.restore_version(admin, "users", "admin", name, deleted.id)
+    resp = await wharf.client.get(f"/v2/{repository}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 200 and await resp.read() == image.manifest

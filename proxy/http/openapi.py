@@ -1,7 +1,7 @@
 """The OpenAPI 3 document of ``/api/`` (served at ``/api/openapi.json``), built from plain dicts.
 
-Each API keeps its part here: ``PACKAGE_PATHS`` (GitHub's packages endpoints) and
-``ADMIN_PATHS`` (the admin API adds its paths there); ``SCHEMAS`` holds the shared components.
+Each API keeps its part here: ``PACKAGE_PATHS`` (GitHub's packages endpoints, ``proxy.http.api``)
+and ``ADMIN_PATHS`` (the accounts API, ``proxy.http.admin_api``); ``SCHEMAS`` holds the components.
 The document says exactly what the handlers answer, statuses and bodies: CI runs schemathesis
 against it.
 """
@@ -191,101 +191,114 @@ def _package_paths() -> dict[str, Any]:
 
 PACKAGE_PATHS: dict[str, Any] = _package_paths()
 
+
+# the accounts API (proxy.http.admin_api) ------------------------------------------------------------
+_STAMP = {"type": "string", "example": "2026-12-01T23:21:12.255Z"}
 SCHEMAS.update({
-    "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+    "AccountError": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
     "User": {"type": "object", "required": ["id", "name", "admin", "created_at", "orgs"],
              "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "admin": {"type": "boolean"},
-                            "created_at": _TIME,
-                            "orgs": {"type": "object", "additionalProperties": {"type": "string",
-                                                                                 "enum": ["owner", "member"]}}}},
+                            "created_at": _STAMP,
+                            "orgs": {"type": "object", "additionalProperties": {"type": "string"},
+                                     "description": "organisation -> owner | member"}}},
     "Org": {"type": "object", "required": ["id", "name", "created_at", "members"],
-            "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "created_at": _TIME,
-                           "members": {"type": "object", "additionalProperties": {"type": "string",
-                                                                                   "enum": ["owner", "member"]}}}},
+            "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "created_at": _STAMP,
+                           "members": {"type": "object", "additionalProperties": {"type": "string"}}}},
+    "Membership": {"type": "object", "required": ["org", "user", "role"],
+                   "properties": {"org": {"type": "string"}, "user": {"type": "string"},
+                                  "role": {"type": "string"}}},
     "Token": {"type": "object",
               "required": ["id", "user", "hint", "scopes", "note", "state", "created_at", "expires_at",
                            "last_used_at", "revoked_at"],
               "properties": {"id": {"type": "integer"}, "user": {"type": "string"}, "hint": {"type": "string"},
                              "scopes": {"type": "array", "items": {"type": "string"}}, "note": {"type": "string"},
-                             "state": {"type": "string"}, "created_at": _TIME,
-                             "expires_at": {**_TIME, "nullable": True}, "last_used_at": {**_TIME, "nullable": True},
-                             "revoked_at": {**_TIME, "nullable": True}}},
+                             "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
+                             "created_at": _STAMP, "expires_at": {**_STAMP, "nullable": True},
+                             "last_used_at": {**_STAMP, "nullable": True},
+                             "revoked_at": {**_STAMP, "nullable": True}}},
     "NewToken": {"allOf": [{"$ref": "#/components/schemas/Token"},
                            {"type": "object", "required": ["token"],
-                            "properties": {"token": {"type": "string", "description": "shown this once"}}}]},
+                            "properties": {"token": {"type": "string", "description": "shown once"}}}]},
 })
 
 
-def _message(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": _REF("Message")}}}
+def _account_error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AccountError"}}}}
 
 
-_ADMIN_ERRORS = {"401": _message("Requires authentication"), "403": _message("Not a server admin"),
-                 "413": _message("The body is too large"), "422": _message("Validation failed"),
-                 "429": _message("Too many failed sign-ins")}
-_ACCOUNT_PARAM = lambda name: {"name": name, "in": "path", "required": True,  # noqa: E731
-                               "schema": {"type": "string"}}
-_TOKEN_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-
-
-def _body_of(properties: dict, required: list[str]) -> dict:
-    return {"required": True, "content": {"application/json": {"schema": {
-        "type": "object", "required": required, "properties": properties}}}}
-
-
-_NEW_TOKEN_BODY = _body_of({"scopes": {"type": "array", "items": {"type": "string", "enum": [
-    "read:packages", "write:packages", "delete:packages"]}}, "expires_days": {"type": "integer", "minimum": 1},
-    "note": {"type": "string"}}, ["scopes"])
-
-
-def _admin(op_id: str, summary: str, parameters: list, responses: dict, body: dict | None = None) -> dict:
-    operation = _operation(op_id, summary, parameters, {**responses, **_ADMIN_ERRORS}, body)
-    operation["tags"] = ["accounts"]
+def _account_operation(op_id: str, summary: str, parameters: list, responses: dict,
+                       body: dict | None = None) -> dict:
+    errors = {"401": _account_error("Requires authentication"),
+              "403": _account_error("Not a server admin, or more scopes than the caller's token"),
+              "429": _account_error("Too many failed sign-ins")}
+    if body is not None:
+        errors["413"] = _account_error("The body is too large")
+        errors["422"] = _account_error("The body or a field is not what the endpoint takes")
+    operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": ["accounts"],
+                                 "parameters": parameters, "responses": {**responses, **errors}}
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return operation
 
 
+def _path(name: str, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema or {"type": "string", "minLength": 1}}
+
+
+_NEW_TOKEN = {"type": "object", "required": ["scopes"],
+              "properties": {"scopes": {"type": "array", "items": {
+                  "type": "string", "enum": ["read:packages", "write:packages", "delete:packages"]}},
+                             "expires_days": {"type": "integer", "minimum": 1, "nullable": True},
+                             "note": {"type": "string"}}}
+_TOKEN_ID = _path("id", {"type": "integer", "minimum": 1})
+_NOT_FOUND = {"404": _account_error("No such user, organisation or token")}
+
 ADMIN_PATHS: dict[str, Any] = {
     "/api/admin/users": {
-        "get": _admin("accounts/list-users", "List users (server admins)", [],
-                      {"200": _json("The users", {"type": "array", "items": _REF("User")})}),
-        "post": _admin("accounts/add-user", "Create a user (server admins)", [],
-                       {"201": _json("The user", _REF("User"))},
-                       _body_of({"name": {"type": "string"}, "admin": {"type": "boolean"}}, ["name"])),
+        "get": _account_operation("accounts/list-users", "List users", [],
+                                  {"200": _json("The users", {"type": "array", "items": _REF("User")})}),
+        "post": _account_operation("accounts/add-user", "Add a user", [],
+                                   {"201": _json("The new user", _REF("User"))},
+                                   {"type": "object", "required": ["name"],
+                                    "properties": {"name": {"type": "string"}, "admin": {"type": "boolean"}}}),
     },
     "/api/admin/orgs": {
-        "get": _admin("accounts/list-orgs", "List organisations (server admins)", [],
-                      {"200": _json("The organisations", {"type": "array", "items": _REF("Org")})}),
-        "post": _admin("accounts/add-org", "Create an organisation (server admins)", [],
-                       {"201": _json("The organisation", _REF("Org")), "404": _message("No such user")},
-                       _body_of({"name": {"type": "string"}, "owner": {"type": "string"}}, ["name", "owner"])),
+        "get": _account_operation("accounts/list-orgs", "List organisations", [],
+                                  {"200": _json("The organisations", {"type": "array", "items": _REF("Org")})}),
+        "post": _account_operation("accounts/add-org", "Add an organisation", [],
+                                   {"201": _json("The new organisation", _REF("Org")), **_NOT_FOUND},
+                                   {"type": "object", "required": ["name", "owner"],
+                                    "properties": {"name": {"type": "string"}, "owner": {"type": "string"}}}),
     },
     "/api/admin/orgs/{org}/members/{user}": {
-        "put": _admin("accounts/set-member", "Add a member or change their role (server admins)",
-                      [_ACCOUNT_PARAM("org"), _ACCOUNT_PARAM("user")],
-                      {"200": _json("The membership", {"type": "object"}), "404": _message("No such org or user")},
-                      _body_of({"role": {"type": "string", "enum": ["owner", "member"]}}, [])),
+        "put": _account_operation("accounts/set-member", "Add a member or change their role",
+                                  [_path("org"), _path("user")],
+                                  {"200": _json("The membership", _REF("Membership")), **_NOT_FOUND},
+                                  {"type": "object", "properties": {
+                                      "role": {"type": "string", "enum": ["owner", "member"]}}}),
     },
     "/api/admin/users/{user}/tokens": {
-        "get": _admin("accounts/list-user-tokens", "List a user's tokens (server admins)", [_ACCOUNT_PARAM("user")],
-                      {"200": _json("The tokens", {"type": "array", "items": _REF("Token")}),
-                       "404": _message("No such user")}),
-        "post": _admin("accounts/create-user-token", "Create a token for a user (server admins)",
-                       [_ACCOUNT_PARAM("user")], {"201": _json("The token", _REF("NewToken")),
-                                                  "404": _message("No such user")}, _NEW_TOKEN_BODY),
+        "get": _account_operation("accounts/list-tokens-of-user", "List a user's tokens", [_path("user")],
+                                  {"200": _json("The tokens", {"type": "array", "items": _REF("Token")}),
+                                   **_NOT_FOUND}),
+        "post": _account_operation("accounts/create-token-for-user", "Create a token for a user",
+                                   [_path("user")], {"201": _json("The token, with its secret", _REF("NewToken")),
+                                                     **_NOT_FOUND}, _NEW_TOKEN),
     },
     "/api/admin/tokens/{id}": {
-        "delete": _admin("accounts/revoke-token", "Revoke any token (server admins)", [_TOKEN_ID],
-                         {"204": _NO_CONTENT, "404": _message("No such token")}),
+        "delete": _account_operation("accounts/revoke-token", "Revoke a token", [_TOKEN_ID],
+                                     {"204": _NO_CONTENT, **_NOT_FOUND}),
     },
     "/api/user/tokens": {
-        "get": _admin("accounts/list-own-tokens", "List the signed-in user's tokens", [],
-                      {"200": _json("The tokens", {"type": "array", "items": _REF("Token")})}),
-        "post": _admin("accounts/create-own-token", "Create a token (never with more scopes than the one in use)",
-                       [], {"201": _json("The token", _REF("NewToken"))}, _NEW_TOKEN_BODY),
+        "get": _account_operation("accounts/list-own-tokens", "List the signed-in user's tokens", [],
+                                  {"200": _json("The tokens", {"type": "array", "items": _REF("Token")})}),
+        "post": _account_operation("accounts/create-own-token", "Create a token (within the caller's scopes)", [],
+                                   {"201": _json("The token, with its secret", _REF("NewToken"))}, _NEW_TOKEN),
     },
     "/api/user/tokens/{id}": {
-        "delete": _admin("accounts/revoke-own-token", "Revoke one of the signed-in user's tokens", [_TOKEN_ID],
-                         {"204": _NO_CONTENT, "404": _message("No such token")}),
+        "delete": _account_operation("accounts/revoke-own-token", "Revoke one of the signed-in user's tokens",
+                                     [_TOKEN_ID], {"204": _NO_CONTENT, **_NOT_FOUND}),
     },
 }
 
@@ -295,7 +308,8 @@ def document(server_url: str | None = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "Wharf API", "version": "1",
-                 "description": "GitHub-style packages endpoints of Wharf's embedded registry."},
+                 "description": "GitHub-style packages endpoints of Wharf's embedded registry, and its "
+                                "accounts API."},
         "paths": {**PACKAGE_PATHS, **ADMIN_PATHS},
         "components": {
             "schemas": SCHEMAS,

@@ -19,7 +19,6 @@ from proxy.http.routes import setup_routes
 from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.registry.addressing import Addressing, LocalNamespaces
-from proxy.registry._interim import Packages
 from proxy.registry.accounts import Accounts
 from proxy.registry.audit import AuditLog, audit_path
 from proxy.registry.gc import collect
@@ -27,6 +26,7 @@ from proxy.registry.guard import AccessGuard
 from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Identity, LoginThrottle, jwt_key
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
+from proxy.registry.packages import Packages
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
@@ -76,7 +76,8 @@ def create_app(config: Config) -> web.Application:
     uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes, space)
     # one hook for every answer kept in memory; other workers of the store hear of changes by a stamp
     invalidation = Invalidation(root / "invalidation.stamp")
-    local = LocalRegistry(blobs, meta, uploads, invalidation, config.limits.max_manifest_descriptors)
+    local = LocalRegistry(blobs, meta, uploads, invalidation, config.limits.max_manifest_descriptors,
+                          recent_manifests=config.fast_paths.hot_manifests)
     upstreams: dict[str, Upstream] = {}
     app[keys.CONFIG] = config
     app[keys.METRICS] = metrics
@@ -105,7 +106,7 @@ def create_app(config: Config) -> web.Application:
     # who callers are, remembered per database revision; a new revision drops every cached answer
     identity = app[keys.IDENTITY] = Identity(database, accounts, tokens, jwt_key(token_key), metrics)
     app[keys.LOGIN_THROTTLE] = LoginThrottle(shared, config.access, metrics)
-    identity.on_change(invalidation.names_changed)
+    identity.on_change(invalidation.forget_here)  # every process polls the revision itself
 
     async def reload_namespaces() -> None:
         namespaces.replace_accounts(await identity.namespace_names())
@@ -120,7 +121,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.SENDFILE_POOL] = sendfile_pool
 
     async def gc_pass() -> None:
-        report = await collect(blobs, meta, uploads, config.gc.grace_seconds)
+        held = await database.run(packages.held_digests)  # deleted versions that may still be restored
+        report = await collect(blobs, meta, uploads, config.gc.grace_seconds, held=held)
         if report.removed or report.released_to_cache:
             await budget.scan_off_loop()  # recount pushed and cached bytes after content left or changed hands
 
@@ -157,6 +159,7 @@ def create_app(config: Config) -> web.Application:
             sendfile_pool.shutdown(wait=False, cancel_futures=True)
             blobs.flush_access_times()
             await shared.close()
+            await packages.close()  # the download counts not yet written
             meta.close()
             database.close()
             if exchange is not None:

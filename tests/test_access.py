@@ -4,6 +4,7 @@ tokens and their scopes, revocation, sign-in throttling, catalog filtering, moun
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 import aiohttp
@@ -79,7 +80,6 @@ async def _team(make_wharf):
 
 
 def _auth_pair(header: dict[str, str]) -> tuple[str, str] | None:
-    import base64
     if not header:
         return None
     user, _, secret = base64.b64decode(header["Authorization"].split(" ", 1)[1]).decode().partition(":")
@@ -128,6 +128,8 @@ async def test_every_role_and_visibility_over_the_registry_api(make_wharf, visib
                     assert resp.headers["WWW-Authenticate"].startswith("Bearer realm=")
             resp = await session.post(f"{wharf.url}/v2/team/app/blobs/uploads/", headers=headers)
             assert resp.status == (202 if push == ALLOWED else push), (person, visibility, "push")
+            if push == UNAUTH:  # the challenge asks for what a push needs
+                assert 'scope="repository:team/app:pull,push"' in resp.headers["WWW-Authenticate"]
             if push == DENIED:
                 assert (await resp.json())["errors"][0]["code"] == "DENIED"
             tag = f"t-{person}"
@@ -319,3 +321,51 @@ async def test_replayed_answers_of_a_public_package_stop_when_it_turns_private(m
         async def refused() -> bool:
             return (await session.get(url, headers=headers)).status == 401
         assert await wait_for(refused, 1.0)
+
+
+async def test_wharf_tokens_never_reach_an_upstream_and_upstream_credentials_grant_nothing_local(
+        make_wharf, fake_upstream):
+    fake = await fake_upstream()
+    fake.require_bearer(users={"hubuser": "hub-pw"}, private=set())
+    public = make_image("public-upstream", (300,))
+    fake.add_image("library/alpine", public, tag="3")
+    wharf = await make_wharf(named_upstreams={"docker.io": fake.url}, auth=None)
+    add_user(wharf.database, "alice")
+    _, token = add_token(wharf.database, "alice", READ_WRITE)
+    await push_image(wharf.url, "alice/app", make_image("alice-private", (200,)), tag="v1", auth=("alice", token))
+    # signed in with a Wharf token (Basic, and the signed token of /token): public upstream content flows
+    resp = await wharf.client.get("/token", params={"service": "wharf", "scope": "repository:docker.io/alpine:pull"},
+                                  headers={"Authorization": basic("alice", token)})
+    signed = (await resp.json())["token"]
+    for header in (basic("alice", token), f"Bearer {signed}"):
+        resp = await wharf.client.get("/v2/docker.io/alpine/manifests/3",
+                                      headers={"Authorization": header, "Accept": MANIFEST_ACCEPT})
+        assert resp.status == 200 and await resp.read() == public.manifest
+    sent = [r.headers.get("Authorization", "") for r in fake.requests]
+    assert sent and not any(token in h or signed in h or "wharf_pat_" in h for h in sent)
+    assert not any("alice" in base64.b64decode(h[6:]).decode() for h in sent if h.startswith("Basic"))
+    # an upstream credential is no Wharf account: the private package stays closed to it
+    resp = await wharf.client.get("/v2/alice/app/manifests/v1",
+                                  headers={"Authorization": basic("hubuser", "hub-pw"), "Accept": MANIFEST_ACCEPT})
+    assert resp.status == 401
+
+
+async def test_pull_through_can_require_a_signed_in_user(make_wharf, fake_upstream):
+    fake = await fake_upstream()
+    image = make_image("members-only", (300,))
+    fake.add_image("library/alpine", image, tag="3")
+    wharf = await make_wharf(named_upstreams={"docker.io": fake.url}, auth=None,
+                             access={"pull_through": "authenticated"})
+    add_user(wharf.database, "alice")
+    _, token = add_token(wharf.database, "alice", READ_ONLY)
+    path = "/v2/docker.io/alpine/manifests/3"
+    for _ in range(2):  # the second would be a hit from memory
+        resp = await wharf.client.get(path, headers={"Accept": MANIFEST_ACCEPT,
+                                                     "Authorization": basic("alice", token)})
+        assert resp.status == 200
+    for headers in ({}, {"Authorization": "Bearer wharf.anonymous"}):
+        resp = await wharf.client.get(path, headers={"Accept": MANIFEST_ACCEPT, **headers})
+        assert resp.status == 401 and "signed-in" in await resp.text()
+    digest = next(iter(image.layers)).digest
+    resp = await wharf.client.get(f"/v2/docker.io/alpine/blobs/{digest}")
+    assert resp.status == 401

@@ -41,16 +41,16 @@ async def test_a_big_upstream_manifest_is_read_whole(fake_upstream, make_wharf):
 
 
 async def test_a_big_upstream_manifest_is_checked_off_the_event_loop(fake_upstream, make_wharf, monkeypatch):
-    from proxy.registry import pullthrough
+    from proxy.registry import manifestcache
 
     checked_in: list[threading.Thread] = []
-    check = pullthrough._manifest_media_type
+    check = manifestcache._manifest_media_type
 
     def recording_check(*args, **kwargs):
         checked_in.append(threading.current_thread())
         return check(*args, **kwargs)
 
-    monkeypatch.setattr(pullthrough, "_manifest_media_type", recording_check)
+    monkeypatch.setattr(manifestcache, "_manifest_media_type", recording_check)
     fake = await fake_upstream()
     fake.add_image("org/small", make_image("small-upstream", (10,)), tag="v1")
     fake.add_manifest("org/big", _many_layers(5_000), OCI_MANIFEST, tag="v1")

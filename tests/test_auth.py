@@ -24,7 +24,7 @@ async def _setup(fake_upstream, make_wharf, **upstream_options):
     secret, public = make_image("secret", (1000,)), make_image("public", (1000,))
     fake.add_image(PRIVATE, secret, tag="1.0")
     fake.add_image(PUBLIC, public, tag="1.0")
-    wharf = await make_wharf(fake.url, upstream_options=upstream_options)
+    wharf = await make_wharf(fake.url, upstream_options=upstream_options, auth=None)
     prefix = wharf.upstream_name(fake.url)
     return fake, wharf, prefix, secret, public
 
@@ -232,6 +232,6 @@ async def test_login_is_refused_when_the_only_asking_upstream_refuses(auth_regis
 
 async def test_public_url_sets_the_token_realm(fake_upstream, make_wharf):
     fake, wharf, prefix, _, _ = await _setup(fake_upstream, make_wharf)
-    wharf = await make_wharf(fake.url, public_url="https://wharf.example/")
+    wharf = await make_wharf(fake.url, public_url="https://wharf.example/", auth=None)
     resp = await wharf.client.get("/v2/")
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="https://wharf.example/token",service="wharf"'

@@ -9,6 +9,8 @@ import base64
 import pytest
 
 from support.images import MANIFEST_ACCEPT, make_image, push_image
+from support.accounts import add_org
+from test_access import set_visibility
 from test_replay import DOCKER_V2, REPLAYING as ALL_ON, RawConnection
 
 USERS = {"alice": "alice-pw"}
@@ -97,11 +99,15 @@ async def test_remembered_answers_drop_when_a_namespace_becomes_local(fake_upstr
                 await connection.exchange("GET", path, accept=accept)
             status, body, replayed = await _replayed(wharf, connection, path, accept)
             assert status == 200 and body == upstream_image.manifest and replayed
-        wharf.app[ADDRESSING].local_namespaces.declare("team")  # what an admin creating org "team" does
+        add_org(wharf.database, "team", {"admin": "owner"})  # an admin creates the organisation "team"
+        await asyncio.sleep(0.3)  # every worker polls the accounts' revision
+        assert "team" in wharf.app[ADDRESSING].local_namespaces
         for accept in (DOCKER_V2, MANIFEST_ACCEPT):  # the same connection, the same Accept
             status, _, replayed = await _replayed(wharf, connection, path, accept)
-            assert status == 404 and not replayed
+            assert status == 401 and not replayed  # a local name now, and nothing public there
         await push_image(wharf.url, "team/app", pushed, tag="latest")
+        set_visibility(wharf.database, "team/app", "public")
+        await asyncio.sleep(0.3)
         for accept in (DOCKER_V2, MANIFEST_ACCEPT):
             status, body, _ = await _replayed(wharf, connection, path, accept)
             assert status == 200 and body == pushed.manifest

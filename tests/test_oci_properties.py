@@ -166,6 +166,10 @@ class ThreadedWharf:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         self._loop.run_until_complete(site.start())
         self.port = self._runner.addresses[0][1]
+        from proxy.http.keys import DATABASE
+        from support.accounts import add_token, add_user, basic
+        add_user(app[DATABASE], "admin", admin=True)
+        self.authorization = basic("admin", add_token(app[DATABASE], "admin")[1])
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
@@ -184,7 +188,7 @@ class ThreadedWharf:
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers={"Authorization": self.authorization, **(headers or {})})
             response = conn.getresponse()
             return response.status, response.read()
         finally:
@@ -239,7 +243,7 @@ content_ranges = st.one_of(
 def test_any_content_range_of_a_chunk_is_taken_or_refused_in_oci_form(wharf, content_range, data):
     conn = http.client.HTTPConnection("127.0.0.1", wharf.port, timeout=30)
     try:
-        conn.request("POST", "/v2/fuzz/app/blobs/uploads/")
+        conn.request("POST", "/v2/fuzz/app/blobs/uploads/", headers={"Authorization": wharf.authorization})
         location = conn.getresponse().getheader("Location")
     finally:
         conn.close()

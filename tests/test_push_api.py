@@ -687,3 +687,25 @@ async def test_pushed_content_is_never_evicted(make_wharf, repo_name):
     for digest in (*image.blobs, image.digest):
         assert wharf.app[BLOBS].size(Digest.parse(digest)) is not None
     assert budget.pushed_bytes >= sum(len(d) for d in image.blobs.values())
+
+
+async def test_remembered_local_manifests_follow_tag_moves_and_deletes(make_wharf, repo_name):
+    """Local manifests answered from memory (fast_paths.hot_manifests) never outlive a change."""
+    from test_replay import REPLAYING
+
+    wharf = await make_wharf(fast_paths=REPLAYING)
+    first, second = make_image("recent-1", (100,)), make_image("recent-2", (100,))
+    await push_image(wharf.url, repo_name, first, tag="v1")
+    for reference in ("v1", first.digest, "v1"):  # misses, then hits from memory
+        resp = await wharf.client.get(f"/v2/{repo_name}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT})
+        assert await resp.read() == first.manifest
+    await push_image(wharf.url, repo_name, second, tag="v1")
+    resp = await wharf.client.get(f"/v2/{repo_name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert await resp.read() == second.manifest
+    resp = await wharf.client.delete(f"/v2/{repo_name}/manifests/{first.digest}")
+    assert resp.status == 202
+    resp = await wharf.client.get(f"/v2/{repo_name}/manifests/{first.digest}", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 404
+    resp = await wharf.client.delete(f"/v2/{repo_name}/manifests/v1")
+    resp = await wharf.client.head(f"/v2/{repo_name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 404

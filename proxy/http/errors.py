@@ -25,7 +25,8 @@ def challenge(request: web.Request) -> str:
     value = f'Bearer realm="{realm}",service="wharf"'
     name = request.match_info.get("name")
     if name:
-        value += f',scope="repository:{name}:pull"'
+        actions = "pull" if request.method in ("GET", "HEAD") else "pull,push"
+        value += f',scope="repository:{name}:{actions}"'
     return value
 
 

@@ -32,10 +32,11 @@ async def caller_of(request: web.Request) -> Client:
     user, password = basic_user(header)
     signing_in = password is not None and password.startswith(PAT_PREFIX)
     throttle = request.app[LOGIN_THROTTLE]
-    if signing_in:
+    identity = request.app[IDENTITY]
+    if signing_in and not identity.remembers(user or "", password):
         await throttle.check(request.remote, user)
     try:
-        client = await request.app[IDENTITY].client(header)
+        client = await identity.client(header)
     except Unauthorized:
         if signing_in:
             await throttle.failed(request.remote, user, "bad token")

@@ -12,6 +12,7 @@ from aiohttp import web
 from proxy.errors import OCIError
 from proxy.http import auth, ops, pull, push
 from proxy.http.admin_api import setup_admin_api
+from proxy.http.api import setup_packages_api
 from proxy.http.accesslog import request_id
 from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
@@ -114,3 +115,4 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/healthz", ops.healthz, name="healthz")
     r.add_get("/readyz", ops.readyz, name="readyz")
     setup_admin_api(app)
+    setup_packages_api(app)

@@ -2,7 +2,9 @@
 
 Rules:
 - live content is every manifest some local repository holds (tagged or not), and everything those
-  manifests reference, recursively through indexes; everything else that was pushed is garbage;
+  manifests reference, recursively through indexes; so are the ``held`` manifests (deleted package
+  versions that may still be restored: ``Packages.held_digests``) and what they reference, until
+  their retention ends; everything else that was pushed is garbage;
 - cached content (never pushed) is not gc's business: the cache budget evicts it;
 - content pushed or linked within ``grace`` seconds before the pass began is never collected, so a
   push in progress (blobs uploaded, manifest not yet sent) is safe; a manifest push renews the
@@ -19,6 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import Iterable
 
 from proxy.errors import OCIError
 from proxy.oci.digest import Digest
@@ -46,10 +49,12 @@ class GcReport:
         return asdict(self)
 
 
-def live_content(blobs: BlobStore, meta: MetaStore) -> set[str]:
-    """Every digest a manifest of a local repository needs (the manifests themselves included)."""
+def live_content(blobs: BlobStore, meta: MetaStore, held: Iterable[str] = ()) -> set[str]:
+    """Every digest a manifest of a local repository (or a ``held`` manifest) needs, the manifests
+    themselves included."""
     live: set[str] = set()
     pending = [digest for name in meta.catalog() for digest in (meta.repo(name) or {}).get("manifests", [])]
+    pending.extend(held)
     while pending:
         key = pending.pop()
         if key in live:
@@ -72,13 +77,14 @@ def live_content(blobs: BlobStore, meta: MetaStore) -> set[str]:
 
 
 async def collect(blobs: BlobStore, meta: MetaStore, uploads: UploadStore, grace: float,
-                  dry_run: bool = False) -> GcReport:
-    """One pass: expire uploads, mark live content, sweep unreferenced pushed blobs."""
+                  dry_run: bool = False, held: Iterable[str] = ()) -> GcReport:
+    """One pass: expire uploads, mark live content (``held`` manifests included), sweep unreferenced
+    pushed blobs."""
     started = time.time()
     report = GcReport(dry_run=dry_run)
     if not dry_run:
         report.uploads_expired = uploads.expire()
-    live = live_content(blobs, meta)
+    live = live_content(blobs, meta, held)
     report.live = len(live)
     cutoff = started - grace
     for count, (digest, size, _) in enumerate(list(blobs.iter_blobs()), 1):

@@ -47,8 +47,10 @@ class AccessGuard:
         self._meta = meta
         self._config = config
 
-    def __getattr__(self, name: str) -> Any:  # what the router's users read (fills, for ops pages)
-        return getattr(self._inner, name)
+    @property
+    def fills(self):
+        """The fills in flight (for tests and the operator's pages); nothing else passes unchecked."""
+        return self._inner.fills
 
     # the decision ------------------------------------------------------------------------------
     async def _facts(self, repo: str, action: Action) -> tuple[NamespaceFacts, PackageFacts | None]:

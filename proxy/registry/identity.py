@@ -174,6 +174,11 @@ class Identity:
                                                 and secret else None)
         return Client(credential, ANONYMOUS)
 
+    def remembers(self, user: str, secret: str) -> bool:
+        """Whether this user name and token are known good here (the sign-in throttle skips them)."""
+        remembered = self._principals.get(("pat", user, hashlib.sha256(secret.encode()).digest()))
+        return remembered is not None and remembered.principal is not None
+
     async def authenticate(self, user: str, secret: str) -> Principal | None:
         """The account a user name and personal access token stand for, or None."""
         key = ("pat", user, hashlib.sha256(secret.encode()).digest())

@@ -48,6 +48,11 @@ class Invalidation:
         self._drop_all()
         self._publish()
 
+    def forget_here(self) -> None:
+        """Forget every remembered answer in this process only (each process learns of the change
+        itself, e.g. from the accounts' revision)."""
+        self._drop_all()
+
     def poll(self) -> bool:
         """Drop everything when another process published a change since the last look."""
         stamp = self._stamp()

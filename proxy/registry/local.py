@@ -46,14 +46,51 @@ from proxy.storage.uploads import UploadStore
 _INLINE_DESCRIPTORS = 64  # manifests naming more are checked and linked in a worker thread
 
 
+class RecentManifests:
+    """Manifests of local repositories answered lately, by (scope, tag or digest), kept in memory so
+    a hit skips SQLite and the disk. Entries go when the invalidation hook says the tag or digest
+    changed in that repository, or that everything did; bounded by total bytes, oldest first."""
+
+    def __init__(self, enabled: bool, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self.enabled = enabled
+        self._entries: dict[tuple[str, str], ManifestResult] = {}
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    def get(self, scope: str, reference: str) -> ManifestResult | None:
+        return self._entries.get((scope, reference))
+
+    def add(self, scope: str, reference: str, result: ManifestResult) -> None:
+        if not self.enabled or result.body is None or len(result.body) > self._max_bytes // 64:
+            return
+        self.drop(scope, reference)
+        self._entries[(scope, reference)] = result
+        self._bytes += result.size
+        while self._bytes > self._max_bytes:
+            key = next(iter(self._entries))
+            self._bytes -= self._entries.pop(key).size
+
+    def drop(self, scope: str, reference: str) -> None:
+        entry = self._entries.pop((scope, reference), None)
+        if entry is not None:
+            self._bytes -= entry.size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+
 class LocalRegistry:
     def __init__(self, blobs: BlobStore, meta: MetaStore, uploads: UploadStore,
-                 invalidation: Invalidation, max_descriptors: int = MAX_DESCRIPTORS) -> None:
+                 invalidation: Invalidation, max_descriptors: int = MAX_DESCRIPTORS,
+                 recent_manifests: bool = True) -> None:
         self._blobs = blobs
         self._meta = meta
         self._uploads = uploads
         self._invalidation = invalidation
         self._max_descriptors = max_descriptors
+        self._recent = RecentManifests(recent_manifests)
+        invalidation.subscribe(self._recent.drop, self._recent.clear)
         # big manifests are parsed and checked here, one at a time (see parse_manifest_off_loop)
         self._manifest_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifests")
 
@@ -67,6 +104,9 @@ class LocalRegistry:
 
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
+        recent = self._recent.get(target.scope, reference)
+        if recent is not None and accepts(accept, recent.media_type):
+            return ManifestResult(recent.digest, recent.media_type, recent.size, recent.body, "local")
         if is_digest(reference):
             digest = Digest.parse(reference)
             media_type = self._meta.manifest_type(str(digest))
@@ -80,8 +120,11 @@ class LocalRegistry:
             raise ManifestUnknown(f"manifest {reference} unknown in {target.repo}")
         if not accepts(accept, media_type):
             raise ManifestUnknown(f"manifest {reference} is {media_type}, which the client does not accept")
-        body = None if head else self._blobs.read_bytes(digest)
-        return ManifestResult(digest, media_type, size, body, "local")
+        body = self._blobs.read_bytes(digest)
+        if body is None:
+            raise ManifestUnknown(f"manifest {reference} unknown in {target.repo}")
+        self._recent.add(target.scope, reference, ManifestResult(digest, media_type, size, body, "local"))
+        return ManifestResult(digest, media_type, size, None if head else body, "local")
 
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
         size = self._blobs.size(digest)
@@ -265,6 +308,7 @@ class LocalRegistry:
                 self._invalidation.tag_changed(target.scope, tag)
         self._meta.revoke(str(digest), target.scope)
         self._meta.remove_repo_manifest(target.repo, str(digest))
+        self._invalidation.tag_changed(target.scope, str(digest))  # answers by digest stop too
         body = self._blobs.read_bytes(digest)
         if body is not None:
             try:

@@ -1,149 +1,44 @@
 """The pull-through cache: upstream targets served from the store, filled from upstream once.
 
-It decorates the local registry: a Target with no upstream goes straight to it.
+It decorates the local registry: a Target with no upstream goes straight to it; pushes and
+deletes under an upstream's name are Denied (upstreams are read-only mirrors). For upstream
+targets it routes each request to the concern that rules it:
+- who may see stored upstream content, the authz and negative caches: ``upstream_access.py``;
+- when a tag is answered, revalidated or served stale: ``tagpolicy.py``;
+- fetching, verifying and storing manifests: ``manifestcache.py``;
+- blobs and their fills: ``blobcache.py`` (over ``fills.py``);
+- tag lists and referrers: ``listings.py``;
+- counting each decision, merging concurrent requests: ``decisions.py``.
 
-Cache policy, rule by rule:
-- digests are immutable: a stored manifest or blob is served without asking upstream, once the
-  client is allowed to see it (``_authorize``);
-- a tag is fresh for its upstream's ``tag_ttl`` after upstream last confirmed it; then it is
-  revalidated with a HEAD, and the manifest is fetched with GET only when the digest changed;
-- when upstream is rate-limited (429 / Retry-After) or its quota is below
-  ``cache.low_quota_remaining``, a stale tag is served at once and revalidated in the background;
-- when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale; a
-  revalidation that takes longer than ``cache.revalidate_timeout`` is left running in the
-  background and the stored answer is served meanwhile;
-- a 404 from upstream is remembered for ``cache.negative_ttl`` per credential;
-- concurrent requests for the same manifest or blob share one upstream request.
-
-Authorization is never widened by the cache: content fetched without client credentials is
-public; content fetched with them is served to another client only after upstream confirms,
-with a HEAD carrying that client's credentials, that it may read the repository (remembered for
-``cache.authz_ttl`` per credential and repository). A tag is judged by how its resolution was
-learned, not by its digest: a tag learned with a client's credential is private even when the
-digest it names is also public content.
-
-Upstream manifests must parse as manifests of their media type before they are stored or
-served; anything else (an error page, a token document from a redirect) is ``UpstreamInvalid``.
-Big ones are hashed and parsed in a worker thread, as pushed ones are.
-
-When a tag moves or is deleted, the invalidation hook drops every answer remembered for it.
+Public manifests are answered from memory (``hot.py``): by digest for good, by a tag while its
+freshness holds; the invalidation hook drops a tag's remembered answers when it moves.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import math
-import time
-from pathlib import Path
-from typing import Awaitable, Callable
-from urllib.parse import urlencode, urlsplit
 
 from proxy.config import CacheConfig, LimitsConfig
-from proxy.errors import (BlobUnknown, Denied, ManifestInvalid, ManifestUnknown, NameUnknown, OCIError,
-                          SizeInvalid, StoreFull, TooManyRequests, Unavailable, UpstreamInvalid)
+from proxy.errors import Denied, Unavailable
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_INDEX, OCI_MANIFEST,
-                             OFF_LOOP_BYTES, UPSTREAM_ACCEPT, accepts, parse_manifest)
+from proxy.oci.media import accepts
 from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
-from proxy.registry.fills import Fill, FillGroup
+from proxy.registry.blobcache import BlobCache
+from proxy.registry.decisions import CacheDecisions
 from proxy.registry.hot import HotManifest, HotSet
 from proxy.registry.invalidation import Invalidation
-from proxy.registry.tasks import BackgroundTasks, SingleFlight
+from proxy.registry.listings import UpstreamLists
+from proxy.registry.manifestcache import ManifestCache
+from proxy.registry.tagpolicy import TagPolicy
+from proxy.registry.tasks import BackgroundTasks
+from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
-from proxy.storage.hashing import ThreadedHasher
-from proxy.storage.meta import MetaStore, TagRecord
+from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
-from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
-
-log = logging.getLogger("wharf.cache")
-
-
-def next_page_query(link_header: str | None) -> str | None:
-    """The query string of a ``Link: <...?n=..&last=..>; rel="next"`` header, which clients follow."""
-    if not link_header or "<" not in link_header:
-        return None
-    url = link_header.split("<", 1)[1].split(">", 1)[0]
-    return urlsplit(url).query or None
-
-
-def page_tags(body: bytes, n: int, last: str | None) -> tuple[bytes, str | None]:
-    """Apply ``n``/``last`` ourselves when upstream ignored them (distribution 2.8 does)."""
-    try:
-        doc = json.loads(body)
-        tags = sorted(t for t in doc.get("tags") or [] if last is None or t > last)
-    except (ValueError, AttributeError, TypeError):
-        return body, None
-    if len(doc.get("tags") or []) <= n and last is None:
-        return body, None
-    page = tags[:n]
-    doc["tags"] = page
-    more = len(tags) > n and page
-    return json.dumps(doc).encode(), (urlencode({"n": n, "last": page[-1]}) if more else None)
-
-
-_STALE_ERRORS = (Unavailable, TooManyRequests, UpstreamInvalid, StoreFull)  # then the stored answer is served
-_GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
-
-
-def _manifest_media_type(body: bytes, content_type: str) -> str:
-    """The media type of an upstream manifest, once it parses as a manifest of that type.
-
-    Upstream's Content-Type is kept when it names a manifest type; a generic one is replaced by
-    the body's ``mediaType``. Anything that is not a manifest is refused (UpstreamInvalid).
-    """
-    declared = content_type if content_type not in _GENERIC_TYPES else None
-    if declared is not None and declared not in MANIFEST_TYPES:
-        raise UpstreamInvalid(f"upstream answered {declared[:100]!r}, which is no manifest media type")
-    try:
-        doc = json.loads(body)
-        if not isinstance(doc, dict) or doc.get("schemaVersion") not in (1, 2):
-            raise ManifestInvalid("no schemaVersion 1 or 2")
-        parsed = parse_manifest(body, declared)
-    except (ValueError, TypeError, AttributeError, RecursionError, OCIError) as exc:
-        raise UpstreamInvalid(f"upstream sent something that is not a manifest: {str(exc)[:200]}") from None
-    media_type = declared or parsed.media_type
-    if media_type not in MANIFEST_TYPES:
-        raise UpstreamInvalid(f"upstream manifest has the unknown media type {str(media_type)[:100]!r}")
-    if media_type in (OCI_MANIFEST, DOCKER_MANIFEST) and parsed.config_media_type is None:
-        raise UpstreamInvalid("upstream image manifest has no config descriptor")
-    return media_type
-
-
-async def _read_capped(response, limit: int, what: str) -> bytes:
-    """The whole body, to its end (a single ``read(n)`` returns what has arrived so far), refused
-    (UpstreamInvalid) as soon as it passes ``limit`` bytes: upstream cannot make Wharf hold more.
-    A body that breaks off or stalls is Unavailable."""
-    parts, total = [], 0
-    try:
-        async for data in response.content.iter_any():
-            total += len(data)
-            if total > limit:
-                raise UpstreamInvalid(f"upstream {what} is too large (more than {limit} bytes)")
-            parts.append(data)
-    except OCIError:
-        raise
-    except Exception as exc:  # the connection broke or stalled past read_timeout
-        raise Unavailable(f"reading the {what} from upstream failed: {type(exc).__name__}") from None
-    return b"".join(parts)
-
-
-def _verified_media_type(body: bytes, expected: Digest, content_type: str) -> str:
-    """The media type of an upstream manifest that hashes to ``expected`` (UpstreamInvalid if not)."""
-    if Digest.of(body, expected.algorithm) != expected:
-        raise UpstreamInvalid(f"upstream manifest does not match digest {expected}")
-    return _manifest_media_type(body, content_type)
-
-
-MAX_TAG_LIST_BYTES = 16 * 1024 * 1024  # an upstream tag list (or page) Wharf reads, at most
-_MAX_TAG_READERS = 256  # credentials remembered per stale tag list, the most recent
-MAX_PAGE = 999_999_999  # the largest ``n`` a client may ask for (``proxy.http.pull.page_size``)
-EMPTY_INDEX = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
 
 
 class PullThroughRegistry:
@@ -157,123 +52,43 @@ class PullThroughRegistry:
         self._upstreams = upstreams
         self._blobs = blobs
         self._meta = meta
-        self._shared = shared
-        self._metrics = metrics
-        self._cache = cache
-        self._limits = limits
-        self._tasks = tasks
-        self._flights = SingleFlight()
-        self.fills = FillGroup(tasks, blobs)
+        decisions = CacheDecisions(metrics)
+        self._decisions = decisions
         self._hot = HotSet(enabled=hot_manifests)
-        self._invalidation = invalidation
         invalidation.subscribe(self._hot.drop_tag, self._hot.drop_tags)
+        access = UpstreamAccess(meta, shared, cache)
+        self._manifests = ManifestCache(blobs, meta, access, decisions)
+        self._tag_policy = TagPolicy(blobs, meta, shared, cache, tasks, self._hot, invalidation, access,
+                                     self._manifests, decisions)
+        self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)
+        self._lists = UpstreamLists(blobs, meta, access, self._tag_policy, decisions)
+        self.fills = self._blob_cache.fills
 
-    # helpers ---------------------------------------------------------------------------------
     def _upstream(self, target: Target) -> Upstream:
         return self._upstreams[target.upstream]  # Addressing only yields configured names
 
-    @staticmethod
-    def _effective(upstream: Upstream, client: Client) -> tuple[Credential | None, bool]:
-        """The credential to use upstream, and whether what it fetches is public.
-
-        A client's own credential wins and makes the result private to clients upstream
-        confirms; without one, the configured upstream credential (or none) is used and the
-        result is public to everyone who can reach Wharf.
-        """
-        if client.credential is not None:
-            return client.credential, False
-        return upstream.configured_credential, True
-
-    def _count(self, kind: str, result: str) -> None:
-        """Count a cache decision; at debug level, log it (with the request's id, not the request)."""
-        self._metrics.count_cache(kind, result)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("cache %s: %s", kind, result, extra={"kind": kind, "result": result})
-
-    async def _coalesced(self, kind: str, key: tuple, factory: Callable[[], Awaitable]) -> tuple:
-        result, joined = await self._flights.run(key, factory)
-        if joined:
-            self._count(kind, "coalesced")
-        return result, joined
-
-    async def _remember_negative(self, key: str) -> None:
-        await self._shared.set(key, 1, self._cache.negative_ttl)
-
-    def _quota_low(self, upstream: Upstream) -> bool:
-        remaining = upstream.rate.remaining
-        return upstream.rate.blocked() or (remaining is not None
-                                           and remaining <= self._cache.low_quota_remaining)
-
-    async def _authorize(self, upstream: Upstream, target: Target, digest: Digest, suffix: str,
-                         client: Client, not_found: type[OCIError]) -> None:
-        """Let the client see a stored object only if it is public or upstream confirms access."""
-        visibility = self._meta.visibility(str(digest))
-        if not visibility.public:  # another worker may have learned more since this one looked
-            visibility = self._meta.visibility(str(digest), fresh=True)
-        if visibility.public:
-            return
-        if target.scope in visibility.repos and await self._shared.get(self._authz_key(upstream, target, client)):
-            return
-        credential, public = self._effective(upstream, client)
-        response = await upstream.request("HEAD", target.repo, suffix, credential,
-                                          headers={"Accept": UPSTREAM_ACCEPT}, not_found=not_found)
-        response.release()
-        self._meta.grant(str(digest), target.scope, public)
-        await self._remember_authorized(upstream, target, client)
-
-    def _authz_key(self, upstream: Upstream, target: Target, client: Client) -> str:
-        return f"authz:{self._cred_id(upstream, client)}:{target.scope}"
-
-    async def _remember_authorized(self, upstream: Upstream, target: Target, client: Client) -> None:
-        """Upstream just let this client's credential read the repository: remember it briefly."""
-        await self._shared.set(self._authz_key(upstream, target, client), 1, self._cache.authz_ttl)
-
-    async def _may_serve_stale(self, target: Target, record: TagRecord, client: Client,
-                               upstream: Upstream) -> bool:
-        """A stale tag goes only to clients who could see it without asking upstream."""
-        if record.public:
-            return True
-        return bool(await self._shared.get(self._authz_key(upstream, target, client)))
-
-    async def _authorize_tag(self, upstream: Upstream, target: Target, tag: str, record: TagRecord,
-                             client: Client) -> None:
-        """Let the client see a stored tag only if it was learned publicly or upstream confirms access.
-
-        A public answer from upstream (the client has no credential of its own) makes the tag public.
-        """
-        if record.public or await self._shared.get(self._authz_key(upstream, target, client)):
-            return
-        credential, public = self._effective(upstream, client)
-        response = await upstream.request("HEAD", target.repo, f"manifests/{tag}", credential,
-                                          headers={"Accept": UPSTREAM_ACCEPT}, not_found=ManifestUnknown)
-        response.release()
-        if public and response.headers.get("Docker-Content-Digest") == record.digest:
-            self._meta.set_tag(target.scope, tag, TagRecord(record.digest, record.media_type, record.size,
-                                                             record.checked_at, True))
-        await self._remember_authorized(upstream, target, client)
-
-    # manifests -------------------------------------------------------------------------------
+    # pull ------------------------------------------------------------------------------------
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
         if target.upstream is None:
             return await self._local.manifest(target, reference, accept, client, head)
         hot, until = self._hot_manifest(target, reference)
         if hot is not None and accepts(accept, hot.media_type):
-            self._count("manifest" if is_digest(reference) else "tag", "hit")
+            self._decisions.count("manifest" if is_digest(reference) else "tag", "hit")
             return ManifestResult(hot.digest, hot.media_type, len(hot.body), hot.body, "hit", until)
         upstream = self._upstream(target)
         if is_digest(reference):
             digest = Digest.parse(reference)
-            record, status = await self._manifest_by_digest(upstream, target, digest, client)
+            record, status = await self._manifests.by_digest(upstream, target, digest, client)
         else:
             validate_tag(reference)
-            record, status = await self._manifest_by_tag(upstream, target, reference, client)
+            record, status = await self._tag_policy.resolve(upstream, target, reference, client)
             if not accepts(accept, record.media_type):
-                record, status = await self._manifest_for_accept(upstream, target, reference, accept, client)
+                record, status = await self._manifests.for_accept(upstream, target, reference, accept, client)
         digest = Digest.parse(record.digest)
         body = self._blobs.read_bytes(digest)
         if body is None:  # evicted between lookup and read: fetch it again
-            await self._fetch_manifest(upstream, target, str(digest), client)
+            await self._manifests.fetch(upstream, target, str(digest), client)
             body = self._blobs.read_bytes(digest)
             if body is None:
                 raise Unavailable("manifest vanished from the store")
@@ -295,409 +110,21 @@ class PullThroughRegistry:
             return None, 0.0
         return hot, until
 
-    async def _is_fresh(self, target: Target, tag: str, digest: str) -> bool:
-        """Whether upstream confirmed ``tag`` → ``digest`` within the TTL (any worker or replica)."""
-        if self._hot.fresh_digest(target.scope, tag) == digest:
-            return True
-        value = await self._shared.get(f"fresh:{target.scope}:{tag}")
-        if not value or value[0] != digest:
-            return False
-        if len(value) > 2 and value[2]:  # only public tags are answered from memory
-            self._hot.set_fresh(target.scope, tag, digest, value[1])
-        return True
-
-    async def _mark_fresh(self, upstream: Upstream, target: Target, tag: str, record: TagRecord) -> None:
-        until = time.time() + upstream.config.tag_ttl
-        if record.public:
-            self._hot.set_fresh(target.scope, tag, record.digest, until)
-        await self._shared.set(f"fresh:{target.scope}:{tag}", [record.digest, until, record.public],
-                               upstream.config.tag_ttl)
-
-    def _set_tag(self, target: Target, tag: str, record: TagRecord) -> None:
-        """Store a tag's resolution; a tag that now names another digest drops its remembered answers."""
-        previous = self._meta.tag(target.scope, tag)
-        self._meta.set_tag(target.scope, tag, record)
-        if previous is not None and previous.digest != record.digest:
-            self._invalidation.tag_changed(target.scope, tag)
-
-    def _delete_tag(self, target: Target, tag: str) -> None:
-        self._meta.delete_tag(target.scope, tag)
-        self._invalidation.tag_changed(target.scope, tag)
-
-    async def _manifest_by_digest(self, upstream: Upstream, target: Target, digest: Digest,
-                                  client: Client) -> tuple[TagRecord, str]:
-        media_type = self._meta.manifest_type(str(digest))
-        size = self._blobs.size(digest) if media_type else None
-        if media_type and size is not None:
-            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
-            self._count("manifest", "hit")
-            return TagRecord(str(digest), media_type, size, 0.0), "hit"
-        record, joined = await self._fetch_manifest(upstream, target, str(digest), client)
-        if joined:
-            await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
-            return record, "coalesced"
-        self._count("manifest", "miss")
-        return record, "miss"
-
-    async def _manifest_by_tag(self, upstream: Upstream, target: Target, tag: str,
-                               client: Client, rechecked: bool = False) -> tuple[TagRecord, str]:
-        record = self._meta.tag(target.scope, tag)
-        if record is None or self._blobs.size(Digest.parse(record.digest)) is None:
-            fetched, joined = await self._fetch_manifest(upstream, target, tag, client)
-            if joined:
-                digest = Digest.parse(fetched.digest)
-                await self._authorize(upstream, target, digest, f"manifests/{digest}", client, ManifestUnknown)
-                return fetched, "coalesced"
-            self._count("tag", "miss")
-            return fetched, "miss"
-        if not await self._is_fresh(target, tag, record.digest):
-            latest = self._meta.tag(target.scope, tag, fresh=True)  # another worker may have moved it
-            if latest is not None and latest.digest != record.digest \
-                    and self._blobs.size(Digest.parse(latest.digest)) is not None:
-                record = latest
-        if await self._is_fresh(target, tag, record.digest):
-            await self._authorize_tag(upstream, target, tag, record, client)
-            self._count("tag", "hit")
-            return record, "hit"
-        if self._quota_low(upstream) and await self._may_serve_stale(target, record, client, upstream):
-            self._tasks.spawn(self._revalidate_quietly(upstream, target, tag, client),
-                              name=f"revalidate {target.scope}:{tag}")
-            self._count("tag", "stale")
-            return record, "stale"
-        flight = ("revalidate", target.scope, tag, self._cred_id(upstream, client))
-        lock_key = f"lock:{target.scope}:{tag}"
-        owns_lock = False
-        if not self._flights.running(flight):
-            owns_lock = await self._shared.add(lock_key, 1, upstream.config.first_byte_timeout + 5)
-            if owns_lock and not rechecked and await self._shared.get(f"fresh:{target.scope}:{tag}"):
-                # another worker revalidated between our look and our lock: use its answer
-                await self._shared.delete(lock_key)
-                return await self._manifest_by_tag(upstream, target, tag, client, rechecked=True)
-            if not owns_lock and await self._may_serve_stale(target, record, client, upstream):
-                # another worker or replica is revalidating this tag right now: its answer is
-                # moments away, and what we hold was right until just now
-                self._count("tag", "coalesced")
-                return record, "coalesced"
-
-        async def revalidate() -> TagRecord:
-            try:
-                return await self._revalidate(upstream, target, tag, client, record)
-            finally:
-                if owns_lock:
-                    await self._shared.delete(lock_key)
-
-        try:
-            try:
-                fresh, joined = await asyncio.wait_for(self._coalesced("tag", flight, revalidate),
-                                                       self._cache.revalidate_timeout)
-            except asyncio.TimeoutError:
-                # upstream is slow or hung: serve what we have; the revalidation goes on
-                if await self._may_serve_stale(target, record, client, upstream):
-                    self._count("tag", "stale")
-                    return record, "stale"
-                fresh, joined = await self._coalesced("tag", flight, revalidate)
-        except _STALE_ERRORS:
-            if await self._may_serve_stale(target, record, client, upstream):
-                self._count("tag", "stale")
-                return record, "stale"
-            raise
-        except ManifestUnknown:
-            self._delete_tag(target, tag)
-            raise
-        if not joined:
-            self._count("tag", "revalidated")
-        return fresh, "revalidated"
-
-    def _cred_id(self, upstream: Upstream, client: Client) -> str:
-        """What keys per-credential facts: a client's keyed id; the configured credential, the same
-        for every client, by a name, so that no hash of the operator's secret is ever stored."""
-        if client.credential is not None:
-            return client.credential.id
-        return "configured" if upstream.configured_credential is not None else "anon"
-
-    async def _revalidate_quietly(self, upstream: Upstream, target: Target, tag: str, client: Client) -> None:
-        record = self._meta.tag(target.scope, tag)
-        if record is None:
-            return
-        try:
-            await self._coalesced("tag", ("revalidate", target.scope, tag, self._cred_id(upstream, client)),
-                                  lambda: self._revalidate(upstream, target, tag, client, record))
-        except OCIError:
-            pass  # served stale already; the next request tries again
-
-    async def _revalidate(self, upstream: Upstream, target: Target, tag: str, client: Client,
-                          record: TagRecord) -> TagRecord:
-        """HEAD the tag; GET the manifest only when the digest changed (Docker Hub counts GETs)."""
-        credential, public = self._effective(upstream, client)
-        response = await upstream.request("HEAD", target.repo, f"manifests/{tag}", credential,
-                                          headers={"Accept": UPSTREAM_ACCEPT})
-        response.release()
-        digest = response.headers.get("Docker-Content-Digest")
-        if digest == record.digest and self._blobs.size(Digest.parse(digest)) is not None:
-            fresh = TagRecord(record.digest, record.media_type, record.size, time.time(), public or record.public)
-            self._meta.set_tag(target.scope, tag, fresh)
-            self._meta.grant(record.digest, target.scope, public)
-            await self._remember_authorized(upstream, target, client)
-            await self._mark_fresh(upstream, target, tag, fresh)
-            return fresh
-        fetched, _ = await self._fetch_manifest(upstream, target, tag, client, coalesce=False)
-        return fetched
-
-    async def _manifest_for_accept(self, upstream: Upstream, target: Target, tag: str,
-                                   accept: list[str], client: Client) -> tuple[TagRecord, str]:
-        """A client that accepts none of the cached tag's type gets upstream's answer for its Accept."""
-        credential, public = self._effective(upstream, client)
-        response = await upstream.request("GET", target.repo, f"manifests/{tag}", credential,
-                                          headers={"Accept": ", ".join(accept)})
-        record = await self._store_manifest(response, target, tag, public)
-        if not accepts(accept, record.media_type):
-            raise ManifestUnknown(f"no manifest of an accepted media type for tag {tag}")
-        self._count("manifest", "miss")
-        return record, "miss"
-
-    async def _fetch_manifest(self, upstream: Upstream, target: Target, reference: str,
-                              client: Client, coalesce: bool = True) -> tuple[TagRecord, bool]:
-        """GET a manifest (by tag or digest) once for all concurrent askers with this credential."""
-        credential, public = self._effective(upstream, client)
-        negative_key = f"neg:{target.scope}:{reference}:{self._cred_id(upstream, client)}"
-        if await self._shared.get(negative_key):
-            self._count("manifest", "negative")
-            raise ManifestUnknown(f"manifest {reference} unknown upstream (cached answer)")
-
-        async def fetch() -> TagRecord:
-            try:
-                response = await upstream.request("GET", target.repo, f"manifests/{reference}", credential,
-                                                  headers={"Accept": UPSTREAM_ACCEPT})
-            except ManifestUnknown:
-                await self._remember_negative(negative_key)
-                raise
-            record = await self._store_manifest(response, target, reference, public)
-            if not is_digest(reference):
-                self._set_tag(target, reference, record)
-                await self._mark_fresh(upstream, target, reference, record)
-            await self._remember_authorized(upstream, target, client)
-            return record
-
-        if not coalesce:
-            return await fetch(), False
-        flight = ("manifest", target.scope, reference, self._cred_id(upstream, client))
-        return await self._coalesced("manifest", flight, fetch)
-
-    async def _store_manifest(self, response, target: Target, reference: str, public: bool) -> TagRecord:
-        """Read, verify and store a manifest body exactly as upstream sent it."""
-        try:
-            if (response.content_length or 0) > MAX_MANIFEST_BYTES:
-                raise UpstreamInvalid("upstream manifest is too large")
-            body = await _read_capped(response, MAX_MANIFEST_BYTES, "manifest")
-            if response.content_length is not None and len(body) != response.content_length:
-                raise UpstreamInvalid("upstream manifest was truncated")
-            content_type = response.headers.get("Content-Type", "")
-            header_digest = response.headers.get("Docker-Content-Digest")
-        except (asyncio.TimeoutError, OSError, Exception) as exc:
-            if isinstance(exc, OCIError):
-                raise
-            raise Unavailable(f"reading the manifest from upstream failed: {type(exc).__name__}") from None
-        finally:
-            response.release()
-        if is_digest(reference):
-            expected = Digest.parse(reference)
-        elif header_digest:
-            try:
-                expected = Digest.parse(header_digest)
-            except OCIError:
-                raise UpstreamInvalid("upstream sent a malformed Docker-Content-Digest") from None
-        else:
-            expected = Digest.of(body)
-        declared = content_type.split(";")[0].strip().lower()
-        if len(body) > OFF_LOOP_BYTES:  # hashing and parsing grow with the body: not on the loop
-            media_type = await asyncio.to_thread(_verified_media_type, body, expected, declared)
-        else:
-            media_type = _verified_media_type(body, expected, declared)
-        if self._blobs.size(expected) is None:
-            self._blobs.put_bytes(body, expected)
-        self._meta.set_manifest_type(str(expected), media_type)
-        self._meta.grant(str(expected), target.scope, public)
-        return TagRecord(str(expected), media_type, len(body), time.time(), public)
-
-    # blobs -----------------------------------------------------------------------------------
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
         if target.upstream is None:
             return await self._local.blob(target, digest, client, head)
-        upstream = self._upstream(target)
-        suffix = f"blobs/{digest}"
-        size = self._blobs.size(digest)
-        if size is not None:
-            await self._authorize(upstream, target, digest, suffix, client, BlobUnknown)
-            self._count("blob", "hit")
-            return BlobResult(digest, size, path=self._blobs.path(digest),
-                              reading=lambda: self._blobs.reading(digest), cache_status="hit")
-        credential, public = self._effective(upstream, client)
-        negative_key = f"neg:{target.scope}:{digest}:{self._cred_id(upstream, client)}"
-        if self.fills.get(digest) is None and await self._shared.get(negative_key):
-            self._count("blob", "negative")
-            raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
-        # no await between looking for a running fill and starting one: that is the single flight
-        fill = self.fills.get(digest)
-        if fill is not None:
-            await asyncio.shield(fill.started)
-            await self._authorize(upstream, target, digest, suffix, client, BlobUnknown)
-            self._count("blob", "coalesced")
-            status = "coalesced"
-        else:
-            if head:
-                return await self._head_upstream_blob(upstream, target, digest, client, negative_key)
-            fill = self.fills.start(
-                digest, lambda f, temp, size_file: self._run_fill(f, temp, size_file, upstream, target,
-                                                                  credential, public),
-                self._cache.fill_timeout)
-            try:
-                await asyncio.shield(fill.started)
-            except BlobUnknown:
-                await self._remember_negative(negative_key)
-                raise
-            self._count("blob", "miss")
-            status = "miss"
-        if head:
-            return BlobResult(digest, fill.size, cache_status=status)
-        return BlobResult(digest, fill.size, segments=fill.segments, cache_status=status)
+        return await self._blob_cache.blob(self._upstream(target), target, digest, client, head)
 
-    async def _head_upstream_blob(self, upstream: Upstream, target: Target, digest: Digest,
-                                  client: Client, negative_key: str) -> BlobResult:
-        credential, public = self._effective(upstream, client)
-        try:
-            response = await upstream.request("HEAD", target.repo, f"blobs/{digest}", credential,
-                                              not_found=BlobUnknown)
-        except BlobUnknown:
-            await self._remember_negative(negative_key)
-            raise
-        response.release()
-        self._meta.grant(str(digest), target.scope, public)
-        self._count("blob", "miss")
-        return BlobResult(digest, response.content_length, cache_status="miss")
-
-    async def _run_fill(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
-                        target: Target, credential: Credential | None, public: bool) -> None:
-        """Download one blob into the store; readers here and in other workers follow it."""
-        response = await upstream.request("GET", target.repo, f"blobs/{fill.digest}", credential,
-                                          not_found=BlobUnknown)
-        writer = None
-        try:
-            size = response.content_length
-            if size is not None and size > self._limits.max_layer_bytes:
-                raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
-            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
-                                            max_size=size if size is not None else self._limits.max_layer_bytes,
-                                            expected_size=size)
-            hasher = ThreadedHasher(fill.digest.algorithm)
-            size_path.write_text(str(size if size is not None else -1))
-            self._meta.grant(str(fill.digest), target.scope, public)
-            fill.begin(writer, size)
-            self._metrics.fills_in_flight.inc()
-            received = self._metrics.upstream_bytes.labels(upstream.name)
-            try:
-                # chunks as received, never joined (iter_any would copy them into one bytes)
-                async for chunk, _ in response.content.iter_chunks():
-                    if not chunk:
-                        continue
-                    writer.write(chunk)
-                    received.inc(len(chunk))
-                    await hasher.update(chunk)
-                path = writer.commit(fill.digest, size, actual=await hasher.digest())
-            except OCIError:
-                writer.abort()
-                raise
-            except Exception as exc:
-                writer.abort()
-                raise Unavailable(f"download of {fill.digest} from {upstream.name} broke: "
-                                  f"{type(exc).__name__}") from None
-            finally:
-                self._metrics.fills_in_flight.dec()
-            fill.finish(path)
-        except BaseException:
-            if writer is not None and not writer.closed:
-                writer.abort()
-            if self._blobs.size(fill.digest) is None:
-                # who may see it was granted for the followers; bytes that never arrived grant nothing
-                self._meta.forget(str(fill.digest))
-            raise
-        finally:
-            response.release()
-
-    # tags and referrers ----------------------------------------------------------------------
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
-        """Pass the tag list through; keep one copy of the whole list to serve when upstream is down.
-
-        The copy is upstream's answer to a request for the whole list (no ``last``, and no ``n``
-        or an answer without a next page); a paged request while upstream is down is cut from
-        it. One copy per repository, whatever ``n`` and ``last`` clients send: queries cannot
-        make Wharf store a copy each. It remembers the last ``_MAX_TAG_READERS`` credentials
-        upstream let read the list. Keeping the copy is best effort (not on a full disk).
-        """
         if target.upstream is None:
             return await self._local.tags(target, n, last, client)
-        upstream = self._upstream(target)
-        credential, public = self._effective(upstream, client)
-        params = {k: str(v) for k, v in (("n", n), ("last", last)) if v is not None}
-        key = f"tags:{target.scope}"
-        try:
-            response = await upstream.request("GET", target.repo, "tags/list", credential,
-                                              params=params, not_found=NameUnknown)
-            try:
-                body = await _read_capped(response, MAX_TAG_LIST_BYTES, "tag list")
-                link = next_page_query(response.headers.get("Link"))
-            finally:
-                response.release()
-        except _STALE_ERRORS:
-            saved = self._meta.document(key)
-            if saved and (saved["public"] or credential is not None and credential.id in saved["readers"]):
-                if n is None and last is None:
-                    self._count("tags", "stale")
-                    return TagsPage(saved["body"].encode(), saved["link"], "stale")
-                if saved["link"] is None:  # the whole list: cut the page asked for
-                    self._count("tags", "stale")
-                    body, link = page_tags(saved["body"].encode(), MAX_PAGE if n is None else n, last)
-                    return TagsPage(body, link, "stale")
-            raise
-        if last is None and (n is None or link is None):
-            saved = self._meta.document(key) or {"readers": []}
-            readers = [r for r in saved.get("readers", []) if credential is None or r != credential.id]
-            if credential is not None and not public:
-                readers.append(credential.id)
-            try:
-                self._meta.set_document(key, {"body": body.decode(), "link": link if n is None else None,
-                                              "public": public or saved.get("public", False),
-                                              "readers": readers[-_MAX_TAG_READERS:]})
-            except StoreFull:
-                pass  # the copy is for later; upstream's answer goes through on a full disk
-        if link is None and n is not None:
-            body, link = page_tags(body, n, last)
-        return TagsPage(body, link, "miss")
+        return await self._lists.tags(self._upstream(target), target, n, last, client)
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
                         client: Client) -> ReferrersResult:
-        """Upstream's referrers list; where upstream has no referrers API, its fallback tag or none."""
         if target.upstream is None:
             return await self._local.referrers(target, digest, artifact_type, client)
-        upstream = self._upstream(target)
-        credential, _ = self._effective(upstream, client)
-        params = {"artifactType": artifact_type} if artifact_type else None
-        try:
-            response = await upstream.request("GET", target.repo, f"referrers/{digest}", credential,
-                                              params=params, headers={"Accept": OCI_INDEX})
-            try:
-                body = await _read_capped(response, MAX_MANIFEST_BYTES, "referrers list")
-                return ReferrersResult(body, response.headers.get("Content-Type", OCI_INDEX),
-                                       response.headers.get("OCI-Filters-Applied"))
-            finally:
-                response.release()
-        except ManifestUnknown:
-            pass
-        try:
-            record, _ = await self._manifest_by_tag(upstream, target, f"{digest.algorithm}-{digest.hex}", client)
-        except ManifestUnknown:
-            return ReferrersResult(EMPTY_INDEX, OCI_INDEX)
-        body = self._blobs.read_bytes(Digest.parse(record.digest)) or EMPTY_INDEX
-        return ReferrersResult(body, OCI_INDEX)
+        return await self._lists.referrers(self._upstream(target), target, digest, artifact_type, client)
 
     # push and manage: local repositories only; upstreams are read-only mirrors ---------------
     def _local_only(self, target: Target, action: str) -> Registry:

@@ -19,7 +19,9 @@ All upstreams share the app's single ``aiohttp.ClientSession`` (each with its ow
 - quota readings and back-off (``upstream/quota.py``) are read off every response and shared with
   the other workers and replicas, so one 429 keeps all of them away from upstream; Wharf's own
   429 while blocked says when to come back (``Retry-After``);
-- upstream failures are translated here into domain errors, nowhere else.
+- upstream failures are translated here into domain errors, nowhere else;
+- what upstream answers goes up as domain objects (``upstream/answers.py``), never as a response:
+  bodies are read and capped, and headers read, in this package.
 """
 
 from __future__ import annotations
@@ -29,14 +31,20 @@ import logging
 import math
 import ssl
 import time
-from typing import Any, Mapping, Protocol
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping, Protocol
 
 import aiohttp
 
 from proxy.config import UpstreamConfig
-from proxy.errors import (Denied, ManifestUnknown, OCIError, TooManyRequests, Unauthorized,
-                          Unavailable)
+from proxy.errors import (BlobUnknown, Denied, ManifestUnknown, NameUnknown, OCIError, TooManyRequests,
+                          Unauthorized, Unavailable)
 from proxy.metrics import Metrics
+from proxy.oci.digest import Digest
+from proxy.oci.media import MAX_MANIFEST_BYTES, OCI_INDEX, UPSTREAM_ACCEPT
+from proxy.upstream.answers import (MAX_TAG_LIST_BYTES, UpstreamBlob, UpstreamHead, UpstreamManifest,
+                                    UpstreamReferrers, UpstreamTags, next_page_query, read_capped,
+                                    read_manifest)
 from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope, realm_trusted
 from proxy.upstream.circuit import CLOSED, HALF_OPEN, STATE_VALUES, Circuit
 from proxy.upstream.quota import RateLimit
@@ -93,30 +101,60 @@ class Upstream:
                     pass
         return self._rate
 
-    # public API ------------------------------------------------------------------------------
-    async def request(self, method: str, repo: str, suffix: str, credential: Credential | None, *,
-                      headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
-                      not_found: type[OCIError] = ManifestUnknown) -> aiohttp.ClientResponse:
-        """Send ``METHOD /v2/<repo>/<suffix>``; return a 2xx response or raise a domain error.
-
-        The caller owns the returned response and must release it.
-        """
-        url = f"{self.base_url}/v2/{repo}/{suffix}"
-        scope = pull_scope(repo)
-        response = await self._send(method, url, scope, credential, headers, params)
-        if response.status == 401:
-            challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+    # public API: the remote registry's manifests, blobs and lists, as domain objects ---------
+    async def get_manifest(self, repo: str, reference: str, credential: Credential | None,
+                           accept: str = UPSTREAM_ACCEPT) -> UpstreamManifest:
+        """GET a manifest by tag or digest: the body whole and within ``MAX_MANIFEST_BYTES``
+        (404: ManifestUnknown)."""
+        response = await self._request("GET", repo, f"manifests/{reference}", credential,
+                                       headers={"Accept": accept})
+        try:
+            return await read_manifest(response, MAX_MANIFEST_BYTES)
+        finally:
             response.release()
-            if challenge is not None and challenge.scheme in ("bearer", "basic"):
-                self._learn(challenge)
-                self._tokens.pop((scope, self._cred_key(credential)), None)
-                if challenge.scheme == "bearer":
-                    await self._fetch_token(challenge, scope, credential)
-                response = await self._send(method, url, scope, credential, headers, params)
-        if response.status < 300:
-            return response
-        response.release()
-        raise self._translate(response, not_found)
+
+    async def head_manifest(self, repo: str, reference: str, credential: Credential | None) -> UpstreamHead:
+        """HEAD a manifest by tag or digest (404: ManifestUnknown)."""
+        return await self._head(repo, f"manifests/{reference}", credential, ManifestUnknown,
+                                {"Accept": UPSTREAM_ACCEPT})
+
+    async def head_blob(self, repo: str, digest: Digest, credential: Credential | None) -> UpstreamHead:
+        """HEAD a blob (404: BlobUnknown)."""
+        return await self._head(repo, f"blobs/{digest}", credential, BlobUnknown, None)
+
+    @asynccontextmanager
+    async def open_blob(self, repo: str, digest: Digest, credential: Credential | None
+                        ) -> AsyncIterator[UpstreamBlob]:
+        """GET a blob as a sized stream (404: BlobUnknown), released when the ``async with`` ends."""
+        response = await self._request("GET", repo, f"blobs/{digest}", credential, not_found=BlobUnknown)
+        try:
+            yield UpstreamBlob(response, f"{digest} from {self.name}", self._metrics.upstream_bytes.labels(self.name))
+        finally:
+            response.release()
+
+    async def tags(self, repo: str, params: Mapping[str, str], credential: Credential | None) -> UpstreamTags:
+        """GET the tag list (or the page ``params`` asks for) within ``MAX_TAG_LIST_BYTES``
+        (404: NameUnknown)."""
+        response = await self._request("GET", repo, "tags/list", credential, params=params, not_found=NameUnknown)
+        try:
+            body = await read_capped(response, MAX_TAG_LIST_BYTES, "tag list")
+            return UpstreamTags(body, next_page_query(response.headers.get("Link")))
+        finally:
+            response.release()
+
+    async def referrers(self, repo: str, digest: Digest, artifact_type: str | None,
+                        credential: Credential | None) -> UpstreamReferrers:
+        """GET the referrers list of ``digest`` within ``MAX_MANIFEST_BYTES`` (404, no referrers
+        API: ManifestUnknown)."""
+        params = {"artifactType": artifact_type} if artifact_type else None
+        response = await self._request("GET", repo, f"referrers/{digest}", credential, params=params,
+                                       headers={"Accept": OCI_INDEX})
+        try:
+            body = await read_capped(response, MAX_MANIFEST_BYTES, "referrers list")
+            return UpstreamReferrers(body, response.headers.get("Content-Type", OCI_INDEX),
+                                     response.headers.get("OCI-Filters-Applied"))
+        finally:
+            response.release()
 
     async def check_credentials(self, repo: str | None, credential: Credential) -> bool:
         """Have upstream verify ``credential``: exchange it for a token (on ``repo``'s pull scope, or
@@ -140,6 +178,37 @@ class Upstream:
         if answer.status in (401, 403):
             raise Unauthorized("upstream refused the credentials", detail={"upstream": self.name})
         return True
+
+    # internals: requests ---------------------------------------------------------------------
+    async def _head(self, repo: str, suffix: str, credential: Credential | None,
+                    not_found: type[OCIError], headers: Mapping[str, str] | None) -> UpstreamHead:
+        response = await self._request("HEAD", repo, suffix, credential, headers=headers, not_found=not_found)
+        response.release()
+        return UpstreamHead(response.headers.get("Docker-Content-Digest"), response.content_length)
+
+    async def _request(self, method: str, repo: str, suffix: str, credential: Credential | None, *,
+                       headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None,
+                       not_found: type[OCIError] = ManifestUnknown) -> aiohttp.ClientResponse:
+        """Send ``METHOD /v2/<repo>/<suffix>``; return a 2xx response or raise a domain error.
+
+        The caller (in this module) owns the returned response and must release it.
+        """
+        url = f"{self.base_url}/v2/{repo}/{suffix}"
+        scope = pull_scope(repo)
+        response = await self._send(method, url, scope, credential, headers, params)
+        if response.status == 401:
+            challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
+            response.release()
+            if challenge is not None and challenge.scheme in ("bearer", "basic"):
+                self._learn(challenge)
+                self._tokens.pop((scope, self._cred_key(credential)), None)
+                if challenge.scheme == "bearer":
+                    await self._fetch_token(challenge, scope, credential)
+                response = await self._send(method, url, scope, credential, headers, params)
+        if response.status < 300:
+            return response
+        response.release()
+        raise self._translate(response, not_found)
 
     # internals: auth -------------------------------------------------------------------------
     @staticmethod

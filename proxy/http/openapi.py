@@ -1,0 +1,214 @@
+"""The OpenAPI 3 document of ``/api/`` (served at ``/api/openapi.json``), built from plain dicts.
+
+Each API keeps its part here: ``PACKAGE_PATHS`` (GitHub's packages endpoints) and
+``ADMIN_PATHS`` (the admin API adds its paths there); ``SCHEMAS`` holds the shared components.
+The document says exactly what the handlers answer, statuses and bodies: CI runs schemathesis
+against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DOCUMENTATION_URL = "https://docs.github.com/rest/packages/packages"
+
+_NULLABLE_STRING = {"type": "string", "nullable": True}
+_TIME = {"type": "string", "format": "date-time", "example": "2026-12-01T00:00:00Z"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["message", "documentation_url"],
+        "properties": {"message": {"type": "string"}, "documentation_url": {"type": "string"}},
+    },
+    "Owner": {
+        "type": "object",
+        "required": ["login", "type"],
+        "properties": {"login": {"type": "string"}, "type": {"type": "string", "enum": ["User", "Organization"]}},
+    },
+    "Package": {
+        "type": "object",
+        "required": ["id", "name", "package_type", "visibility", "owner", "version_count", "url", "html_url",
+                     "created_at", "updated_at", "description", "licenses", "source", "truncated"],
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+            "package_type": {"type": "string", "enum": ["container"]},
+            "visibility": {"type": "string", "enum": ["private", "internal", "public"]},
+            "owner": {"$ref": "#/components/schemas/Owner"},
+            "version_count": {"type": "integer", "minimum": 0},
+            "url": {"type": "string"},
+            "html_url": {"type": "string"},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "description": _NULLABLE_STRING,
+            "licenses": _NULLABLE_STRING,
+            "source": _NULLABLE_STRING,
+            "truncated": {"type": "array", "items": {"type": "string",
+                                                     "enum": ["source", "description", "licenses"]},
+                          "description": "metadata fields cut to their length limit"},
+        },
+    },
+    "VisibilityChange": {
+        "allOf": [{"$ref": "#/components/schemas/Package"},
+                  {"type": "object", "required": ["notice"],
+                   "properties": {"notice": {**_NULLABLE_STRING,
+                                             "description": "said when a public package stops being public"}}}],
+    },
+    "Version": {
+        "type": "object",
+        "required": ["id", "name", "url", "html_url", "package_html_url", "tags", "platforms", "size",
+                     "created_at", "updated_at", "deleted_at", "download_count", "metadata"],
+        "properties": {
+            "id": {"type": "integer"},
+            "name": {"type": "string", "description": "the manifest's digest"},
+            "url": {"type": "string"},
+            "html_url": {"type": "string"},
+            "package_html_url": {"type": "string"},
+            "media_type": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "platforms": {"type": "array", "items": {"type": "string"}},
+            "size": {"type": "integer", "minimum": 0},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "deleted_at": {**_TIME, "nullable": True},
+            "download_count": {"type": "integer", "minimum": 0},
+            "metadata": {
+                "type": "object", "required": ["package_type", "container"],
+                "properties": {"package_type": {"type": "string", "enum": ["container"]},
+                               "container": {"type": "object", "required": ["tags"],
+                                             "properties": {"tags": {"type": "array",
+                                                                     "items": {"type": "string"}}}}},
+            },
+        },
+    },
+}
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _json(description: str, schema: dict, headers: dict | None = None) -> dict:
+    answer: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_REF = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+_ERRORS = {"401": _error("Requires authentication (or the credentials are wrong)"),
+           "403": _error("Forbidden: a scope or role is missing, or the act is not allowed"),
+           "404": _error("Resource not found (or not visible to the caller)"),
+           "429": _error("Too many failed sign-ins from this client or for this user"),
+           "503": _error("The database is unavailable")}
+_NO_CONTENT = {"description": "No Content"}
+_LINK = {"Link": {"description": 'Paging: rel="next", rel="last", rel="prev", rel="first"',
+                  "schema": {"type": "string"}}}
+
+_PAGE = [{"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000000,
+                                                    "default": 1}},
+         {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100,
+                                                        "default": 30}}]
+_PACKAGE_TYPE_QUERY = {"name": "package_type", "in": "query", "required": True,
+                       "schema": {"type": "string", "enum": ["container"]}}
+_VISIBILITY_QUERY = {"name": "visibility", "in": "query",
+                     "schema": {"type": "string", "enum": ["public", "private", "internal"]}}
+_PACKAGE_TYPE = {"name": "package_type", "in": "path", "required": True,
+                 "schema": {"type": "string", "enum": ["container"]}}
+_NAME = {"name": "package_name", "in": "path", "required": True,
+         "description": "the package's name; a name with / is sent with %2F",
+         "schema": {"type": "string", "minLength": 1}}
+_VERSION_ID = {"name": "package_version_id", "in": "path", "required": True,
+               "schema": {"type": "integer", "minimum": 1}}
+_STATE = {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["active", "deleted"],
+                                                     "default": "active"}}
+
+# (path prefix under /api, owner path parameter, words for summaries, operation id stem)
+OWNERS = (("/api/user", None, "the signed-in user", "user"),
+          ("/api/users/{username}", {"name": "username", "in": "path", "required": True,
+                                     "schema": {"type": "string", "minLength": 1}}, "a user", "users"),
+          ("/api/orgs/{org}", {"name": "org", "in": "path", "required": True,
+                               "schema": {"type": "string", "minLength": 1}}, "an organization", "orgs"))
+
+
+def _operation(op_id: str, summary: str, parameters: list, responses: dict, body: dict | None = None) -> dict:
+    operation: dict[str, Any] = {"operationId": op_id, "summary": summary, "tags": ["packages"],
+                                 "parameters": parameters, "responses": {**responses}}
+    if body is not None:
+        operation["requestBody"] = body
+    return operation
+
+
+def _package_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for prefix, owner, words, stem in OWNERS:
+        owner_params = [owner] if owner else []
+        errors = dict(_ERRORS)
+        package = f"{prefix}/packages/{{package_type}}/{{package_name}}"
+        addressed = [*owner_params, _PACKAGE_TYPE, _NAME]
+        paths[f"{prefix}/packages"] = {"get": _operation(
+            f"packages/list-packages-for-{stem}", f"List packages of {words}",
+            [*owner_params, _PACKAGE_TYPE_QUERY, _VISIBILITY_QUERY, *_PAGE],
+            {"200": _json("The packages the caller may read", {"type": "array", "items": _REF("Package")}, _LINK),
+             **errors, "422": _error("Validation failed")})}
+        paths[package] = {
+            "get": _operation(f"packages/get-package-for-{stem}", f"Get a package of {words}", addressed,
+                              {"200": _json("The package", _REF("Package")), **errors}),
+            "delete": _operation(f"packages/delete-package-for-{stem}", f"Delete a package of {words}", addressed,
+                                 {"204": _NO_CONTENT, **errors}),
+            "patch": _operation(
+                f"packages/set-visibility-for-{stem}", f"Change the visibility of a package of {words}", addressed,
+                {"200": _json("The package, and a notice when it stopped being public", _REF("VisibilityChange")),
+                 "400": _error("Problems parsing JSON"), **errors, "422": _error("Validation failed")},
+                {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["visibility"],
+                    "properties": {"visibility": {"type": "string",
+                                                  "enum": ["private", "internal", "public"]}}}}}}),
+        }
+        paths[f"{package}/restore"] = {"post": _operation(
+            f"packages/restore-package-for-{stem}", f"Restore a deleted package of {words}", addressed,
+            {"204": _NO_CONTENT, **errors, "409": _error("The name is used by a new package, or the content is gone")})}
+        paths[f"{package}/versions"] = {"get": _operation(
+            f"packages/get-all-package-versions-for-{stem}", f"List the versions of a package of {words}",
+            [*addressed, _STATE, *_PAGE],
+            {"200": _json("The versions", {"type": "array", "items": _REF("Version")}, _LINK),
+             **errors, "422": _error("Validation failed")})}
+        paths[f"{package}/versions/{{package_version_id}}"] = {
+            "get": _operation(f"packages/get-package-version-for-{stem}", f"Get a package version of {words}",
+                              [*addressed, _VERSION_ID], {"200": _json("The version", _REF("Version")), **errors}),
+            "delete": _operation(f"packages/delete-package-version-for-{stem}",
+                                 f"Delete a package version of {words}", [*addressed, _VERSION_ID],
+                                 {"204": _NO_CONTENT, **errors}),
+        }
+        paths[f"{package}/versions/{{package_version_id}}/restore"] = {"post": _operation(
+            f"packages/restore-package-version-for-{stem}", f"Restore a deleted package version of {words}",
+            [*addressed, _VERSION_ID],
+            {"204": _NO_CONTENT, **errors, "409": _error("The version's content is gone")})}
+    return paths
+
+
+PACKAGE_PATHS: dict[str, Any] = _package_paths()
+ADMIN_PATHS: dict[str, Any] = {}  # the admin API's paths go here
+
+
+def document(server_url: str | None = None) -> dict[str, Any]:
+    """The whole document; ``server_url`` (how the caller reached Wharf) becomes its server."""
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {"title": "Wharf API", "version": "1",
+                 "description": "GitHub-style packages endpoints of Wharf's embedded registry."},
+        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic",
+                                          "description": "user name and personal access token"},
+                                "bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a personal access token"}},
+        },
+        "security": [{}, {"basic": []}, {"bearer": []}],
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc

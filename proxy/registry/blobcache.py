@@ -1,0 +1,138 @@
+"""Upstream blobs: served from the store, or filled from upstream once (``fills.py``).
+
+Rules:
+- digests are immutable: a stored blob is served without asking upstream, once the client is
+  allowed to see it (``UpstreamAccess.authorize``);
+- a blob not stored is downloaded by one fill that every concurrent requester follows as it
+  grows; a HEAD asks upstream's HEAD and downloads nothing, unless a fill is already running;
+- a blob larger than ``limits.max_layer_bytes`` (announced or received) is refused;
+- who may see a blob is granted as its fill begins, for the followers, and withdrawn if its
+  bytes never arrive;
+- a 404 is remembered per credential (the negative cache of ``UpstreamAccess``), unless a fill
+  of the digest is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from proxy.config import CacheConfig, LimitsConfig
+from proxy.errors import BlobUnknown, OCIError, SizeInvalid, Unavailable
+from proxy.metrics import Metrics
+from proxy.oci.digest import Digest
+from proxy.registry.base import BlobResult, Client, Target
+from proxy.registry.decisions import CacheDecisions
+from proxy.registry.fills import Fill, FillGroup
+from proxy.registry.tasks import BackgroundTasks
+from proxy.registry.upstream_access import UpstreamAccess
+from proxy.storage.blobs import BlobStore
+from proxy.storage.hashing import ThreadedHasher
+from proxy.storage.meta import MetaStore
+from proxy.upstream.auth import Credential
+from proxy.upstream.client import Upstream
+
+
+class BlobCache:
+    """Upstream blobs in the store, and the fills that bring them there."""
+
+    def __init__(self, blobs: BlobStore, meta: MetaStore, metrics: Metrics, cache: CacheConfig,
+                 limits: LimitsConfig, tasks: BackgroundTasks, access: UpstreamAccess,
+                 decisions: CacheDecisions) -> None:
+        self._blobs = blobs
+        self._meta = meta
+        self._metrics = metrics
+        self._cache = cache
+        self._limits = limits
+        self._access = access
+        self._decisions = decisions
+        self.fills = FillGroup(tasks, blobs)
+
+    async def blob(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
+                   head: bool) -> BlobResult:
+        size = self._blobs.size(digest)
+        if size is not None:
+            await self._access.authorize(upstream, target, digest, client, blob=True)
+            self._decisions.count("blob", "hit")
+            return BlobResult(digest, size, path=self._blobs.path(digest),
+                              reading=lambda: self._blobs.reading(digest), cache_status="hit")
+        credential, public = self._access.effective(upstream, client)
+        if self.fills.get(digest) is None and await self._access.known_missing(upstream, target, str(digest), client):
+            self._decisions.count("blob", "negative")
+            raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
+        # no await between looking for a running fill and starting one: that is the single flight
+        fill = self.fills.get(digest)
+        if fill is not None:
+            await asyncio.shield(fill.started)
+            await self._access.authorize(upstream, target, digest, client, blob=True)
+            self._decisions.count("blob", "coalesced")
+            status = "coalesced"
+        else:
+            if head:
+                return await self._head_upstream(upstream, target, digest, client)
+            fill = self.fills.start(
+                digest, lambda f, temp, size_file: self._run_fill(f, temp, size_file, upstream, target,
+                                                                  credential, public),
+                self._cache.fill_timeout)
+            try:
+                await asyncio.shield(fill.started)
+            except BlobUnknown:
+                await self._access.remember_missing(upstream, target, str(digest), client)
+                raise
+            self._decisions.count("blob", "miss")
+            status = "miss"
+        if head:
+            return BlobResult(digest, fill.size, cache_status=status)
+        return BlobResult(digest, fill.size, segments=fill.segments, cache_status=status)
+
+    async def _head_upstream(self, upstream: Upstream, target: Target, digest: Digest,
+                             client: Client) -> BlobResult:
+        credential, public = self._access.effective(upstream, client)
+        try:
+            answer = await upstream.head_blob(target.repo, digest, credential)
+        except BlobUnknown:
+            await self._access.remember_missing(upstream, target, str(digest), client)
+            raise
+        self._meta.grant(str(digest), target.scope, public)
+        self._decisions.count("blob", "miss")
+        return BlobResult(digest, answer.size, cache_status="miss")
+
+    async def _run_fill(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
+                        target: Target, credential: Credential | None, public: bool) -> None:
+        """Download one blob into the store; readers here and in other workers follow it."""
+        async with upstream.open_blob(target.repo, fill.digest, credential) as source:
+            writer = None
+            try:
+                size = source.size
+                if size is not None and size > self._limits.max_layer_bytes:
+                    raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
+                writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
+                                                max_size=size if size is not None else self._limits.max_layer_bytes,
+                                                expected_size=size)
+                hasher = ThreadedHasher(fill.digest.algorithm)
+                size_path.write_text(str(size if size is not None else -1))
+                self._meta.grant(str(fill.digest), target.scope, public)
+                fill.begin(writer, size)
+                self._metrics.fills_in_flight.inc()
+                try:
+                    async for chunk in source:
+                        writer.write(chunk)
+                        await hasher.update(chunk)
+                    path = writer.commit(fill.digest, size, actual=await hasher.digest())
+                except OCIError:
+                    writer.abort()
+                    raise
+                except Exception as exc:
+                    writer.abort()
+                    raise Unavailable(f"download of {fill.digest} from {upstream.name} broke: "
+                                      f"{type(exc).__name__}") from None
+                finally:
+                    self._metrics.fills_in_flight.dec()
+                fill.finish(path)
+            except BaseException:
+                if writer is not None and not writer.closed:
+                    writer.abort()
+                if self._blobs.size(fill.digest) is None:
+                    # who may see it was granted for the followers; bytes that never arrived grant nothing
+                    self._meta.forget(str(fill.digest))
+                raise

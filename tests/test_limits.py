@@ -139,30 +139,35 @@ async def test_idle_keep_alive_connections_are_closed_after_keepalive_timeout(ma
 
 
 # request bodies -----------------------------------------------------------------------------------
-async def _start_upload(conn: Conn, repo: str) -> str:
-    await conn.send(f"POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {conn.host}\r\n"
+def _pusher(wharf) -> str:
+    """The header line that signs a push in as the test Wharf's admin."""
+    return f"Authorization: {wharf.admin_headers['Authorization']}\r\n"
+
+
+async def _start_upload(conn: Conn, repo: str, authorization: str) -> str:
+    await conn.send(f"POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nHost: {conn.host}\r\n{authorization}"
                     f"Content-Length: 0\r\n\r\n".encode())
     status, headers, _ = await conn.response()
     assert status == 202
     return headers["location"]
 
 
-def _patch_head(conn: Conn, location: str, length: int) -> bytes:
+def _patch_head(conn: Conn, location: str, length: int, authorization: str) -> bytes:
     return (f"PATCH {location} HTTP/1.1\r\nHost: {conn.host}\r\nContent-Type: application/octet-stream\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+            f"{authorization}Content-Length: {length}\r\n\r\n").encode()
 
 
 async def test_a_stalled_upload_body_is_cut_and_a_slow_moving_one_completes(make_wharf, repo_name, caplog):
     wharf = await make_wharf(server=FAST | {"keepalive_timeout": 60})
     caplog.set_level(logging.DEBUG)
     stalled = await Conn.open(wharf.url)
-    location = await _start_upload(stalled, repo_name)
-    await stalled.send(_patch_head(stalled, location, 1000) + b"x" * 100)
+    location = await _start_upload(stalled, repo_name, _pusher(wharf))
+    await stalled.send(_patch_head(stalled, location, 1000, _pusher(wharf)) + b"x" * 100)
     assert await stalled.closed_by_wharf() == b""
 
     slow = await Conn.open(wharf.url)
-    location = await _start_upload(slow, repo_name)
-    await slow.send(_patch_head(slow, location, 80))
+    location = await _start_upload(slow, repo_name, _pusher(wharf))
+    await slow.send(_patch_head(slow, location, 80, _pusher(wharf)))
     for _ in range(8):  # 8 × 10 bytes over 3.2 s, more than the body deadline, never 1 s apart
         await asyncio.sleep(0.4)
         await slow.send(b"y" * 10)
@@ -227,8 +232,8 @@ async def test_over_the_cap_with_every_connection_at_work_new_ones_get_503(make_
     uploading = []
     for _ in range(3):  # each in the middle of an upload's body: at work
         conn = await Conn.open(wharf.url)
-        location = await _start_upload(conn, repo_name)
-        await conn.send(_patch_head(conn, location, 20) + b"x" * 10)
+        location = await _start_upload(conn, repo_name, _pusher(wharf))
+        await conn.send(_patch_head(conn, location, 20, _pusher(wharf)) + b"x" * 10)
         uploading.append(conn)
     await asyncio.sleep(0.1)
 

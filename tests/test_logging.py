@@ -22,8 +22,10 @@ import aiohttp
 import pytest
 import yaml
 
+from support.accounts import basic
 from support.fake_upstream import Fault
 from support.images import MANIFEST_ACCEPT, make_image
+from support.wharf_serve import add_admin
 
 REPO = "team/app"
 UPSTREAM = "fake.example"  # the name clients use for the fake upstream (path prefix or ns=)
@@ -281,13 +283,16 @@ def test_log_level_is_one_of_the_named_levels():
 
 async def test_a_pusher_hanging_up_mid_body_is_a_499_without_a_traceback(tmp_path):
     async with wharf_serve(tmp_path, "http://127.0.0.1:9") as served:
+        authorization = basic(*add_admin(served.base, tmp_path / "wharf.yaml"))
         async with aiohttp.ClientSession() as session:
-            async with session.post(f"{served.base}/v2/team/pushed/blobs/uploads/") as resp:
+            async with session.post(f"{served.base}/v2/team/pushed/blobs/uploads/",
+                                    headers={"Authorization": authorization}) as resp:
                 assert resp.status == 202
                 location = resp.headers["Location"]
         path = location.split(served.base, 1)[-1]
         reader, writer = await asyncio.open_connection("127.0.0.1", int(served.base.rsplit(":", 1)[1]))
         writer.write(f"PATCH {path} HTTP/1.1\r\nHost: wharf\r\nContent-Type: application/octet-stream\r\n"
+                     f"Authorization: {authorization}\r\n"
                      f"Content-Length: 1000000\r\n\r\n".encode() + b"x" * 100_000)
         await writer.drain()
         await asyncio.sleep(0.2)

@@ -38,6 +38,18 @@ def summary(wharf) -> str:
     return "\n".join(f"{s.method} {s.path} {s.query} -> {s.status}" for s in wharf.seen[-60:])
 
 
+def creds(wharf) -> str:
+    """``admin:TOKEN``, the form skopeo's ``--creds`` and ctr's ``--user`` take."""
+    return ":".join(wharf.admin)
+
+
+async def docker_login(docker: str, host: str, account: tuple[str, str], env: dict[str, str],
+                       diagnostics=None) -> str:
+    """``docker login HOST -u NAME --password-stdin`` (Docker's token flow), the token on stdin."""
+    return await run([docker, "login", host, "-u", account[0], "--password-stdin"], env,
+                     diagnostics=diagnostics, stdin=account[1].encode())
+
+
 def write_oci_layout(directory: Path, image: Image, ref_name: str, image_name: str | None = None) -> None:
     """An OCI image layout holding ``image`` under ``ref_name`` (and containerd's image name)."""
     (directory / "blobs" / "sha256").mkdir(parents=True)
@@ -74,12 +86,13 @@ async def test_skopeo_copy_in_and_across_repositories_with_mounts(make_wharf, re
     layout = tmp_path / "layout"
     write_oci_layout(layout, image, "1.0")
 
-    await run([skopeo, *options, "copy", "--dest-tls-verify=false", f"oci:{layout}:1.0",
+    await run([skopeo, *options, "copy", "--dest-tls-verify=false", "--dest-creds", creds(wharf), f"oci:{layout}:1.0",
                f"docker://{host}/{repo_name}:1.0"], env, diagnostics=lambda: summary(wharf))
     await assert_served(wharf, repo_name, "1.0", image)
 
     other = f"{repo_name}-copy"
     await run([skopeo, *options, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+               "--src-creds", creds(wharf), "--dest-creds", creds(wharf),
                f"docker://{host}/{repo_name}:1.0", f"docker://{host}/{other}:2.0"], env,
               diagnostics=lambda: summary(wharf))
     mounts = [s for s in wharf.seen if s.method == "POST" and s.path == f"/v2/{other}/blobs/uploads/"
@@ -91,7 +104,8 @@ async def test_skopeo_copy_in_and_across_repositories_with_mounts(make_wharf, re
     await assert_served(wharf, other, "2.0", image)
 
     dest = tmp_path / "back"
-    await run([skopeo, *options, "copy", "--src-tls-verify=false", f"docker://{host}/{other}:2.0", f"dir:{dest}"], env)
+    await run([skopeo, *options, "copy", "--src-tls-verify=false", "--src-creds", creds(wharf),
+               f"docker://{host}/{other}:2.0", f"dir:{dest}"], env)
     assert (dest / "manifest.json").read_bytes() == image.manifest
     for digest, data in image.blobs.items():
         assert (dest / digest.split(":")[1]).read_bytes() == data
@@ -126,7 +140,8 @@ async def test_dockerd_push_with_chunked_bodies_and_pull_back(make_wharf, repo_n
                                                               tmp_path):
     docker = require_binary("docker")
     wharf = await make_wharf()
-    env = client_env(clients_dir / "home", DOCKER_HOST=dockerd.host)
+    # this test's login state only, never ~/.docker
+    env = client_env(clients_dir / "home", DOCKER_HOST=dockerd.host, DOCKER_CONFIG=str(tmp_path / "docker-config"))
     ref = f"{host_of(wharf)}/{repo_name}:1"
     archive, image_id = docker_archive(ref, repo_name)
     (tmp_path / "image.tar").write_bytes(archive)
@@ -135,6 +150,7 @@ async def test_dockerd_push_with_chunked_bodies_and_pull_back(make_wharf, repo_n
         return f"Wharf saw:\n{summary(wharf)}\n--- dockerd log ---\n{dockerd.daemon.log_tail()}"
 
     await run([docker, "load", "-i", str(tmp_path / "image.tar")], env, diagnostics=diagnostics)
+    await docker_login(docker, host_of(wharf), wharf.admin, env, diagnostics)
     output = await run([docker, "push", ref], env, diagnostics=diagnostics)
     pushed_digest = re.search(r"digest: (sha256:[0-9a-f]{64})", output).group(1)
 
@@ -171,7 +187,8 @@ async def test_ctr_push(make_wharf, repo_name, clients_dir, containerd, tmp_path
             tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
 
     await run([*base, "images", "import", "--no-unpack", str(archive)], env)
-    await run([*base, "images", "push", "--plain-http", ref], env, diagnostics=lambda: summary(wharf))
+    await run([*base, "images", "push", "--plain-http", "--user", creds(wharf), ref], env,
+              diagnostics=lambda: summary(wharf))
     await assert_served(wharf, repo_name, "1.0", image)
     assert any(s.method == "PUT" and "/blobs/uploads/" in s.path and s.status == 201 for s in wharf.seen)
 
@@ -192,6 +209,7 @@ async def test_oras_push_artifact_with_subject_then_referrers(make_wharf, repo_n
 
     def push() -> None:
         client = oras_provider.Registry(hostname=host_of(wharf), insecure=True)
+        client.auth.set_basic_auth(*wharf.admin)  # oras's -u/-p
         client.push(target=target, files=[f"{sbom}:application/spdx+json"],
                     manifest_config=f"{config}:{artifact_type}", disable_path_validation=True,
                     subject=oras.oci.Subject(image.media_type, image.digest, len(image.manifest)),
@@ -214,6 +232,7 @@ async def test_oras_push_artifact_with_subject_then_referrers(make_wharf, repo_n
 
     def pull() -> list[str]:
         client = oras_provider.Registry(hostname=host_of(wharf), insecure=True)
+        client.auth.set_basic_auth(*wharf.admin)
         return client.pull(target=target, outdir=str(out))
 
     files = await asyncio.to_thread(pull)

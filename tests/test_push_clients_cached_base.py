@@ -32,7 +32,7 @@ from support.images import (DOCKER_CONFIG, DOCKER_LAYER, DOCKER_MANIFEST, MANIFE
 from support.servers import require_binary
 from test_clients_e2e import (assert_dir_copy, assert_pulled_through, client_env, clients_dir, containerd,  # noqa: F401
                               dockerd, run, served, skopeo_files)
-from test_push_clients import assert_served, host_of, summary
+from test_push_clients import assert_served, creds, docker_login, host_of, summary
 
 pytestmark = pytest.mark.clients
 
@@ -95,7 +95,8 @@ async def test_dockerd_pushes_an_image_built_on_a_base_pulled_through_the_mirror
     base_layer = base.layers[0].digest
     await push_image(registry_upstream, f"library/{name}", base, tag="v2")
     # the classic builder: docker 23+ clients build with buildx only, which is not installed
-    env = client_env(clients_dir / "home", DOCKER_HOST=dockerd.host, DOCKER_BUILDKIT="0")
+    env = client_env(clients_dir / "home", DOCKER_HOST=dockerd.host, DOCKER_BUILDKIT="0",
+                     DOCKER_CONFIG=str(tmp_path / "docker-config"))
 
     def diagnostics() -> str:
         return f"Wharf saw:\n{summary(wharf)}\n--- dockerd log ---\n{dockerd.daemon.log_tail()}"
@@ -114,6 +115,7 @@ async def test_dockerd_pushes_an_image_built_on_a_base_pulled_through_the_mirror
     await run([docker, "build", "-q", "-t", ref, str(context)], env, diagnostics=diagnostics)
     image_id = (await run([docker, "image", "inspect", "--format", "{{.Id}}", ref], env)).strip()
 
+    await docker_login(docker, host_of(wharf), wharf.admin, env, diagnostics)
     wharf.seen.clear()
     output = await run([docker, "push", ref], env, diagnostics=diagnostics)
     pushed_digest = re.search(r"digest: (sha256:[0-9a-f]{64})", output).group(1)
@@ -165,13 +167,14 @@ async def test_skopeo_copies_a_cached_image_into_a_local_repository_without_uplo
     repo = "team/copy"
     wharf.seen.clear()
     await run([skopeo, *options, "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
-               f"docker://{host}/{name}:v2", f"docker://{host}/{repo}:1"], env, diagnostics=lambda: summary(wharf))
+               "--dest-creds", creds(wharf), f"docker://{host}/{name}:v2", f"docker://{host}/{repo}:1"], env,
+              diagnostics=lambda: summary(wharf))
     assert not uploads(wharf, repo), summary(wharf)
     assert all(found_by_head(wharf, repo, digest) for digest in image.blobs), summary(wharf)
     await assert_served(wharf, repo, "1", image)
 
-    await run([skopeo, *options, "copy", "--src-tls-verify=false", f"docker://{host}/{repo}:1",
-               f"dir:{tmp_path / 'back'}"], env, diagnostics=lambda: summary(wharf))
+    await run([skopeo, *options, "copy", "--src-tls-verify=false", "--src-creds", creds(wharf),
+               f"docker://{host}/{repo}:1", f"dir:{tmp_path / 'back'}"], env, diagnostics=lambda: summary(wharf))
     assert_dir_copy(tmp_path / "back", image)
 
 
@@ -203,6 +206,7 @@ async def test_oras_pushes_an_artifact_whose_file_is_a_cached_layer(registry_ups
 
     def push() -> None:
         client = oras_provider.Registry(hostname=host, insecure=True)
+        client.auth.set_basic_auth(*wharf.admin)  # oras's -u/-p
         client.push(target=f"{host}/{repo}:1", files=[f"{pulled}:{file_type}"],
                     manifest_config=f"{config}:{config_type}", disable_path_validation=True)
 
@@ -221,6 +225,7 @@ async def test_oras_pushes_an_artifact_whose_file_is_a_cached_layer(registry_ups
 
     def pull() -> list[str]:
         client = oras_provider.Registry(hostname=host, insecure=True)
+        client.auth.set_basic_auth(*wharf.admin)
         return client.pull(target=f"{host}/{repo}:1", outdir=str(out))
 
     files = await asyncio.to_thread(pull)

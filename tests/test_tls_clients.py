@@ -27,7 +27,7 @@ import pytest
 from support.ca import TestCA, make_ca
 from support.images import ImageIndex, make_image
 from support.servers import free_port, has_ipv6_loopback, require_binary
-from support.wharf_serve import WharfProcess, start_wharf
+from support.wharf_serve import WharfProcess, add_admin, start_wharf
 from test_clients_e2e import (ALIAS, IMAGE_TAG, INDEX_TAG, DockerD, _dockerd_major, assert_dir_copy,  # noqa: F401
                               client_env, clients_dir, containerd, ctr_images, push_pair, run, run_status,
                               skopeo_files, start_daemon, wait_for_socket)
@@ -146,6 +146,7 @@ async def test_skopeo_pushes_over_https(ca, repo_name, clients_dir, tmp_path):
                                                         upstreams=[], default_upstream=None),
                         context=ca.client_context())
     try:
+        creds = ":".join(add_admin(wharf.url, wharf.config_path))
         source = tmp_path / "source"
         source.mkdir()
         (source / "manifest.json").write_bytes(image.manifest)
@@ -153,12 +154,13 @@ async def test_skopeo_pushes_over_https(ca, repo_name, clients_dir, tmp_path):
         for digest, data in image.blobs.items():
             (source / digest.split(":", 1)[1]).write_bytes(data)
         dest = f"docker://127.0.0.1:{_port(wharf)}/{repo_name}:1.0"
-        _refused_for_trust(*await run_status([skopeo, *options, "copy", f"dir:{source}", dest], env))
-        await run([skopeo, *options, "copy", "--dest-cert-dir", str(certs), f"dir:{source}", dest], env,
-                  diagnostics=wharf.output)
+        _refused_for_trust(*await run_status([skopeo, *options, "copy", "--dest-creds", creds, f"dir:{source}",
+                                              dest], env))
+        await run([skopeo, *options, "copy", "--dest-cert-dir", str(certs), "--dest-creds", creds, f"dir:{source}",
+                   dest], env, diagnostics=wharf.output)
         back = tmp_path / "back"
-        await run([skopeo, *options, "copy", "--src-cert-dir", str(certs), dest, f"dir:{back}"], env,
-                  diagnostics=wharf.output)
+        await run([skopeo, *options, "copy", "--src-cert-dir", str(certs), "--src-creds", creds, dest,
+                   f"dir:{back}"], env, diagnostics=wharf.output)
         assert_dir_copy(back, image)
     finally:
         wharf.stop()

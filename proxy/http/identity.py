@@ -30,10 +30,12 @@ async def caller_of(request: web.Request) -> Client:
         return client
     header = request.headers.get("Authorization")
     user, password = basic_user(header)
+    if password is None and header and header[:7].lower() == "bearer " and header[7:].strip().startswith(PAT_PREFIX):
+        password = header[7:].strip()
     signing_in = password is not None and password.startswith(PAT_PREFIX)
     throttle = request.app[LOGIN_THROTTLE]
     identity = request.app[IDENTITY]
-    if signing_in and not identity.remembers(user or "", password):
+    if signing_in and not identity.remembers(user, password):
         await throttle.check(request.remote, user)
     try:
         client = await identity.client(header)

@@ -190,7 +190,104 @@ def _package_paths() -> dict[str, Any]:
 
 
 PACKAGE_PATHS: dict[str, Any] = _package_paths()
-ADMIN_PATHS: dict[str, Any] = {}  # the admin API's paths go here
+
+SCHEMAS.update({
+    "Message": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+    "User": {"type": "object", "required": ["id", "name", "admin", "created_at", "orgs"],
+             "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "admin": {"type": "boolean"},
+                            "created_at": _TIME,
+                            "orgs": {"type": "object", "additionalProperties": {"type": "string",
+                                                                                 "enum": ["owner", "member"]}}}},
+    "Org": {"type": "object", "required": ["id", "name", "created_at", "members"],
+            "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "created_at": _TIME,
+                           "members": {"type": "object", "additionalProperties": {"type": "string",
+                                                                                   "enum": ["owner", "member"]}}}},
+    "Token": {"type": "object",
+              "required": ["id", "user", "hint", "scopes", "note", "state", "created_at", "expires_at",
+                           "last_used_at", "revoked_at"],
+              "properties": {"id": {"type": "integer"}, "user": {"type": "string"}, "hint": {"type": "string"},
+                             "scopes": {"type": "array", "items": {"type": "string"}}, "note": {"type": "string"},
+                             "state": {"type": "string"}, "created_at": _TIME,
+                             "expires_at": {**_TIME, "nullable": True}, "last_used_at": {**_TIME, "nullable": True},
+                             "revoked_at": {**_TIME, "nullable": True}}},
+    "NewToken": {"allOf": [{"$ref": "#/components/schemas/Token"},
+                           {"type": "object", "required": ["token"],
+                            "properties": {"token": {"type": "string", "description": "shown this once"}}}]},
+})
+
+
+def _message(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _REF("Message")}}}
+
+
+_ADMIN_ERRORS = {"401": _message("Requires authentication"), "403": _message("Not a server admin"),
+                 "413": _message("The body is too large"), "422": _message("Validation failed"),
+                 "429": _message("Too many failed sign-ins")}
+_ACCOUNT_PARAM = lambda name: {"name": name, "in": "path", "required": True,  # noqa: E731
+                               "schema": {"type": "string"}}
+_TOKEN_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def _body_of(properties: dict, required: list[str]) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": required, "properties": properties}}}}
+
+
+_NEW_TOKEN_BODY = _body_of({"scopes": {"type": "array", "items": {"type": "string", "enum": [
+    "read:packages", "write:packages", "delete:packages"]}}, "expires_days": {"type": "integer", "minimum": 1},
+    "note": {"type": "string"}}, ["scopes"])
+
+
+def _admin(op_id: str, summary: str, parameters: list, responses: dict, body: dict | None = None) -> dict:
+    operation = _operation(op_id, summary, parameters, {**responses, **_ADMIN_ERRORS}, body)
+    operation["tags"] = ["accounts"]
+    return operation
+
+
+ADMIN_PATHS: dict[str, Any] = {
+    "/api/admin/users": {
+        "get": _admin("accounts/list-users", "List users (server admins)", [],
+                      {"200": _json("The users", {"type": "array", "items": _REF("User")})}),
+        "post": _admin("accounts/add-user", "Create a user (server admins)", [],
+                       {"201": _json("The user", _REF("User"))},
+                       _body_of({"name": {"type": "string"}, "admin": {"type": "boolean"}}, ["name"])),
+    },
+    "/api/admin/orgs": {
+        "get": _admin("accounts/list-orgs", "List organisations (server admins)", [],
+                      {"200": _json("The organisations", {"type": "array", "items": _REF("Org")})}),
+        "post": _admin("accounts/add-org", "Create an organisation (server admins)", [],
+                       {"201": _json("The organisation", _REF("Org")), "404": _message("No such user")},
+                       _body_of({"name": {"type": "string"}, "owner": {"type": "string"}}, ["name", "owner"])),
+    },
+    "/api/admin/orgs/{org}/members/{user}": {
+        "put": _admin("accounts/set-member", "Add a member or change their role (server admins)",
+                      [_ACCOUNT_PARAM("org"), _ACCOUNT_PARAM("user")],
+                      {"200": _json("The membership", {"type": "object"}), "404": _message("No such org or user")},
+                      _body_of({"role": {"type": "string", "enum": ["owner", "member"]}}, [])),
+    },
+    "/api/admin/users/{user}/tokens": {
+        "get": _admin("accounts/list-user-tokens", "List a user's tokens (server admins)", [_ACCOUNT_PARAM("user")],
+                      {"200": _json("The tokens", {"type": "array", "items": _REF("Token")}),
+                       "404": _message("No such user")}),
+        "post": _admin("accounts/create-user-token", "Create a token for a user (server admins)",
+                       [_ACCOUNT_PARAM("user")], {"201": _json("The token", _REF("NewToken")),
+                                                  "404": _message("No such user")}, _NEW_TOKEN_BODY),
+    },
+    "/api/admin/tokens/{id}": {
+        "delete": _admin("accounts/revoke-token", "Revoke any token (server admins)", [_TOKEN_ID],
+                         {"204": _NO_CONTENT, "404": _message("No such token")}),
+    },
+    "/api/user/tokens": {
+        "get": _admin("accounts/list-own-tokens", "List the signed-in user's tokens", [],
+                      {"200": _json("The tokens", {"type": "array", "items": _REF("Token")})}),
+        "post": _admin("accounts/create-own-token", "Create a token (never with more scopes than the one in use)",
+                       [], {"201": _json("The token", _REF("NewToken"))}, _NEW_TOKEN_BODY),
+    },
+    "/api/user/tokens/{id}": {
+        "delete": _admin("accounts/revoke-own-token", "Revoke one of the signed-in user's tokens", [_TOKEN_ID],
+                         {"204": _NO_CONTENT, "404": _message("No such token")}),
+    },
+}
 
 
 def document(server_url: str | None = None) -> dict[str, Any]:

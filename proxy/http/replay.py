@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 _MAX_BODY = 256 * 1024           # larger answers go through the application
 
@@ -29,6 +29,7 @@ class Replay:
     cache_kind: str      # "manifest" (by digest) or "tag"
     ref: tuple[str, str]  # (scope, tag or digest) the answer is for
     upstream: str | None = None  # for the access log
+    on_hit: Callable[[], None] | None = None  # what a replayed GET must also do (count a download)
 
 
 class ReplayTable:
@@ -54,14 +55,14 @@ class ReplayTable:
 
     def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
                  until: float, route: str, cache_kind: str, ref: tuple[str, str],
-                 upstream: str | None = None) -> None:
+                 upstream: str | None = None, on_hit: Callable[[], None] | None = None) -> None:
         """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent;
         ``ref`` is the (scope, tag or digest) it answers for."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream)
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream, on_hit)
         self._drop(key)
         self._entries[key] = entry
         self._by_ref.setdefault(ref, set()).add(key)

@@ -135,6 +135,8 @@ class ReplayingRequestHandler(GuardedRequestHandler):
         status_line, tail = self._clock.framing(message.version)
         stamped = status_line + entry.head + b"X-Request-Id: " + rid.encode() + b"\r\n" + tail
         transport.write(stamped if head else stamped + entry.body)
+        if entry.on_hit is not None and not head:
+            entry.on_hit()
         self._keep_alive_from_now()
         seconds = time.perf_counter() - started
         self._metrics.observe_request(entry.route + "_head" if head else entry.route, message.method, 200, seconds)

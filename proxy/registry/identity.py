@@ -2,7 +2,7 @@
 upstream credential passed through. The two never mix.
 
 Rules:
-- Basic ``user:wharf_pat_…``: a Wharf account, checked against the database (the secret's hash,
+- Basic ``user:wharf_pat_…`` (or ``Bearer wharf_pat_…``, as GitHub's API takes it): a Wharf account, checked against the database (the secret's hash,
   the owner, expiry, revocation). A personal access token is never used as an upstream credential.
 - Bearer tokens Wharf signed at ``/token`` for an account (JWT, HS256, ``iss: wharf``, short-lived):
   the account and the token they were issued from; they stand only while that token stands.
@@ -168,19 +168,24 @@ class Identity:
                 if principal is None:
                     raise Unauthorized("invalid user name or token")
                 return Client(None, principal)
+        elif scheme == "bearer" and secret.startswith(PAT_PREFIX):  # the API's "Bearer <token>"
+            principal = await self.authenticate(None, secret)
+            if principal is None:
+                raise Unauthorized("invalid token")
+            return Client(None, principal)
         elif scheme == "bearer" and _looks_like_wharf_jwt(secret):
             return Client(None, await self._from_jwt(secret))
         credential = await self._tokens.resolve(Credential(scheme, secret) if scheme in ("basic", "bearer")
                                                 and secret else None)
         return Client(credential, ANONYMOUS)
 
-    def remembers(self, user: str, secret: str) -> bool:
+    def remembers(self, user: str | None, secret: str) -> bool:
         """Whether this user name and token are known good here (the sign-in throttle skips them)."""
         remembered = self._principals.get(("pat", user, hashlib.sha256(secret.encode()).digest()))
         return remembered is not None and remembered.principal is not None
 
-    async def authenticate(self, user: str, secret: str) -> Principal | None:
-        """The account a user name and personal access token stand for, or None."""
+    async def authenticate(self, user: str | None, secret: str) -> Principal | None:
+        """The account a user name (None: whoever owns it) and personal access token stand for, or None."""
         key = ("pat", user, hashlib.sha256(secret.encode()).digest())
         remembered = self._principals.get(key)
         if remembered is None:

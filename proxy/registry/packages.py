@@ -185,6 +185,10 @@ class Packages:
 
     async def count_download(self, repository: str, digest: Digest | str) -> None:
         """One pull of a manifest; counted in memory and written every ``flush_seconds``."""
+        self.note_download(repository, digest)
+
+    def note_download(self, repository: str, digest: Digest | str) -> None:
+        """``count_download`` for callers outside a coroutine (the replaying server), on the loop."""
         self._downloads[(repository, str(digest))] += 1
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_later())

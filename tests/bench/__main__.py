@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from . import imagegen, report, scenarios
+from . import imagegen, local, report, scenarios
 from .imagegen import Store
 from .profile import FULL, PROJECT, QUICK, RESULTS, SHM, WORK
 from .results_model import Results
@@ -66,7 +66,7 @@ def machine() -> dict:
             "hostname": platform.node(), "wharf_commit": commit}
 
 
-ALL = ["2", "1", "4", "5", "3", "6", "7", "8", "9"]
+ALL = ["2", "1", "4", "5", "3", "6", "7", "8", "9", "10", "11"]
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -105,6 +105,8 @@ async def main(args: argparse.Namespace) -> int:
         "7": scenarios.upstream_outage,
         "8": slowloris,
         "9": manifest_lag,
+        "10": local.local_manifests,
+        "11": local.pushes,
     }
     out = Path(args.out) if args.out else RESULTS / ("latest.json" if profile is FULL else "quick.json")
     try:
@@ -114,13 +116,13 @@ async def main(args: argparse.Namespace) -> int:
             await steps[step](bench)
             if step == "5":
                 await scenarios.tag_revalidation(bench)
-            results.finish(out)    # keep what we have if a later step dies
+            results.finish(out, args.merge)    # keep what we have if a later step dies
     finally:
         bench.stop_all()
         bench.clean()
         upstream.stop()
         shutil.rmtree(SHM, ignore_errors=True)
-    results.finish(out)
+    results.finish(out, args.merge)
     if out.name == "latest.json" or args.report:
         md, png = report.write(out)
         print(f"\nwrote {out}, {md}, {png}")
@@ -143,6 +145,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "results/tmp/<profile>/py-spy/, top functions in the JSON; slows Wharf a little)")
     p.add_argument("--out", help="results JSON path (default results/latest.json, quick.json with --quick)")
     p.add_argument("--report", action="store_true", help="write REPORT.md and chart.png next to --out")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other tests already in the results JSON (e.g. --only 10,11 into latest.json); "
+                        "each test records when and at which commit it ran")
     return p.parse_args(argv)
 
 

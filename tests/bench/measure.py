@@ -49,10 +49,15 @@ class Load:
     requests: int
     errors: int
     bytes_per_s: float = 0.0
+    non_2xx: int = 0      # answers with a status of 400 and up (wrk's "status" errors; part of errors)
 
 
-async def wrk(url: str, seconds: int, connections: int, threads: int, accept: str | None = None) -> Load:
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_LUA), url]
+async def wrk(url: str, seconds: int, connections: int, threads: int, accept: str | None = None,
+              headers: dict[str, str] | None = None) -> Load:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(WRK_LUA)]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
     code, out, _ = await run(argv, seconds + 30, env={"BENCH_ACCEPT": accept or ""})
     m = re.search(r"^JSON(\{.*\})$", out, re.M)
     if code != 0 or not m:
@@ -61,7 +66,7 @@ async def wrk(url: str, seconds: int, connections: int, threads: int, accept: st
     secs = d["duration_us"] / 1e6
     errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
     return Load(rps=d["requests"] / secs, p50_ms=d["p50_us"] / 1e3, p99_ms=d["p99_us"] / 1e3,
-                requests=d["requests"], errors=errors, bytes_per_s=d["bytes"] / secs)
+                requests=d["requests"], errors=errors, bytes_per_s=d["bytes"] / secs, non_2xx=d["status"])
 
 
 async def ab_head(url: str, seconds: int, connections: int, accept: str | None = None) -> Load:
@@ -237,8 +242,11 @@ async def crowd_get(url: str, n: int, expected: Path, timeout: float) -> Crowd:
     return Crowd(results)
 
 
-async def fetch_status(url: str, method: str = "GET", accept: str | None = None, timeout: float = 15) -> tuple[int, dict]:
+async def fetch_status(url: str, method: str = "GET", accept: str | None = None, timeout: float = 15,
+                       auth: str | None = None) -> tuple[int, dict]:
     headers = {"Accept": accept} if accept else {}
+    if auth:
+        headers["Authorization"] = auth
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s:
         async with s.request(method, url, headers=headers) as r:
             await r.read()

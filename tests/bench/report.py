@@ -29,6 +29,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _tests(data: dict) -> list[tuple[str, dict]]:
+    """Tests in the order of their numbers (10 after 9, not after 1)."""
+    return sorted(data["tests"].items(), key=lambda kv: (int(kv[0].split("_")[0]), kv[0]))
+
+
 def _targets(metrics: dict) -> list[str]:
     seen = {t for m in metrics.values() for t in m["targets"]}
     wharfs = sorted(t for t in seen if t.startswith("wharf"))
@@ -60,19 +65,25 @@ def markdown(data: dict) -> str:
         "numbers are noise; the ratios are the result. Each cell: median [min–max] (runs) of interleaved "
         "repetitions.",
         "",
-        "## Goals (issue 3; tests 8 and 9: issue 8)",
+        *([f"Tests were measured in several runs (started {', '.join(data['merged'])}); each test says when "
+           "and at which commit."] + [""] if data.get("merged") else []),
+        "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9)",
         "",
         "| test | what | goal | Wharf | value | references | |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key, test in sorted(data["tests"].items()):
+    for key, test in _tests(data):
         for c in test["checks"]:
             verdict = {True: "✅", False: "❌ miss", None: "n/a"}[c["pass"]]
             lines.append(f"| {key.split('_')[0]} | {c['what']} | {c['goal']} | {c.get('who', 'wharf')} | "
                          f"{_fmt(c['value'])} | {_fmt(c['references'])} | {verdict} |")
     lines += ["", "## Figures", ""]
-    for key, test in sorted(data["tests"].items()):
+    for key, test in _tests(data):
         lines += [f"### {key}: {test['title']}", ""]
+        run = test.get("run")
+        if data.get("merged") and run:
+            lines += [f"Measured {run.get('started')} (profile {run.get('profile')}), Wharf at "
+                      f"`{run.get('wharf_commit')}`.", ""]
         metrics = test["metrics"]
         if metrics:
             targets = _targets(metrics)
@@ -129,6 +140,10 @@ def chart(data: dict, path: Path) -> None:
         ("7_upstream_outage", ["down_pull_s", "hung_pull_s"], "pull, upstream down / hung (s; ✗ failed)", False),
         ("9_manifest_lag", ["healthz_max_ms_36k", "healthz_max_ms_9k-last"],
          "slowest /healthz, 3 PUTs of 36,000 / 9,000 descriptors (ms; goal < 50)", True),
+        ("10_local_manifest", ["cached_rps", "public_rps", "private_rps"],
+         "manifest by tag at 200 conns: cached / public / private (req/s)", False),
+        ("11_push", ["big_skopeo_s", "big_patch5m_s", "big_stream_s"],
+         "push of the big image: skopeo / 5 MiB PATCHes / streamed (s)", False),
     ]
     fig, axes = plt.subplots(4, 3, figsize=(16, 16))
     for ax in axes.flat[len(panels):]:

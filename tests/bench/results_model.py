@@ -61,10 +61,25 @@ class Results:
         print(f"  [{key}] {mark} {who}: {what}: {shown} (goal {goal})" + (f" [{refs_s}]" if refs_s else ""),
               flush=True)
 
-    def finish(self, path: Path) -> None:
+    def finish(self, path: Path, merge: bool = False) -> None:
+        """Write the results; with ``merge``, into the tests already in ``path``: the tests run now
+        replace theirs, the others stay, and every test says when and at which commit it ran."""
         self.data["duration_s"] = round(time.monotonic() - self._t0, 1)
+        run = {"started": self.data["started"], "wharf_commit": self.data["machine"].get("wharf_commit"),
+               "profile": self.data["profile"]}
+        for test in self.data["tests"].values():
+            test["run"] = run
+        out = self.data
+        if merge and path.exists():
+            old = json.loads(path.read_text())
+            earlier = {"started": old.get("started"), "wharf_commit": old.get("machine", {}).get("wharf_commit"),
+                       "profile": old.get("profile")}
+            tests = {k: {**t, "run": t.get("run", earlier)} for k, t in old.get("tests", {}).items()}
+            tests.update(self.data["tests"])
+            runs = sorted({t["run"]["started"] for t in tests.values() if t["run"].get("started")})
+            out = {**old, "tests": tests, "merged": runs}
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+        path.write_text(json.dumps(out, indent=1, default=str) + "\n")
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

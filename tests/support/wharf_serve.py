@@ -2,7 +2,8 @@
 ``/healthz`` answers (over HTTPS when the config has ``tls``), stop it with SIGTERM.
 
 ``start_failure`` runs a ``wharf serve`` that is expected not to start and returns its exit
-status and stderr. Children die with the test process (``PR_SET_PDEATHSIG``).
+status and stderr. Children die with the test process (``PR_SET_PDEATHSIG``). ``add_admin`` gives a
+running one the server admin account that ``make_wharf`` gives its Wharfs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from support.accounts import ALL_SCOPES
+from support.images import PUSH_ACCOUNTS, Credentials
 from support.servers import ChildProcess, ServerError, _die_with_parent
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +96,25 @@ def start_wharf(workdir: Path, config: dict, env: dict[str, str] | None = None,
             raise ServerError(f"wharf serve did not answer on {url}:\n{wharf.output()}")
         time.sleep(0.1)
     return wharf
+
+
+def add_admin(url: str, config_path: Path, env: dict[str, str] | None = None) -> Credentials:
+    """Give the running Wharf at ``url`` the server admin ``admin`` with a token of every scope, as
+    an operator does (``wharf users add --admin``, ``wharf tokens create``, the same config and
+    environment as ``serve``) and as ``make_wharf`` gives its Wharfs one; ``push_image`` to ``url``
+    then signs in as it. Returns ``(name, token)``."""
+    def wharf(*args: str) -> str:
+        result = subprocess.run(wharf_argv(*args, "--config", str(config_path)), cwd=config_path.parent,
+                                env=wharf_env(env), capture_output=True, text=True, timeout=60,
+                                preexec_fn=_die_with_parent)
+        assert result.returncode == 0, f"wharf {' '.join(args)}: exit {result.returncode}\n{result.stderr}"
+        return result.stdout
+
+    wharf("users", "add", "admin", "--admin")
+    token = wharf("tokens", "create", "admin", "--scopes", ",".join(ALL_SCOPES),
+                  "--note", "tests").strip().splitlines()[-1]  # printed once, on the last line
+    PUSH_ACCOUNTS[url.rstrip("/")] = ("admin", token)
+    return ("admin", token)
 
 
 def start_failure(workdir: Path, config: dict, env: dict[str, str] | None = None) -> tuple[int | None, str]:

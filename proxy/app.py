@@ -93,7 +93,7 @@ def create_app(config: Config) -> web.Application:
                                       hot_manifests=config.fast_paths.hot_manifests)
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
-    replays = app[keys.REPLAYS] = ReplayTable()
+    replays = app[keys.REPLAYS] = ReplayTable(before_local_hit=invalidation.poll)
     invalidation.subscribe(replays.drop_tag, replays.clear)
     app[keys.INVALIDATION] = invalidation
     app[keys.CLIENT_LIMITS] = ClientLimiter(config.clients)

@@ -12,6 +12,7 @@ import jwt
 import pytest
 from sqlalchemy import select
 
+from proxy.http.keys import REPLAYS
 from proxy.storage.database import Org, Package, PackageRole, User, bump_revision
 from support.accounts import add_org, add_token, add_user, basic, revoke
 from support.images import MANIFEST_ACCEPT, make_image, push_image
@@ -369,3 +370,32 @@ async def test_pull_through_can_require_a_signed_in_user(make_wharf, fake_upstre
     digest = next(iter(image.layers)).digest
     resp = await wharf.client.get(f"/v2/docker.io/alpine/blobs/{digest}")
     assert resp.status == 401
+
+
+@pytest.mark.parametrize("connection", ["keep-alive", "new"])
+async def test_replayed_answers_of_a_private_package_go_only_to_its_readers_while_they_stand(
+        make_wharf, connection):
+    from test_replay import REPLAYING
+    wharf = await make_wharf(auth=None, fast_paths=REPLAYING)
+    for name in ("alice", "bob"):
+        add_user(wharf.database, name)
+    alice_id, alice = add_token(wharf.database, "alice", READ_WRITE)
+    _, bob = add_token(wharf.database, "bob", READ_WRITE)
+    image = make_image("private-replayed", (200,))
+    await push_image(wharf.url, "alice/app", image, tag="v1", auth=("alice", alice))
+    url = f"{wharf.url}/v2/alice/app/manifests/v1"
+    mine = {"Accept": MANIFEST_ACCEPT, "Authorization": basic("alice", alice)}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=connection == "new")) as session:
+        for _ in range(3):
+            resp = await session.get(url, headers=mine)
+            assert resp.status == 200 and await resp.read() == image.manifest
+        replayed = [e for e in wharf.app[REPLAYS]._entries.values() if e.readers is not None]
+        assert replayed, "the reader's answer is remembered for replay"
+        for headers in ({"Authorization": basic("bob", bob)}, {"Authorization": "Bearer wharf.anonymous"}, {}):
+            resp = await session.get(url, headers={"Accept": MANIFEST_ACCEPT, **headers})
+            assert resp.status in (401, 403), headers
+        revoke(wharf.database, alice_id)
+
+        async def refused() -> bool:
+            return (await session.get(url, headers=mine)).status == 401
+        assert await wait_for(refused, 1.0)

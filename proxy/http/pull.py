@@ -15,7 +15,7 @@ from aiohttp import web
 from proxy.errors import (DigestInvalid, OCIError, PaginationNumberInvalid, RangeInvalid, SizeInvalid, Unauthorized,
                           Unavailable, UpstreamInvalid)
 from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, CAUSE, CONFIG, ERROR_CODE, METRICS,
-                             OUTCOME_STATUS, PACKAGES, REGISTRY, REPLAYS, SENDFILE_POOL, UPSTREAM)
+                             IDENTITY, OUTCOME_STATUS, PACKAGES, REGISTRY, REPLAYS, SENDFILE_POOL, UPSTREAM)
 from proxy.http.identity import caller_of
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
 from proxy.oci.digest import Digest, is_digest
@@ -73,14 +73,20 @@ async def manifest(request: web.Request) -> web.Response:
     digest = str(result.digest)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
                     "Docker-Distribution-API-Version": API_VERSION, "Content-Length": str(result.size)})
-    if result.shared_until and result.body is not None and request.app[CONFIG].fast_paths.replay:
+    reader = None
+    if result.readers_until and not result.shared_until:
+        authorization = request.headers.get("Authorization")
+        if authorization:
+            reader = (authorization, request.app[IDENTITY].expiry_of(authorization))
+    if (result.shared_until or reader) and result.body is not None and request.app[CONFIG].fast_paths.replay:
         on_hit = None
         if target.upstream is None:  # a pull of a package's version counts as a download, replayed or not
             note_download, repo, digest_now = request.app[PACKAGES].note_download, target.repo, result.digest
             on_hit = lambda: note_download(repo, digest_now)  # noqa: E731
         request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), headers, result.body,
-                                      result.shared_until, "manifest", "manifest" if is_digest(reference) else "tag",
-                                      (target.scope, reference), target.upstream, on_hit)
+                                      result.shared_until or result.readers_until, "manifest",
+                                      "manifest" if is_digest(reference) else "tag",
+                                      (target.scope, reference), target.upstream, on_hit, reader)
     if head:
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 _MAX_BODY = 256 * 1024           # larger answers go through the application
+_MAX_READERS = 256               # credentials remembered per answer of a package that is not public
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +31,19 @@ class Replay:
     ref: tuple[str, str]  # (scope, tag or digest) the answer is for
     upstream: str | None = None  # for the access log
     on_hit: Callable[[], None] | None = None  # what a replayed GET must also do (count a download)
+    # None: the answer holds for every client; else the Authorization headers it was given to,
+    # each with when that credential expires (None: never)
+    readers: dict[str, float | None] | None = None
 
 
 class ReplayTable:
     """Remembered answers by (raw path with query, Accept lines); bounded by total bytes."""
 
-    def __init__(self, max_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(self, max_bytes: int = 32 * 1024 * 1024,
+                 before_local_hit: Callable[[], object] | None = None) -> None:
+        # asked before a local repository's answer is replayed: another worker's push must count
+        # at once (``Invalidation.poll``: one stat of the store's stamp)
+        self._before_local_hit = before_local_hit
         self._entries: dict[tuple[str, tuple[str, ...]], Replay] = {}
         self._by_ref: dict[tuple[str, str], set[tuple[str, tuple[str, ...]]]] = {}  # (scope, ref) -> keys
         self._bytes = 0
@@ -44,25 +52,46 @@ class ReplayTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, raw_path: str, accept: tuple[str, ...]) -> Replay | None:
+    def get(self, raw_path: str, accept: tuple[str, ...], authorization: str | None = None) -> Replay | None:
+        """The answer to replay, if one holds for this request (and, when it is not for everyone,
+        for this Authorization header, until its credential expires)."""
         entry = self._entries.get((raw_path, accept))
         if entry is None:
             return None
-        if entry.until <= time.time():
+        if self._before_local_hit is not None and entry.ref[0].startswith("/"):
+            self._before_local_hit()
+            entry = self._entries.get((raw_path, accept))
+            if entry is None:
+                return None
+        now = time.time()
+        if entry.until <= now:
             self._drop((raw_path, accept))
             return None
+        if entry.readers is not None:
+            if authorization is None or authorization not in entry.readers:
+                return None
+            expires = entry.readers[authorization]
+            if expires is not None and expires <= now:
+                return None
         return entry
 
     def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
                  until: float, route: str, cache_kind: str, ref: tuple[str, str],
-                 upstream: str | None = None, on_hit: Callable[[], None] | None = None) -> None:
+                 upstream: str | None = None, on_hit: Callable[[], None] | None = None,
+                 reader: tuple[str, float | None] | None = None) -> None:
         """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent;
         ``ref`` is the (scope, tag or digest) it answers for."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
         head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream, on_hit)
+        readers = None
+        if reader is not None:  # an answer for the callers the application let read it
+            known = self._entries.get(key)
+            readers = dict(known.readers) if known is not None and known.readers is not None \
+                and known.body == body and len(known.readers) < _MAX_READERS else {}
+            readers[reader[0]] = reader[1]
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream, on_hit, readers)
         self._drop(key)
         self._entries[key] = entry
         self._by_ref.setdefault(ref, set()).add(key)

@@ -122,7 +122,8 @@ class ReplayingRequestHandler(GuardedRequestHandler):
         if transport is None or transport.is_closing() or not self._idle() \
                 or transport.get_write_buffer_size() > _MAX_SEND_BUFFER:
             return False
-        entry = self._table.get(message.path, tuple(message.headers.getall("Accept", ())))
+        entry = self._table.get(message.path, tuple(message.headers.getall("Accept", ())),
+                                message.headers.get("Authorization"))
         if entry is None:
             return False
         if self._limiter is not None and self._limiter.take(

@@ -42,6 +42,7 @@ class ManifestResult:
     body: bytes | None  # None for HEAD (a hit from memory may carry it anyway)
     cache_status: str = "hit"
     shared_until: float = 0.0  # until when (time.time()) this exact answer holds for every client
+    readers_until: float = 0.0  # until when it holds for this caller (a package that is not public)
 
 
 @dataclass(slots=True)

@@ -12,7 +12,8 @@ knowing what they talk to. Rules:
   the local repositories that link it, if the caller may read one);
 - answers for public packages are marked shared (the replaying server may answer them for every
   client, until a tag moves or the access facts change: both drop remembered answers); answers
-  for anything else never are;
+  of other packages are marked for their reader only (replayed to the same Authorization header
+  while its credential stands: a revoked token or a changed role changes the access facts);
 - a manifest push creates the package (private, the pusher its admin) and records the version;
   a delete by digest marks the version deleted (restorable).
 """
@@ -101,6 +102,8 @@ class AccessGuard:
         if target.upstream is None:
             if package is not None and package.visibility == "public":
                 result.shared_until = time.time() + SHARED_SECONDS
+            elif client.principal.signed_in:
+                result.readers_until = time.time() + SHARED_SECONDS
             if not head:
                 await self._packages.count_download(target.repo, result.digest)
         elif self._config.pull_through == "authenticated":

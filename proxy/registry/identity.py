@@ -179,6 +179,28 @@ class Identity:
                                                 and secret else None)
         return Client(credential, ANONYMOUS)
 
+    def expiry_of(self, authorization: str) -> float | None:
+        """When the credential of an Authorization header this process just accepted stops standing
+        (a signed token's ``exp``, a personal access token's expiry; None: never). Only asked after
+        ``client`` accepted the header, so its facts are remembered."""
+        scheme, _, secret = authorization.strip().partition(" ")
+        secret = secret.strip()
+        if scheme.lower() == "bearer" and secret in self._jwts:
+            user, token_id, exp = self._jwts[secret]
+            remembered = self._principals.get(("jwt", user, token_id))
+            token_expiry = remembered.expires_at if remembered is not None else None
+            return exp if token_expiry is None else min(exp, token_expiry)
+        if scheme.lower() == "basic":
+            user, password = decode_basic(secret)
+        else:
+            user, password = None, secret
+        if password is None:
+            return time.time()  # not a credential this process knows: hold it for no time
+        remembered = self._principals.get(("pat", user, hashlib.sha256(password.encode()).digest()))
+        if remembered is None or remembered.principal is None:
+            return time.time()
+        return remembered.expires_at
+
     def remembers(self, user: str | None, secret: str) -> bool:
         """Whether this user name and token are known good here (the sign-in throttle skips them)."""
         remembered = self._principals.get(("pat", user, hashlib.sha256(secret.encode()).digest()))

@@ -49,7 +49,8 @@ _INLINE_DESCRIPTORS = 64  # manifests naming more are checked and linked in a wo
 class RecentManifests:
     """Manifests of local repositories answered lately, by (scope, tag or digest), kept in memory so
     a hit skips SQLite and the disk. Entries go when the invalidation hook says the tag or digest
-    changed in that repository, or that everything did; bounded by total bytes, oldest first."""
+    changed in that repository, or that everything did; before each hit the store's stamp is
+    looked at, so another worker's push counts at once; bounded by total bytes, oldest first."""
 
     def __init__(self, enabled: bool, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.enabled = enabled
@@ -105,6 +106,8 @@ class LocalRegistry:
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
         recent = self._recent.get(target.scope, reference)
+        if recent is not None and self._invalidation.poll():  # another worker changed something: look again
+            recent = None
         if recent is not None and accepts(accept, recent.media_type):
             return ManifestResult(recent.digest, recent.media_type, recent.size, recent.body, "local")
         if is_digest(reference):

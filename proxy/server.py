@@ -71,6 +71,17 @@ def _prepare_store(config: Config) -> None:
                          f"({exc.strerror or exc})") from None
 
 
+def _prepare_database(config: Config) -> None:
+    """Open the database and migrate it once, before any worker starts: a database that cannot be
+    reached or a ``database.url`` that is no URL is a StartError, not a worker crashing in a loop."""
+    from proxy.storage.database import DatabaseUnavailable, open_database
+
+    try:
+        open_database(config).close()
+    except DatabaseUnavailable as exc:
+        raise StartError(str(exc)) from None
+
+
 class CertReloader:
     """The listener's SSL context (TLS 1.2 and up), loaded again when ``tls.cert`` or ``tls.key``
     changes: new handshakes get the new pair, open connections keep theirs.
@@ -199,6 +210,7 @@ def serve(config: Config) -> None:
     tls = CertReloader(config.tls) if config.tls.enabled else None
     _prepare_store(config)
     sock = _bind(config)
+    _prepare_database(config)
     log.info("serving on %s (%s) with %d worker(s), store at %s", config.listen, "https" if tls else "http",
              config.workers, os.path.abspath(config.storage.root))
     if config.workers == 1:

@@ -216,3 +216,15 @@ async def test_a_new_token_works_on_the_registry(wharf):
         assert response.status == 200
     async with wharf.client.post("/v2/alice/app/blobs/uploads/", headers={"Authorization": alice}) as response:
         assert response.status == 202
+
+
+async def test_a_bearer_token_signs_in_without_a_user_name(wharf):
+    token, _ = await new_user(wharf, "alice")
+    bearer = {"Authorization": f"Bearer {token['token']}"}
+    status, own, _ = await call(wharf, "GET", "/api/user/tokens", bearer)
+    assert status == 200 and [t["user"] for t in own] == ["alice"]
+    await call(wharf, "DELETE", f"/api/admin/tokens/{token['id']}", as_admin(wharf))
+    status, body, headers = await call(wharf, "GET", "/api/user/tokens", bearer)
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    status, body, _ = await call(wharf, "GET", "/api/user/tokens", {"Authorization": f"Bearer {new_secret()}"})
+    assert status == 401

@@ -223,3 +223,14 @@ def test_a_token_made_and_revoked_at_the_console_works_and_stops_on_the_running_
             assert _status(url, basic("alice", secret)) == 401
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_with_an_unreachable_database_is_one_line(tmp_path, workers):
+    from support.wharf_serve import assert_one_line_refusal, start_failure
+
+    config = {"listen": f"127.0.0.1:{free_port()}", "storage": {"root": str(tmp_path / "store")},
+              "workers": workers, "database": {"url": f"postgresql+psycopg://wharf:hunter2@127.0.0.1:{free_port()}/w"}}
+    status, stderr = start_failure(tmp_path, config)
+    assert_one_line_refusal(status, stderr, "database.url", "cannot open")
+    assert "hunter2" not in stderr

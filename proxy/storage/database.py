@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from proxy.config import Config
 
 T = TypeVar("T")
+log = logging.getLogger("wharf.database")
 
 
 class Base(DeclarativeBase):
@@ -276,14 +278,24 @@ def _migration_lock(url: str, connection: Connection) -> Iterator[None]:
 
 def _run_migrations(connection: Connection) -> None:
     """``alembic upgrade head`` on ``connection``, with the migrations shipped in this package."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its steps are not news; ours follows
     from alembic import command
     from alembic.config import Config as AlembicConfig
+    from alembic.runtime.migration import MigrationContext
 
+    before = MigrationContext.configure(connection).get_current_revision()
+    connection.commit()
     alembic = AlembicConfig()
     alembic.set_main_option("script_location", "proxy.storage:migrations")
     alembic.attributes["connection"] = connection
     command.upgrade(alembic, "head")
     connection.commit()
+    after = MigrationContext.configure(connection).get_current_revision()
+    connection.commit()
+    if before is None:  # a new store: not news
+        log.debug("database schema created at revision %s", after)
+    elif after != before:
+        log.info("database schema upgraded from revision %s to %s", before, after)
 
 
 def bump_revision(session: Session) -> None:

@@ -92,12 +92,16 @@ def _version() -> str:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    """Collect unreferenced pushed blobs and expired uploads; safe while ``wharf serve`` runs."""
+    """Collect unreferenced pushed blobs and expired uploads; safe while ``wharf serve`` runs.
+    Deleted package versions that may still be restored are kept, with what they reference."""
     import asyncio
     import json
 
     from proxy.registry.gc import collect
+    from proxy.registry.invalidation import Invalidation
+    from proxy.registry.packages import Packages
     from proxy.storage.blobs import BlobStore
+    from proxy.storage.database import DatabaseUnavailable, open_database
     from proxy.storage.meta import MetaStore
     from proxy.storage.uploads import UploadStore
 
@@ -108,14 +112,21 @@ def _gc(args: argparse.Namespace) -> int:
     if not (root / "blobs").is_dir():
         print(f"wharf: no store at {os.path.abspath(root)}", file=sys.stderr)
         return 2
+    try:
+        database = open_database(config)
+    except DatabaseUnavailable as exc:
+        print(f"wharf: {exc}", file=sys.stderr)
+        return 2
     blobs = BlobStore(root)
     meta = MetaStore(root / "meta")
     uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes)
     grace = config.gc.grace_seconds if args.grace is None else args.grace
     try:
-        report = asyncio.run(collect(blobs, meta, uploads, grace, dry_run=args.dry_run))
+        held = Packages(database, meta, blobs, Invalidation(), None, config.access).held_digests()
+        report = asyncio.run(collect(blobs, meta, uploads, grace, dry_run=args.dry_run, held=held))
     finally:
         meta.close()
+        database.close()
     print(json.dumps(report.as_dict()))
     return 0
 

@@ -61,10 +61,10 @@ async def _eventually(condition, seconds: float = 10.0) -> bool:
 
 
 async def test_an_eviction_runs_in_a_worker_thread_and_the_fill_does_not_wait_for_it(
-        make_wharf, fake_upstream, monkeypatch):
+        make_wharf, fake_upstream, monkeypatch, tmp_path):
     fake = await fake_upstream()
     old, new, newer = (fake.add_blob(REPO, os.urandom(60_000)) for _ in range(3))
-    wharf = await make_wharf(fake.url, storage={"max_cache_bytes": 100_000})
+    wharf = await make_wharf(fake.url, storage={"root": str(tmp_path / "store"), "max_cache_bytes": 100_000})
     name = f"{wharf.upstream_name(fake.url)}/{REPO}"
     blobs = wharf.app[BLOBS]
     assert await _eventually(wharf.app[BUDGET].counted.is_set)  # the count at start is done

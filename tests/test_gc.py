@@ -171,8 +171,13 @@ async def test_wharf_gc_command(make_wharf, repo_name, tmp_path):
     await wharf.client.delete(f"/v2/{repo_name}/manifests/{image.digest}")
     root = wharf.app[CONFIG].storage.root
     config = tmp_path / "gc.yaml"
-    config.write_text(json.dumps({"storage": {"root": str(root)}, "upstreams": [], "default_upstream": None}))
+    settings = {"storage": {"root": str(root)}, "upstreams": [], "default_upstream": None}
+    config.write_text(json.dumps(settings))
     command = [sys.executable, "-m", "proxy", "gc", "--config", str(config), "--grace", "0"]
+    kept = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert kept.returncode == 0, kept.stderr
+    assert json.loads(kept.stdout)["removed"] == 0  # the deleted version may still be restored (30 days)
+    config.write_text(json.dumps({**settings, "access": {"retention_days": 0}}))
     dry = subprocess.run(command + ["--dry-run"], capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout)["removed"] == 3

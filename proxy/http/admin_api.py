@@ -13,8 +13,8 @@ Rules:
 - anonymous callers get 401 with a Basic challenge; signed-in callers who are not server admins
   get 403 on ``/api/admin/``;
 - a token's secret is in the answer that creates it, and never again;
-- a user's own token never grants more than the token that created it: its scopes are a subset
-  of the caller's (a leaked read-only token cannot mint a write token);
+- a token never grants more than the token that created it: its scopes are a subset of the
+  caller's, a server admin's too (a leaked read-only token cannot mint a write token);
 - a bad body or field is 422 naming it; no such user, organisation or token is 404;
 - every change is audited with the caller and their address, and takes effect in this process at
   once (the identity cache is dropped), in the others at their next poll.
@@ -253,8 +253,8 @@ async def admin_list_tokens(request: web.Request) -> web.Response:
 
 @_api
 async def admin_create_token(request: web.Request) -> web.Response:
-    caller = await server_admin(request)
-    return await _create_token(request, caller, request.match_info["user"], within=None)
+    caller = await server_admin(request)  # an admin's token too mints nothing beyond its own scopes
+    return await _create_token(request, caller, request.match_info["user"], within=caller.scopes)
 
 
 @_api

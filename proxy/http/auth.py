@@ -28,7 +28,7 @@ from proxy.errors import OCIError, Unauthorized
 from proxy.http.identity import basic_user, caller_of
 from proxy.http.keys import ADDRESSING, IDENTITY, LOGIN_THROTTLE, REGISTRY, TOKENS, UPSTREAMS
 from proxy.registry.access import Action, Principal
-from proxy.registry.identity import PAT_PREFIX
+from proxy.registry.identity import PAT_PREFIX, misplaced_wharf_secret
 from proxy.registry.tokens import TOKEN_TTL
 from proxy.upstream.auth import Credential, credential_from_header
 from proxy.upstream.client import Upstream
@@ -103,7 +103,7 @@ def _answer(issued: str, ttl: int) -> web.Response:
 async def token(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization")
     user, password = basic_user(header)
-    if password is not None and password.startswith(PAT_PREFIX):
+    if (password is not None and password.startswith(PAT_PREFIX)) or misplaced_wharf_secret(user, password):
         client = await caller_of(request)  # throttled; 401 for a token that does not stand
         issued, ttl = request.app[IDENTITY].sign(client.principal, await _granted(request, client.principal))
         return _answer(issued, ttl)

@@ -3,7 +3,9 @@ upstream credential passed through. The two never mix.
 
 Rules:
 - Basic ``user:wharf_pat_…`` (or ``Bearer wharf_pat_…``, as GitHub's API takes it): a Wharf account, checked against the database (the secret's hash,
-  the owner, expiry, revocation). A personal access token is never used as an upstream credential.
+  the owner, expiry, revocation). A personal access token is never used as an upstream credential;
+  Basic carrying a Wharf secret elsewhere (the token as user name, a signed token as password) is
+  refused as a bad sign-in, never passed upstream.
 - Bearer tokens Wharf signed at ``/token`` for an account (JWT, HS256, ``iss: wharf``, short-lived):
   the account and the token they were issued from; they stand only while that token stands.
 - Anything else (Basic with another password, Wharf's encrypted upstream tokens, other Bearer
@@ -168,6 +170,8 @@ class Identity:
                 if principal is None:
                     raise Unauthorized("invalid user name or token")
                 return Client(None, principal)
+            if misplaced_wharf_secret(user, password):
+                raise Unauthorized("a Wharf token goes in the password, after the user's name")
         elif scheme == "bearer" and secret.startswith(PAT_PREFIX):  # the API's "Bearer <token>"
             principal = await self.authenticate(None, secret)
             if principal is None:
@@ -264,6 +268,13 @@ def decode_basic(secret: str) -> tuple[str | None, str | None]:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None, None
     return (user, password) if sep else (None, None)
+
+
+def misplaced_wharf_secret(user: str | None, password: str | None) -> bool:
+    """Whether a Basic credential carries a Wharf secret other than as ``user:wharf_pat_…`` (a
+    personal access token as the user name, a Wharf-signed token as the password): it is refused,
+    never passed upstream."""
+    return bool(user and user.startswith(PAT_PREFIX)) or bool(password and _looks_like_wharf_jwt(password))
 
 
 def _looks_like_wharf_jwt(token: str) -> bool:

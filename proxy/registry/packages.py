@@ -13,8 +13,9 @@ Rules:
   of them keeps what the package had. The push never fails because of metadata;
 - deleting a version stops serving it at once (untagged, unlinked from the repository) and keeps
   its tags; it stays restorable for ``access.retention_days``, and gc keeps its content alive
-  that long (``held_digests``). Deleting a package deletes every version with it; a push to the
-  same name afterwards makes a new package and the old one can no longer be restored;
+  that long (``held_digests``). Deleting a package deletes every version with it and unlinks
+  their blobs from the repository; a push to the same name afterwards makes a new package, with
+  none of the old one's content, and the old one can no longer be restored;
 - a public version downloaded more than ``access.delete_download_limit`` times cannot be deleted
   (nor its package);
 - every change that alters access (create, visibility, delete, restore) bumps the database
@@ -494,6 +495,7 @@ class Packages:
             changed: list[str] = []
             for version in versions:
                 tags = self._unlink(package.repository, version)
+                self._unlink_blobs(package.repository, version)
                 version.tags = json.dumps(tags)
                 version.deleted_at = now
                 changed.extend([*tags, version.digest])
@@ -606,6 +608,15 @@ class Packages:
         if parsed is not None and parsed.subject is not None:
             self._meta.remove_referrer(scope, str(parsed.subject.digest), digest)
         return tags
+
+    def _unlink_blobs(self, repository: str, version: Version) -> None:
+        """With its package gone, the blobs a version names leave the repository too: a new package
+        of that name (maybe another user's) starts with none of the old one's content. A restore
+        links them again (``_link_tree``); gc keeps them meanwhile (``held_digests``)."""
+        parsed = self._parsed_key(version.digest)
+        if parsed is not None:
+            for blob in parsed.blobs:
+                self._meta.revoke(str(blob.digest), f"/{repository}")
 
     def _relink_version(self, s: Session, package: Package, version: Version) -> list[str]:
         """Serve the version again: its manifest and everything it references linked into the

@@ -76,3 +76,17 @@ async def test_a_deleted_packages_blobs_do_not_reach_the_next_owner_of_its_name(
         assert resp.status == 404, layer.digest
         resp = await wharf.client.post(f"/v2/member/loot/blobs/uploads/?mount={layer.digest}", headers=headers)
         assert resp.status == 202, layer.digest  # no mount: an upload session
+
+
+async def test_an_unowned_namespace_with_only_private_packages_looks_like_no_namespace(make_wharf):
+    """``/api/users/NAME/packages`` for a name that is no user's: 404 unless the caller may read a
+    package there, so anonymous callers cannot probe which unowned namespaces hold private packages."""
+    wharf = await make_wharf(auth=None, local_namespaces=["corp"])
+    await push_image(wharf.url, "corp/secret-app", make_image("corp-secret", (200,)), tag="v1",
+                     auth=tuple(wharf.admin))
+    for owner in ("corp", "nobody-here"):
+        resp = await wharf.client.get(f"/api/users/{owner}/packages", params={"package_type": "container"})
+        assert resp.status == 404, (owner, await resp.text())
+    resp = await wharf.client.get("/api/users/corp/packages", params={"package_type": "container"},
+                                  headers=wharf.admin_headers)
+    assert resp.status == 200 and [p["name"] for p in await resp.json()] == ["secret-app"]

@@ -471,10 +471,11 @@ class Packages:
             if visibility is not None:
                 query = query.where(Package.visibility == visibility)
             packages = list(s.scalars(query.order_by(Package.name, Package.id)))
-            if not _owner_matches(namespace, owner_kind) or (namespace.kind is None and not packages):
-                raise PackageNotFound(f"no such {'organization' if owner_kind == 'orgs' else 'user'}: {owner}")
             readable = [p for p in packages
                         if verdict(principal, Action.LIST, p.repository, namespace, _facts(s, p)) is None]
+            # a namespace nobody owns exists, for this caller, only through what they may read in it
+            if not _owner_matches(namespace, owner_kind) or (namespace.kind is None and not readable):
+                raise PackageNotFound(f"no such {'organization' if owner_kind == 'orgs' else 'user'}: {owner}")
             start = (page - 1) * per_page
             return Page(tuple(_package_view(s, p, namespace) for p in readable[start:start + per_page]),
                         len(readable))

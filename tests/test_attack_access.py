@@ -90,3 +90,13 @@ async def test_an_unowned_namespace_with_only_private_packages_looks_like_no_nam
     resp = await wharf.client.get("/api/users/corp/packages", params={"package_type": "container"},
                                   headers=wharf.admin_headers)
     assert resp.status == 200 and [p["name"] for p in await resp.json()] == ["secret-app"]
+
+
+async def test_a_token_id_out_of_the_databases_range_is_not_found_not_a_500(make_wharf):
+    """``DELETE /api/user/tokens/<huge>`` (and the admin's) is 404 in GitHub's form, never 500."""
+    wharf = await make_wharf(auth=None)
+    for path in ("/api/user/tokens/99999999999999999999999999", "/api/admin/tokens/99999999999999999999999999",
+                 "/api/user/tokens/-1", "/api/user/tokens/%C2%B2"):
+        resp = await wharf.client.delete(path, headers=wharf.admin_headers)
+        assert resp.status == 404, (path, await resp.text())
+        assert "message" in await resp.json()

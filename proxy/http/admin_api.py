@@ -120,11 +120,15 @@ def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defau
     return value
 
 
+_MAX_ID = 2**63 - 1
+
+
 def _token_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise ApiError(404, "no such token") from None
+    """A token id as the database holds them (1 to 2**63 - 1); anything else is no such token."""
+    raw = request.match_info["id"]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= _MAX_ID:
+        raise ApiError(404, "no such token")
+    return int(raw)
 
 
 # shapes -------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Rules:
 - errors are GitHub's: ``{"message", "documentation_url"}`` with 400, 401 (with a Basic
   challenge), 403, 404, 409, 422, 429 or 503; never a traceback;
 - lists page with ``page`` and ``per_page`` (at most 100) and say so in a ``Link`` header.
+- roles on a package (``…/roles``, ``…/roles/users/{user}``, ``…/roles/orgs/{group}``, the
+  latter for every member of the organisation) are listed and changed by its admins only; a
+  change is acted on in this process before the answer leaves.
 """
 
 from __future__ import annotations

@@ -318,7 +318,8 @@ class Packages:
         """Give ``user``, or the members of ``org`` (exactly one of them), ``role`` on the package,
         replacing the one they had; ``role`` None removes it. The caller needs to configure the
         package (admin role, ``write:packages``); the grantee must exist. Returns the grant (None
-        once removed); a change takes effect in this process at once, elsewhere at the next poll."""
+        once removed). A change bumps the revision (other processes follow it at their next poll)
+        and drops this process's remembered answers; the caller then tells its ``Identity``."""
         if (user is None) == (org is None):
             raise InvalidRequest("a role is given to a user or to an organisation: name exactly one")
         if role is not None and (not isinstance(role, str) or role not in ROLE_NAMES):

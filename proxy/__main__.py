@@ -149,6 +149,23 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def _command_database(config):
+    """The configured database for a console command, upgraded as the server would upgrade it;
+    or the exit status after saying on stderr why it cannot be opened (2: a bad URL)."""
+    from proxy.storage.database import DatabaseUnavailable, DatabaseUrlInvalid, open_database
+
+    try:
+        if config.database.url is None:
+            config.storage.root.mkdir(parents=True, exist_ok=True)
+        return open_database(config)
+    except OSError as exc:
+        print(f"wharf: storage.root: cannot create {config.storage.root}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"wharf: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, DatabaseUrlInvalid) else 1
+
+
 def _accounts_command(args: argparse.Namespace) -> int:
     """Open the configured database (upgrading it as the server would) and run one command."""
     config = _config(args)
@@ -158,18 +175,11 @@ def _accounts_command(args: argparse.Namespace) -> int:
 
     from proxy.registry.accounts import AccountError, Accounts
     from proxy.registry.audit import AuditLog, audit_path
-    from proxy.storage.database import DatabaseUnavailable, DatabaseUrlInvalid, describe_error, open_database
+    from proxy.storage.database import describe_error
 
-    try:
-        if config.database.url is None:
-            config.storage.root.mkdir(parents=True, exist_ok=True)
-        database = open_database(config)
-    except OSError as exc:
-        print(f"wharf: storage.root: cannot create {config.storage.root}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except DatabaseUnavailable as exc:
-        print(f"wharf: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, DatabaseUrlInvalid) else 1
+    database = _command_database(config)
+    if isinstance(database, int):
+        return database
     accounts = Accounts(database, AuditLog(audit_path(config)), frozenset(config.upstream_names()))
     try:
         for line in args.run(args, accounts, config):
@@ -307,18 +317,11 @@ def _packages_command(args: argparse.Namespace) -> int:
     from proxy.registry.audit import AuditLog, audit_path
     from proxy.registry.invalidation import Invalidation
     from proxy.registry.packages import InvalidRequest, PackageConflict, PackageNotFound, PackageRefused, Packages
-    from proxy.storage.database import DatabaseUnavailable, DatabaseUrlInvalid, describe_error, open_database
+    from proxy.storage.database import describe_error
 
-    try:
-        if config.database.url is None:
-            config.storage.root.mkdir(parents=True, exist_ok=True)
-        database = open_database(config)
-    except OSError as exc:
-        print(f"wharf: storage.root: cannot create {config.storage.root}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except DatabaseUnavailable as exc:
-        print(f"wharf: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, DatabaseUrlInvalid) else 1
+    database = _command_database(config)
+    if isinstance(database, int):
+        return database
     # these commands touch neither the store's metadata nor its blobs: the service gets none
     packages = Packages(database, None, None, Invalidation(), AuditLog(audit_path(config)), config.access)
     operator = Principal(user=CLI, admin=True, scopes=frozenset(SCOPES))

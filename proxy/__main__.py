@@ -8,6 +8,10 @@ script (names kept as the issue wrote them)::
     wharf tokens create NAME --scopes read:packages,write:packages[,delete:packages]
                                  [--expires DAYS] [--note TEXT]   (the token is the last line)
     wharf tokens list NAME                wharf tokens revoke ID
+    wharf packages grant REPOSITORY (--user NAME | --org ORG) --role read|write|admin
+    wharf packages revoke REPOSITORY (--user NAME | --org ORG)
+    wharf packages visibility REPOSITORY private|internal|public
+    wharf packages list [--owner NAME]
 
 They act on the server's database (SQLite in the store, or ``database.url``) while it runs.
 Exit status: 0 done, 1 refused (the reason on stderr), 2 a bad config.
@@ -145,6 +149,23 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def _command_database(config):
+    """The configured database for a console command, upgraded as the server would upgrade it;
+    or the exit status after saying on stderr why it cannot be opened (2: a bad URL)."""
+    from proxy.storage.database import DatabaseUnavailable, DatabaseUrlInvalid, open_database
+
+    try:
+        if config.database.url is None:
+            config.storage.root.mkdir(parents=True, exist_ok=True)
+        return open_database(config)
+    except OSError as exc:
+        print(f"wharf: storage.root: cannot create {config.storage.root}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"wharf: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, DatabaseUrlInvalid) else 1
+
+
 def _accounts_command(args: argparse.Namespace) -> int:
     """Open the configured database (upgrading it as the server would) and run one command."""
     config = _config(args)
@@ -154,18 +175,11 @@ def _accounts_command(args: argparse.Namespace) -> int:
 
     from proxy.registry.accounts import AccountError, Accounts
     from proxy.registry.audit import AuditLog, audit_path
-    from proxy.storage.database import DatabaseUnavailable, DatabaseUrlInvalid, describe_error, open_database
+    from proxy.storage.database import describe_error
 
-    try:
-        if config.database.url is None:
-            config.storage.root.mkdir(parents=True, exist_ok=True)
-        database = open_database(config)
-    except OSError as exc:
-        print(f"wharf: storage.root: cannot create {config.storage.root}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except DatabaseUnavailable as exc:
-        print(f"wharf: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, DatabaseUrlInvalid) else 1
+    database = _command_database(config)
+    if isinstance(database, int):
+        return database
     accounts = Accounts(database, AuditLog(audit_path(config)), frozenset(config.upstream_names()))
     try:
         for line in args.run(args, accounts, config):
@@ -286,6 +300,122 @@ def _add_accounts_commands(sub, add_config) -> None:
             add_config(parser)
 
 
+# packages --------------------------------------------------------------------------------------
+def _packages_command(args: argparse.Namespace) -> int:
+    """Run one packages command as a server admin (actor ``cli`` in the audit log) on the configured
+    database; running servers see the change at their next revision poll."""
+    config = _config(args)
+    if config is None:
+        return 2
+    import asyncio
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from proxy.errors import OCIError
+    from proxy.registry.access import SCOPES, Principal
+    from proxy.registry.accounts import CLI
+    from proxy.registry.audit import AuditLog, audit_path
+    from proxy.registry.invalidation import Invalidation
+    from proxy.registry.packages import InvalidRequest, PackageConflict, PackageNotFound, PackageRefused, Packages
+    from proxy.storage.database import describe_error
+
+    database = _command_database(config)
+    if isinstance(database, int):
+        return database
+    # these commands touch neither the store's metadata nor its blobs: the service gets none
+    packages = Packages(database, None, None, Invalidation(), AuditLog(audit_path(config)), config.access)
+    operator = Principal(user=CLI, admin=True, scopes=frozenset(SCOPES))
+    try:
+        address = _package_address(packages, args.repository) if hasattr(args, "repository") else None
+        for line in asyncio.run(args.run(args, packages, operator, address)):
+            print(line)
+    except (PackageNotFound, PackageConflict, PackageRefused, InvalidRequest) as exc:
+        print(f"wharf: {exc}", file=sys.stderr)
+        return 1
+    except OCIError as exc:
+        print(f"wharf: {exc.message}", file=sys.stderr)
+        return 1
+    except (OSError, SQLAlchemyError) as exc:
+        print(f"wharf: packages {args.action}: {describe_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        database.close()
+    return 0
+
+
+def _package_address(packages, repository: str) -> tuple[str, str, str]:
+    """``owner/name`` as the packages API addresses it: (users | orgs, owner, name) (blocking)."""
+    from proxy.registry.packages import PackageNotFound
+
+    owner, _, name = repository.partition("/")
+    if not owner or not name:
+        raise PackageNotFound(f"{repository!r} is not a repository name (OWNER/NAME)")
+    kind = "orgs" if packages.namespace_facts(owner).kind == "org" else "users"
+    return kind, owner, name
+
+
+def _grantee_words(args) -> str:
+    return f"user {args.user}" if args.user is not None else f"the members of {args.org}"
+
+
+async def _packages_grant(args, packages, operator, address) -> list[str]:
+    await packages.set_role(operator, *address, user=args.user, org=args.org, role=args.role)
+    return [f"{_grantee_words(args)} now {'have' if args.org is not None else 'has'} the {args.role} role "
+            f"on {args.repository}"]
+
+
+async def _packages_revoke(args, packages, operator, address) -> list[str]:
+    await packages.set_role(operator, *address, user=args.user, org=args.org, role=None)
+    return [f"{_grantee_words(args)} no longer {'hold' if args.org is not None else 'holds'} a role "
+            f"on {args.repository}"]
+
+
+async def _packages_visibility(args, packages, operator, address) -> list[str]:
+    change = await packages.set_visibility(operator, *address, args.visibility)
+    return [f"{args.repository} is {change.package.visibility}", *([f"note: {change.notice}"] if change.notice else [])]
+
+
+async def _packages_list(args, packages, operator, address) -> list[str]:
+    rows = [["REPOSITORY", "VISIBILITY", "VERSIONS", "ROLES", "UPDATED"]]
+    for package in await packages.list_all(operator, args.owner):
+        kind = "orgs" if package.owner_type == "Organization" else "users"
+        grants = await packages.list_roles(operator, kind, package.namespace, package.name)
+        roles = ",".join(f"{'org:' if g.kind == 'org' else ''}{g.name}({g.role})" for g in grants) or "-"
+        rows.append([package.repository, package.visibility, str(package.version_count), roles,
+                     _when(package.updated_at)])
+    return [_table(rows)]
+
+
+def _add_packages_commands(sub, add_config) -> None:
+    packages = sub.add_parser("packages", help="local packages: roles and visibility").add_subparsers(
+        dest="action", required=True)
+
+    def grantee(parser) -> None:
+        group = parser.add_mutually_exclusive_group(required=True)
+        group.add_argument("--user", metavar="NAME", help="a user")
+        group.add_argument("--org", metavar="ORG", help="every member of the organisation, as a group")
+
+    grant = packages.add_parser("grant", help="give a user, or an organisation's members, a role on a package "
+                                              "(replacing the one they had)")
+    grant.add_argument("repository", metavar="REPOSITORY", help="OWNER/NAME")
+    grantee(grant)
+    grant.add_argument("--role", required=True, metavar="read|write|admin")
+    grant.set_defaults(run=_packages_grant)
+    revoke = packages.add_parser("revoke", help="remove the role of a user, or of an organisation's members")
+    revoke.add_argument("repository", metavar="REPOSITORY", help="OWNER/NAME")
+    grantee(revoke)
+    revoke.set_defaults(run=_packages_revoke)
+    visibility = packages.add_parser("visibility", help="make a package private, internal or public")
+    visibility.add_argument("repository", metavar="REPOSITORY", help="OWNER/NAME")
+    visibility.add_argument("visibility", metavar="private|internal|public")
+    visibility.set_defaults(run=_packages_visibility)
+    listing = packages.add_parser("list", help="list packages, their visibility and who holds a role")
+    listing.add_argument("--owner", metavar="NAME", help="only the packages of this user or organisation")
+    listing.set_defaults(run=_packages_list)
+    for parser in packages.choices.values():
+        add_config(parser)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # before anything creates a file: the store is the owner's alone
     parser = argparse.ArgumentParser(prog="wharf", description="OCI pull-through cache and registry")
@@ -303,9 +433,13 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--timeout", type=float, default=4.0, help="seconds to wait for the answer")
     _add_accounts_commands(sub, lambda p: p.add_argument(
         "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
+    _add_packages_commands(sub, lambda p: p.add_argument(
+        "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     args = parser.parse_args(argv)
     if args.command in ("users", "orgs", "tokens"):
         return _accounts_command(args)
+    if args.command == "packages":
+        return _packages_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "healthcheck":

@@ -399,3 +399,21 @@ async def test_replayed_answers_of_a_private_package_go_only_to_its_readers_whil
         async def refused() -> bool:
             return (await session.get(url, headers=mine)).status == 401
         assert await wait_for(refused, 1.0)
+
+
+async def test_sign_ins_are_audited_without_the_token(make_wharf):
+    import json as _json
+
+    from proxy.http.keys import AUDIT
+    wharf = await make_wharf(auth=None)
+    add_user(wharf.database, "alice")
+    _, token = add_token(wharf.database, "alice", READ_ONLY)
+    for secret in (token, "wharf_pat_" + "1" * 42):
+        await wharf.client.get("/token", params={"service": "wharf", "scope": "repository:alice/app:pull"},
+                               headers={"Authorization": basic("alice", secret)})
+    lines = wharf.app[AUDIT].path.read_text().splitlines()
+    records = [_json.loads(line) for line in lines]
+    logins = [r for r in records if r["action"].startswith("login")]
+    assert [(r["action"], r["actor"]) for r in logins] == [("login", "alice"), ("login.failed", "alice")]
+    assert logins[0]["remote"] == "127.0.0.1" and logins[0]["access"] == ["alice/app:pull"]
+    assert token not in "\n".join(lines) and "wharf_pat_" not in "\n".join(lines)

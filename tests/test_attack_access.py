@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 
+from proxy.http.keys import AUDIT
 from support.accounts import add_org, add_token, add_user, basic
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 
@@ -53,6 +54,9 @@ async def test_a_wharf_token_in_the_basic_user_name_never_reaches_an_upstream(ma
     sent = [r.headers.get("Authorization", "") for r in fake.requests]
     decoded = [base64.b64decode(h[6:]).decode() for h in sent if h.startswith("Basic ")]
     assert not any(token in h or signed in h for h in sent + decoded), sent
+    path = wharf.app[AUDIT].path
+    audit = path.read_text() if path.exists() else ""
+    assert token not in audit and signed not in audit
 
 
 async def test_a_deleted_packages_blobs_do_not_reach_the_next_owner_of_its_name(make_wharf):

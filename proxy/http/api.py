@@ -11,6 +11,9 @@ Rules:
 - errors are GitHub's: ``{"message", "documentation_url"}`` with 400, 401 (with a Basic
   challenge), 403, 404, 409, 422, 429 or 503; never a traceback;
 - lists page with ``page`` and ``per_page`` (at most 100) and say so in a ``Link`` header.
+- roles on a package (``…/roles``, ``…/roles/users/{user}``, ``…/roles/orgs/{group}``, the
+  latter for every member of the organisation) are listed and changed by its admins only; a
+  change is acted on in this process before the answer leaves.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from proxy.http.keys import CONFIG, IDENTITY, PACKAGES
 from proxy.http.openapi import DOCUMENTATION_URL, OWNERS, document
 from proxy.registry.access import Principal
 from proxy.registry.packages import (InvalidRequest, PackageConflict, PackageNotFound, PackageRefused, PackageView,
-                                     VersionView)
+                                     RoleGrant, VersionView)
 
 log = logging.getLogger("wharf.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -123,6 +126,24 @@ def _version_id(request: web.Request) -> int:
     return int(raw)
 
 
+def _grantee(request: web.Request) -> dict[str, str]:
+    """Whom the role at ``…/roles/users/{user}`` or ``…/roles/orgs/{group}`` is for, as the
+    packages service takes it: ``{"user": name}`` or ``{"org": name}`` (its members as a group)."""
+    if "user" in request.match_info:
+        return {"user": request.match_info["user"]}
+    return {"org": request.match_info["group"]}
+
+
+async def _json_object(request: web.Request) -> dict:
+    try:
+        body = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise BadJSON("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadJSON("the body must be a JSON object")
+    return body
+
+
 def _base(request: web.Request) -> str:
     return request.app[CONFIG].public_url or f"{request.scheme}://{request.host}"
 
@@ -167,6 +188,10 @@ def version_json(base: str, package: PackageView, version: VersionView) -> dict:
             "size": version.size, "created_at": _time(version.created_at), "updated_at": _time(version.updated_at),
             "deleted_at": _time(version.deleted_at), "download_count": version.download_count,
             "metadata": {"package_type": "container", "container": {"tags": list(version.tags)}}}
+
+
+def role_json(grant: RoleGrant) -> dict:
+    return {grant.kind: grant.name, "role": grant.role}
 
 
 def _paged(request: web.Request, items: list, total: int, page: int, per_page: int) -> web.Response:
@@ -286,6 +311,38 @@ async def restore_version(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@_answer_errors
+async def list_roles(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    grants = await request.app[PACKAGES].list_roles(principal, *_address(request))
+    return web.json_response([role_json(g) for g in grants])
+
+
+@_answer_errors
+async def set_role(request: web.Request) -> web.Response:
+    """PUT ``{"role": "read" | "write" | "admin"}``: the grantee's role on the package, replacing theirs."""
+    principal = await _principal(request)
+    address = _address(request)
+    body = await _json_object(request)
+    if "role" not in body:
+        raise InvalidRequest("role is required")
+    if body["role"] is None:  # the service takes None as "remove": that is DELETE's to say
+        raise InvalidRequest("role must be one of read, write, admin (DELETE removes a role)")
+    grant = await request.app[PACKAGES].set_role(principal, *address, **_grantee(request), role=body["role"],
+                                                 remote=request.remote)
+    await _changed(request)
+    return web.json_response(role_json(grant))
+
+
+@_answer_errors
+async def delete_role(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    await request.app[PACKAGES].set_role(principal, *_address(request), **_grantee(request), role=None,
+                                         remote=request.remote)
+    await _changed(request)
+    return web.Response(status=204)
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(document(_base(request)))
 
@@ -306,3 +363,8 @@ def setup_packages_api(app: web.Application) -> None:
         r.add_get(version, get_version, name=f"api_{stem}_version", allow_head=False)
         r.add_delete(version, delete_version, name=f"api_{stem}_version_delete")
         r.add_post(f"{version}/restore", restore_version, name=f"api_{stem}_version_restore")
+        r.add_get(f"{package}/roles", list_roles, name=f"api_{stem}_roles", allow_head=False)
+        for grantee in ("users/{user}", "orgs/{group}"):
+            kind = grantee.partition("/")[0]
+            r.add_put(f"{package}/roles/{grantee}", set_role, name=f"api_{stem}_role_{kind}_put")
+            r.add_delete(f"{package}/roles/{grantee}", delete_role, name=f"api_{stem}_role_{kind}_delete")

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from proxy.errors import OCIError, Unauthorized
 from proxy.http.identity import basic_user, caller_of
-from proxy.http.keys import ADDRESSING, IDENTITY, LOGIN_THROTTLE, REGISTRY, TOKENS, UPSTREAMS
+from proxy.http.keys import ADDRESSING, AUDIT, IDENTITY, LOGIN_THROTTLE, REGISTRY, TOKENS, UPSTREAMS
 from proxy.registry.access import Action, Principal
 from proxy.registry.identity import PAT_PREFIX, misplaced_wharf_secret
 from proxy.registry.tokens import TOKEN_TTL
@@ -103,9 +103,18 @@ def _answer(issued: str, ttl: int) -> web.Response:
 async def token(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization")
     user, password = basic_user(header)
-    if (password is not None and password.startswith(PAT_PREFIX)) or misplaced_wharf_secret(user, password):
-        client = await caller_of(request)  # throttled; 401 for a token that does not stand
-        issued, ttl = request.app[IDENTITY].sign(client.principal, await _granted(request, client.principal))
+    misplaced = misplaced_wharf_secret(user, password)  # refused by caller_of; the user name may be the secret
+    if (password is not None and password.startswith(PAT_PREFIX)) or misplaced:
+        audit = request.app[AUDIT]
+        try:
+            client = await caller_of(request)  # throttled; 401 for a token that does not stand
+        except Unauthorized:
+            audit.record("login.failed", None if misplaced else user, request.remote)
+            raise
+        access = await _granted(request, client.principal)
+        issued, ttl = request.app[IDENTITY].sign(client.principal, access)
+        audit.record("login", client.principal.user, request.remote, token_id=client.principal.token_id,
+                     access=[f"{a['name']}:{','.join(a['actions'])}" for a in access])
         return _answer(issued, ttl)
     credential = credential_from_header(header)
     if credential is not None and credential.scheme != "basic":

@@ -192,6 +192,58 @@ def _package_paths() -> dict[str, Any]:
 PACKAGE_PATHS: dict[str, Any] = _package_paths()
 
 
+# roles on a package (proxy.http.api: list_roles, set_role, delete_role) ------------------------------
+_ROLE = {"type": "string", "enum": ["read", "write", "admin"]}
+SCHEMAS.update({
+    "UserRole": {"type": "object", "required": ["user", "role"],
+                 "properties": {"user": {"type": "string"}, "role": _ROLE}},
+    "OrgRole": {"type": "object", "required": ["org", "role"],
+                "description": "a role held by every member of the organisation",
+                "properties": {"org": {"type": "string"}, "role": _ROLE}},
+    "PackageRole": {"oneOf": [{"$ref": "#/components/schemas/UserRole"},
+                              {"$ref": "#/components/schemas/OrgRole"}]},
+})
+_GRANTEES = (("users/{user}", {"name": "user", "in": "path", "required": True,
+                               "description": "the user who holds the role",
+                               "schema": {"type": "string", "minLength": 1}}, "a user", "user", "UserRole"),
+             ("orgs/{group}", {"name": "group", "in": "path", "required": True,
+                               "description": "the organisation whose members hold the role, as a group",
+                               "schema": {"type": "string", "minLength": 1}},
+              "an organisation's members", "org", "OrgRole"))
+
+
+def _role_paths() -> dict[str, Any]:
+    """Who holds which role on a package, and granting or removing one: for the package's admins
+    (a token with ``write:packages``)."""
+    paths: dict[str, Any] = {}
+    for prefix, owner, words, stem in OWNERS:
+        roles = f"{prefix}/packages/{{package_type}}/{{package_name}}/roles"
+        addressed = [*([owner] if owner else []), _PACKAGE_TYPE, _NAME]
+        paths[roles] = {"get": _operation(
+            f"packages/list-package-roles-for-{stem}", f"List the roles granted on a package of {words}", addressed,
+            {"200": _json("The roles: users' first, then organisations', by name",
+                          {"type": "array", "items": _REF("PackageRole")}), **_ERRORS})}
+        for grantee_path, grantee, grantee_words, kind, schema in _GRANTEES:
+            parameters = [*addressed, grantee]
+            paths[f"{roles}/{grantee_path}"] = {
+                "put": _operation(
+                    f"packages/set-package-{kind}-role-for-{stem}",
+                    f"Give {grantee_words} a role on a package of {words} (replacing theirs)", parameters,
+                    {"200": _json("The role", _REF(schema)), "400": _error("Problems parsing JSON"), **_ERRORS,
+                     "422": _error("Validation failed: not a role")},
+                    {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["role"], "properties": {"role": _ROLE}}}}}),
+                "delete": _operation(
+                    f"packages/remove-package-{kind}-role-for-{stem}",
+                    f"Remove the role of {grantee_words} on a package of {words}", parameters,
+                    {"204": _NO_CONTENT, **_ERRORS}),
+            }
+    return paths
+
+
+PACKAGE_PATHS.update(_role_paths())
+
+
 # the accounts API (proxy.http.admin_api) ------------------------------------------------------------
 _STAMP = {"type": "string", "example": "2026-12-01T23:21:12.255Z"}
 SCHEMAS.update({

@@ -20,6 +20,9 @@ Rules:
   (nor its package);
 - every change that alters access (create, visibility, delete, restore) bumps the database
   revision and calls the invalidation hook, so remembered answers stop at once;
+- roles (read < write < admin) are granted on a package to a user, or to an organisation's
+  members as a group, by whoever may configure it (the admin role and ``write:packages``); a
+  grant replaces the grantee's role, ``None`` removes it; each change is audited (``role``);
 - reads of a package that the caller may not read are "not found", as on GitHub; anonymous
   callers see public packages only.
 Every decision goes through ``proxy.registry.access``; this module only supplies the facts.
@@ -48,7 +51,8 @@ from proxy.registry.access import (READ_PACKAGES, VISIBILITIES, Action, Namespac
                                    Role, check, verdict)
 from proxy.registry.invalidation import Invalidation
 from proxy.storage.blobs import BlobStore
-from proxy.storage.database import Database, Namespace, Org, Package, PackageRole, Version, bump_revision
+from proxy.storage.database import (Database, Namespace, Org, Package, PackageRole, User, Version,
+                                    bump_revision)
 from proxy.storage.meta import MetaStore, TagRecord
 
 log = logging.getLogger("wharf.packages")
@@ -122,6 +126,19 @@ class Page:
 class VisibilityChange:
     package: PackageView
     notice: str | None  # said when the package stops being public: copies pulled meanwhile exist
+
+
+ROLE_NAMES = ("read", "write", "admin")
+GRANTEE_KINDS = ("user", "org")
+
+
+@dataclass(frozen=True, slots=True)
+class RoleGrant:
+    """A role on a package, for one user (``kind`` user) or for the members of an organisation (org)."""
+
+    kind: str
+    name: str
+    role: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +306,38 @@ class Packages:
             self._record("visibility", principal, remote, repository=change.package.repository,
                          before=before, after=visibility)
         return change
+
+    async def list_roles(self, principal: Principal, owner_kind: str | None, owner: str | None,
+                         name: str) -> tuple[RoleGrant, ...]:
+        """The roles granted on the package, users' then organisations', by name; for its admins only
+        (who holds a role says who may read it)."""
+        return await self._db.run(self._list_roles, principal, owner_kind, owner, name)
+
+    async def set_role(self, principal: Principal, owner_kind: str | None, owner: str | None, name: str, *,
+                       user: str | None = None, org: str | None = None, role: Any,
+                       remote: str | None = None) -> RoleGrant | None:
+        """Give ``user``, or the members of ``org`` (exactly one of them), ``role`` on the package,
+        replacing the one they had; ``role`` None removes it. The caller needs to configure the
+        package (admin role, ``write:packages``); the grantee must exist. Returns the grant (None
+        once removed). A change bumps the revision (other processes follow it at their next poll)
+        and drops this process's remembered answers; the caller then tells its ``Identity``."""
+        if (user is None) == (org is None):
+            raise InvalidRequest("a role is given to a user or to an organisation: name exactly one")
+        if role is not None and (not isinstance(role, str) or role not in ROLE_NAMES):
+            raise InvalidRequest(f"role must be one of {', '.join(ROLE_NAMES)}")
+        kind, grantee = ("user", user) if user is not None else ("org", org)
+        repository, before = await self._db.run(self._set_role, principal, owner_kind, owner, name, kind,
+                                                 grantee, role)
+        if before != role:
+            self._invalidation.names_changed()  # answers remembered for the package's readers
+            self._record("role", principal, remote, repository=repository, **{kind: grantee}, role=role,
+                         previous_role=before)
+        return None if role is None else RoleGrant(kind, grantee, role)
+
+    async def list_all(self, principal: Principal, owner: str | None = None) -> list[PackageView]:
+        """The live packages the caller may read, of ``owner`` or of every owner, by repository
+        (for operators: unpaged)."""
+        return await self._db.run(self._list_all, principal, owner)
 
     # blocking parts (database threads) ------------------------------------------------------------
     @property
@@ -575,6 +624,61 @@ class Packages:
             s.flush()
             return VisibilityChange(_package_view(s, package, namespace), notice), before
 
+    def _list_roles(self, principal, owner_kind, owner, name) -> tuple[RoleGrant, ...]:
+        with self._db.session() as s:
+            package, _ = self._locate(s, principal, owner_kind, owner, name, Action.CONFIGURE)
+            held: dict[tuple[str, str], Role] = {}
+            rows = s.execute(select(User.name, Org.name, PackageRole.role).select_from(PackageRole)
+                             .outerjoin(User, User.id == PackageRole.user_id)
+                             .outerjoin(Org, Org.id == PackageRole.org_id)
+                             .where(PackageRole.package_id == package.id))
+            for user, org, role in rows:
+                key = ("user", user) if user is not None else ("org", org)
+                parsed = _parse_role(role)
+                if key[1] is not None and parsed is not None:
+                    held[key] = max(parsed, held.get(key, Role.NONE))
+            order = sorted(held, key=lambda key: (GRANTEE_KINDS.index(key[0]), key[1]))
+            return tuple(RoleGrant(kind, grantee, held[(kind, grantee)].name.lower()) for kind, grantee in order)
+
+    def _set_role(self, principal, owner_kind, owner, name, kind, grantee, role) -> tuple[str, str | None]:
+        """The change in one transaction; returns the repository and the role the grantee had."""
+        with self._db.session() as s:
+            package, _ = self._locate(s, principal, owner_kind, owner, name, Action.CONFIGURE)
+            model, column = (User, PackageRole.user_id) if kind == "user" else (Org, PackageRole.org_id)
+            grantee_id = s.scalar(select(model.id).where(model.name == grantee))
+            if grantee_id is None:
+                raise PackageNotFound(f"no such {'user' if kind == 'user' else 'organization'}: {grantee}")
+            rows = list(s.scalars(select(PackageRole).where(PackageRole.package_id == package.id,
+                                                            column == grantee_id)))
+            roles = [r for r in (_parse_role(row.role) for row in rows) if r is not None]
+            before = max(roles).name.lower() if roles else None
+            if before == role and len(rows) == (role is not None):
+                return package.repository, before
+            for row in rows:  # one row per grantee (NULLs keep the unique constraint from saying so)
+                s.delete(row)
+            if role is not None:
+                s.add(PackageRole(package_id=package.id, role=role,
+                                  **({"user_id": grantee_id} if kind == "user" else {"org_id": grantee_id})))
+            bump_revision(s)
+            return package.repository, before
+
+    def _list_all(self, principal: Principal, owner: str | None) -> list[PackageView]:
+        with self._db.session() as s:
+            query = select(Package).where(Package.deleted_at.is_(None))
+            if owner is not None:
+                query = query.where(Package.namespace == owner)
+            packages = list(s.scalars(query.order_by(Package.repository, Package.id)))
+            if owner is not None and not packages and _namespace(s, owner).kind is None:
+                raise PackageNotFound(f"no such user or organization: {owner}")
+            namespaces: dict[str, NamespaceFacts] = {}
+            views = []
+            for package in packages:
+                namespace = namespaces.get(package.namespace) or namespaces.setdefault(
+                    package.namespace, _namespace(s, package.namespace))
+                if verdict(principal, Action.LIST, package.repository, namespace, _facts(s, package)) is None:
+                    views.append(_package_view(s, package, namespace))
+            return views
+
     def _refuse_much_downloaded(self, package: Package, version: Version, pending) -> None:
         limit = self._config.delete_download_limit
         downloads = version.download_count + pending(package.repository, version.digest)
@@ -768,6 +872,13 @@ def _facts(s: Session, package: Package) -> PackageFacts:
         elif org is not None:
             org_roles[org] = max(parsed, org_roles.get(org, Role.NONE))
     return PackageFacts(package.repository, package.namespace, package.visibility, user_roles, org_roles)
+
+
+def _parse_role(value: str) -> Role | None:
+    try:
+        return Role.parse(value)
+    except KeyError:
+        return None
 
 
 def _require_read_scope(principal: Principal) -> None:

@@ -425,7 +425,8 @@ async def test_gc_keeps_deleted_versions_until_their_retention_ends(site):
 
 
 async def test_the_background_gc_pass_keeps_what_may_be_restored(make_wharf):
-    wharf = await make_wharf(gc={"interval_seconds": 0.1, "grace_seconds": 0})
+    # a second of grace: the push below is never taken between its blobs and its manifest
+    wharf = await make_wharf(gc={"interval_seconds": 0.1, "grace_seconds": 1})
     repository = f"admin/{unique('kept')}"
     image = make_image(repository)
     await push_image(wharf.url, repository, image, "v1")

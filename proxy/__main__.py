@@ -12,6 +12,7 @@ script (names kept as the issue wrote them)::
     wharf packages revoke REPOSITORY (--user NAME | --org ORG)
     wharf packages visibility REPOSITORY private|internal|public
     wharf packages list [--owner NAME]
+    wharf mirror sync|status|export|import|inventory …   (``proxy.mirror.commands``)
 
 They act on the server's database (SQLite in the store, or ``database.url``) while it runs.
 Exit status: 0 done, 1 refused (the reason on stderr), 2 a bad config.
@@ -435,7 +436,13 @@ def main(argv: list[str] | None = None) -> int:
         "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     _add_packages_commands(sub, lambda p: p.add_argument(
         "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
+    from proxy.mirror.commands import add_mirror_commands
+
+    add_mirror_commands(sub, lambda p: p.add_argument(
+        "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     args = parser.parse_args(argv)
+    if args.command == "mirror":
+        return args.run(args)
     if args.command in ("users", "orgs", "tokens"):
         return _accounts_command(args)
     if args.command == "packages":

@@ -18,6 +18,7 @@ from proxy.http.replay import ReplayTable
 from proxy.http.routes import setup_routes
 from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
+from proxy.mirror.records import MirrorRecords
 from proxy.registry.addressing import Addressing, LocalNamespaces
 from proxy.registry.accounts import Accounts
 from proxy.registry.audit import AuditLog, audit_path
@@ -113,6 +114,10 @@ def create_app(config: Config) -> web.Application:
 
     identity.on_change(reload_namespaces)
     app[keys.REGISTRY] = AccessGuard(pullthrough, identity, packages, meta, config.access)
+    # mirroring and air gaps (issue 10): wire new services here --------------------------------
+    app[keys.PULLTHROUGH] = pullthrough  # the operator's own path (mirror sync): no access guard
+    app[keys.MIRROR_RECORDS] = MirrorRecords(meta, blobs, budget, invalidation)
+    # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange

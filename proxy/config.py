@@ -49,6 +49,23 @@ def parse_size(value: Any) -> int:
     return int(float(number) * _SIZE_UNITS[unit])
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds in ``3600``, ``"90s"``, ``"30m"``, ``"6h"``, ``"1d"``; None when it is no duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        return None
+    seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "").lower()]
+    return seconds if seconds > 0 else None
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -77,6 +94,9 @@ class UpstreamConfig(_Frozen):
     client_cert: Path | None = None
     client_key: Path | None = None
     tls_verify: bool = True
+    # never contact this upstream: serve only what is stored (mirrored, imported, cached) under its
+    # names; anything missing is MANIFEST_UNKNOWN / BLOB_UNKNOWN naming offline mode
+    offline: bool = False
 
     @field_validator("url")
     @classmethod
@@ -295,6 +315,29 @@ class AccessConfig(_Frozen):
     audit_log: Path | None = None                           # JSON lines; unset: storage.root/audit.log
 
 
+class MirrorConfig(_Frozen):
+    """Mirror lists synced inside ``wharf serve`` (``proxy.mirror``); ``wharf mirror sync`` runs one by hand."""
+
+    lists: tuple[Path, ...] = ()      # mirror list files (YAML, see config/mirror.example.yaml)
+    # how often the lists are synced inside ``wharf serve``: a duration ("6h", "30m", 3600) or a
+    # cron expression ("0 3 * * *"); unset: never (only ``wharf mirror sync``)
+    schedule: str | None = None
+    concurrency: int = Field(default=4, ge=1, le=64)  # blobs fetched at once by a sync
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule(cls, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        text = str(value).strip()
+        if parse_duration(text) is None:
+            from croniter import croniter
+
+            if not croniter.is_valid(text):
+                raise ValueError(f"{text[:60]!r} is neither a duration (6h, 30m, 3600) nor a cron expression")
+        return text
+
+
 class Config(_Frozen):
     listen: str = "0.0.0.0:5000"
     public_url: str | None = None  # how clients reach Wharf, e.g. https://wharf.example (token realm)
@@ -324,6 +367,8 @@ class Config(_Frozen):
     fast_paths: FastPathsConfig = FastPathsConfig()
     database: DatabaseConfig = DatabaseConfig()
     access: AccessConfig = AccessConfig()
+    offline: bool = False  # every upstream offline (``UpstreamConfig.offline``): an air-gapped site
+    mirror: MirrorConfig = MirrorConfig()
 
     @field_validator("local_namespaces")
     @classmethod
@@ -371,6 +416,11 @@ class Config(_Frozen):
     def upstream_names(self) -> dict[str, str]:
         """Every name or alias a client may use, mapped to the upstream's name."""
         return {alias: u.name for u in self.upstreams for alias in (u.name, *u.aliases)}
+
+    def is_offline(self, upstream: str) -> bool:
+        """Whether Wharf may never contact ``upstream`` (top-level ``offline`` or the upstream's own)."""
+        found = self.upstream(upstream)
+        return self.offline or (found is not None and found.offline)
 
     def upstream(self, name: str) -> UpstreamConfig | None:
         for upstream in self.upstreams:

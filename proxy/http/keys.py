@@ -39,6 +39,10 @@ ACCOUNTS = web.AppKey("accounts", object)   # proxy.registry.accounts.Accounts
 PACKAGES = web.AppKey("packages", object)   # proxy.registry.packages.Packages
 AUDIT = web.AppKey("audit", object)         # proxy.registry.audit.AuditLog
 IDENTITY = web.AppKey("identity", Identity)
+# mirroring (issue 10): typed as object to keep this module free of the service layer's imports
+PULLTHROUGH = web.AppKey("pullthrough", object)     # proxy.registry.pullthrough.PullThroughRegistry (no guard)
+MIRROR_RECORDS = web.AppKey("mirror_records", object)  # proxy.mirror.records.MirrorRecords
+MIRROR_STATUS = web.AppKey("mirror_status", object)    # proxy.mirror.status.SyncStatus
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries

@@ -1,6 +1,7 @@
 """The size budget for cached content: least-recently-pulled blobs go first.
 
-Rules: pushed blobs are never evicted and do not count against the budget; a blob that is being
+Rules: pushed blobs, and blobs a mirror list or an import keeps (``MetaStore.keep``), are never
+evicted and do not count against the budget; a blob that is being
 read is skipped; eviction runs down to 90% of the budget so it does not run on every fill.
 The totals are the store's, kept in its metadata and shared by every worker process (each adds
 what it stores); one process evicts at a time, and an eviction recounts the store from disk.
@@ -45,6 +46,7 @@ class Budget:
         # read at scrape time: the store's totals, whichever worker changed them last
         metrics.store_bytes.labels("cached").set_function(lambda: self.cached_bytes)
         metrics.store_bytes.labels("pushed").set_function(lambda: self.pushed_bytes)
+        metrics.store_bytes.labels("kept").set_function(lambda: self._meta.store_bytes("kept"))
 
     @property
     def cached_bytes(self) -> int:
@@ -60,20 +62,36 @@ class Budget:
 
     def scan(self) -> None:
         """Count what is on disk (at start, and after gc moved content between pushed and cached)."""
-        cached = pushed = 0
+        cached = pushed = kept = 0
         for digest, size, _ in self._blobs.iter_blobs():
             if self._meta.is_pushed(str(digest)):
                 pushed += size
+            elif self._meta.is_kept(str(digest)):
+                kept += size
             else:
                 cached += size
         self._meta.set_store_bytes("cached", cached)
         self._meta.set_store_bytes("pushed", pushed)
+        self._meta.set_store_bytes("kept", kept)
         self.counted.set()
 
     def added(self, digest: Digest, size: int) -> None:
         if self._meta.is_pushed(str(digest)):
             self._meta.add_store_bytes("pushed", size)
+        elif self._meta.is_kept(str(digest)):
+            self._meta.add_store_bytes("kept", size)
         elif self._meta.add_store_bytes("cached", size) > self.max_cached_bytes:
+            self.request_eviction()
+
+    def kept(self, size: int) -> None:
+        """A cached blob of ``size`` bytes is kept by a mirror from now on: it leaves the budget."""
+        self._meta.add_store_bytes("cached", -size)
+        self._meta.add_store_bytes("kept", size)
+
+    def released(self, size: int) -> None:
+        """A kept blob nobody keeps any more is cached content again (evictable)."""
+        self._meta.add_store_bytes("kept", -size)
+        if self._meta.add_store_bytes("cached", size) > self.max_cached_bytes:
             self.request_eviction()
 
     def request_eviction(self) -> None:
@@ -128,13 +146,14 @@ class Budget:
     def _evict(self) -> int:
         target = int(self.max_cached_bytes * _LOW_WATER)
         candidates = sorted(((when, digest, size) for digest, size, when in self._blobs.iter_blobs()
-                             if not self._meta.is_pushed(str(digest))), key=lambda item: item[0])
+                             if not self._meta.is_pushed(str(digest)) and not self._meta.is_kept(str(digest))),
+                            key=lambda item: item[0])
         cached = sum(size for _, _, size in candidates)  # the truth on disk, whatever the count said
         freed = 0
         for _, digest, size in candidates:
             if cached - freed <= target:
                 break
-            if self._meta.is_pushed(str(digest)):  # pushed (linked by a push) since the listing
+            if self._meta.is_pushed(str(digest)) or self._meta.is_kept(str(digest)):  # pushed or kept since the listing
                 cached -= size
                 continue
             removed = self._blobs.remove(digest)  # 0 while somebody reads it

@@ -163,9 +163,50 @@ class MetaStore:
     def unmark_pushed(self, digest: str) -> None:
         self._delete(f"pushed:{digest}")
 
+    # mirrored content (``proxy.mirror.records``) -------------------------------------------------
+    def keep(self, digest: str, holder: str) -> bool:
+        """``holder`` (a mirror list, or an import) keeps ``digest``: never evicted while one holds it.
+        True when nobody kept it before."""
+        with self._disk.transact():
+            holders = list(self._disk.get(f"kept:{digest}") or [])
+            if holder in holders:
+                return False
+            self._disk.set(f"kept:{digest}", sorted(holders + [holder]))
+            return not holders
+
+    def release(self, digest: str, holder: str) -> bool:
+        """``holder`` no longer keeps ``digest``; True when nobody keeps it any more."""
+        with self._disk.transact():
+            holders = list(self._disk.get(f"kept:{digest}") or [])
+            if holder not in holders:
+                return False
+            holders.remove(holder)
+            if holders:
+                self._disk.set(f"kept:{digest}", holders)
+            else:
+                self._disk.delete(f"kept:{digest}")
+            return not holders
+
+    def is_kept(self, digest: str) -> bool:
+        """Read from disk: another process (a sync, an import) may have kept it just now."""
+        return bool(self._disk.get(f"kept:{digest}"))
+
+    def keepers(self, digest: str) -> list[str]:
+        return list(self._disk.get(f"kept:{digest}") or [])
+
+    def set_unmirrored(self, digest: str, note: str) -> None:
+        """A child manifest of a mirrored index that was left out (a platform subset), and why."""
+        self._disk.set(f"unmirrored:{digest}", note)
+
+    def unmirrored(self, digest: str) -> str | None:
+        return self._disk.get(f"unmirrored:{digest}")
+
+    def clear_unmirrored(self, digest: str) -> None:
+        self._disk.delete(f"unmirrored:{digest}")
+
     # store totals (shared by every worker process) --------------------------------------------
     def add_store_bytes(self, kind: str, delta: int) -> int:
-        """Atomically add ``delta`` to the store's ``kind`` total (cached, pushed); the new total."""
+        """Atomically add ``delta`` to the store's ``kind`` total (cached, pushed, kept); the new total."""
         return int(self._disk.incr(f"store-bytes:{kind}", delta, default=0))
 
     def set_store_bytes(self, kind: str, total: int) -> None:
@@ -242,7 +283,13 @@ class MetaStore:
                 self.set_document(key, kept)
 
     # opaque documents (tag lists kept for stale serving) -------------------------------------
-    def document(self, key: str) -> Any:
+    def document(self, key: str, fresh: bool = False) -> Any:
+        """A stored document; ``fresh`` reads disk (another process may just have written it)."""
+        if fresh:
+            value = self._disk.get(f"doc:{key}")
+            if value is not None and not f"doc:{key}".startswith(_LIVE_PREFIXES):
+                self._front[f"doc:{key}"] = value
+            return value
         return self._get(f"doc:{key}")
 
     def set_document(self, key: str, value: Any) -> None:

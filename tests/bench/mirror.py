@@ -312,6 +312,7 @@ async def mirroring(b: Bench) -> None:
                     f"left unwritten); _net: minus command_startup_s; cp is coreutils cp of the bundle file "
                     f"to a new file beside it; the import goes into a fresh store with offline: true")
     _checks(b, sync_content, bundles)
+    _meaning(b, sync_content, bundles)
 
 
 def _checks(b: Bench, content: int, bundles: bool) -> None:
@@ -355,3 +356,36 @@ def _checks(b: Bench, content: int, bundles: bool) -> None:
                 {f"{op} MB/s": mbs, "cp MB/s": cp,
                  "flushed ratio": ratio(r.med(KEY, f"{op}_flushed_MB_per_s", WHARF), cp_f),
                  "without start-up": ratio(r.med(KEY, f"{op}_net_MB_per_s", WHARF), cp)})
+
+
+def _f(v: float | None, spec: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _meaning(b: Bench, content: int, bundles: bool) -> None:
+    """What the figures say, from this run's medians (a note, so it stays true on a rerun)."""
+    r = b.results
+    med = lambda metric, target=WHARF: r.med(KEY, metric, target)  # noqa: E731
+    warm = r.data["tests"][KEY]["metrics"].get("warm_upstream_requests", {}).get("targets", {}).get(WHARF)
+    warm_by = warm["details"][-1]["by_method"] if warm and warm["details"] else {}
+    r.note(KEY, f"sync: Wharf {_f(med('sync_s'))} s wall, of which {_f(med('command_startup_s'))} s is the fixed "
+                f"cost of any wharf mirror command; without it {_f(med('sync_net_s'))} s, "
+                f"{_f(ratio(med('sync_net_s'), med('sync_s', SKOPEO)))}x skopeo sync's "
+                f"{_f(med('sync_s', SKOPEO))} s. Upstream bytes: Wharf {_f(ratio(med('upstream_bytes'), content), '.3f')}x "
+                f"the content, skopeo {_f(ratio(med('upstream_bytes', SKOPEO), content), '.3f')}x: both fetch every "
+                f"blob once ({_f(med('upstream_requests'), '.0f')} and {_f(med('upstream_requests', SKOPEO), '.0f')} "
+                f"requests)")
+    r.note(KEY, f"warm resync: Wharf asks upstream {warm_by or 'n/a'} ({_f(med('warm_upstream_bytes'), '.0f')} B), "
+                f"{_f(med('warm_sync_s'))} s wall, {_f(med('warm_sync_net_s'))} s without start-up; skopeo sync "
+                f"--dest dir cannot resync into its own result: a second sync starts from an empty directory "
+                f"and costs the cold figures again")
+    if bundles:
+        cp_f = med("copy_flushed_MB_per_s", CP)
+        r.note(KEY, f"bundles, flushed: export {_f(med('export_flushed_MB_per_s'), '.0f')} MB/s "
+                    f"({_f(ratio(med('export_flushed_MB_per_s'), cp_f))}x cp's {_f(cp_f, '.0f')} MB/s), import "
+                    f"{_f(med('import_flushed_MB_per_s'), '.0f')} MB/s "
+                    f"({_f(ratio(med('import_flushed_MB_per_s'), cp_f))}x); of each command's time "
+                    f"{_f(med('command_startup_s'))} s is start-up (without it: export "
+                    f"{_f(med('export_net_MB_per_s'), '.0f')}, import {_f(med('import_net_MB_per_s'), '.0f')} MB/s, "
+                    f"as the command returns); cp moves bytes in the kernel (copy_file_range), the import "
+                    f"also hashes every byte (sha256) before anything becomes visible")

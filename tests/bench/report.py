@@ -7,10 +7,11 @@ import math
 from pathlib import Path
 
 ORDER = ["wharf", "upstream", "nginx-sendfile", "distribution", "distribution-registry", "nginx-cache",
-         "nginx-cache-tuned", "aiohttp-bare"]
+         "nginx-cache-tuned", "aiohttp-bare", "skopeo-sync", "cp"]
 COLORS = {"wharf": "#1f77b4", "upstream": "#7f7f7f", "nginx-sendfile": "#2ca02c", "distribution": "#d62728",
           "distribution-registry": "#e377c2",
-          "nginx-cache": "#ff7f0e", "nginx-cache-tuned": "#ffbb78", "aiohttp-bare": "#9467bd"}
+          "nginx-cache": "#ff7f0e", "nginx-cache-tuned": "#ffbb78", "aiohttp-bare": "#9467bd",
+          "skopeo-sync": "#8c564b", "cp": "#2ca02c"}
 
 
 def _fmt(v) -> str:
@@ -67,7 +68,7 @@ def markdown(data: dict) -> str:
         "",
         *([f"Tests were measured in several runs (started {', '.join(data['merged'])}); each test says when "
            "and at which commit."] + [""] if data.get("merged") else []),
-        "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9)",
+        "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9; test 12: issue 10)",
         "",
         "| test | what | goal | Wharf | value | references | |",
         "|---|---|---|---|---|---|---|",
@@ -144,8 +145,12 @@ def chart(data: dict, path: Path) -> None:
          "manifest by tag at 200 conns: cached / public / private (req/s)", False),
         ("11_push", ["big_skopeo_s", "big_patch5m_s", "big_stream_s"],
          "push of the big image: skopeo / 5 MiB PATCHes / streamed (s)", False),
+        ("12_mirror", ["sync_s", "sync_net_s", "warm_sync_s"],
+         "mirror sync: cold / cold without start-up / warm (s)", False),
+        ("12_mirror", ["export_flushed_MB_per_s", "copy_flushed_MB_per_s", "import_flushed_MB_per_s"],
+         "bundle export / cp / import, flushed (MB/s)", False),
     ]
-    fig, axes = plt.subplots(4, 3, figsize=(16, 16))
+    fig, axes = plt.subplots(5, 3, figsize=(16, 20))
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (key, metrics, title, log) in zip(axes.flat, panels):

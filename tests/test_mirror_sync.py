@@ -393,3 +393,25 @@ async def test_on_a_terminal_the_sync_shows_live_progress(registry_upstream, rep
         assert word in screen, (word, screen[-2000:])
     assert "2/2" in screen  # images done of all
     assert "mirror list tty: 2 of 2 images synced" in screen
+
+
+async def test_a_rate_limited_upstream_fails_the_image_without_hammering_it(fake_upstream, make_wharf, tmp_path):
+    from support.fake_upstream import rate_limited
+
+    fake = await fake_upstream()
+    images = {tag: make_image(f"limited-{tag}", (1024, 2048)) for tag in ("v1", "v2", "v3")}
+    for tag, image in images.items():
+        fake.add_image("bars/limited", image, tag=tag)
+    fake.fault(fake.manifest_path("bars/limited", "v1"), rate_limited(retry_after=120))
+    wharf = await _mirror_wharf(make_wharf, fake.url)
+    listing = load_list(write_list(tmp_path / "l.yaml", [{"name": f"{HOST}/bars/limited",
+                                                           "tags": ["v1", "v2", "v3"]}]))
+    report = await mirror_sync_of(wharf.app).sync(listing)
+    outcome = report.images[0]
+    assert not outcome.ok and "v1" in outcome.failed
+    assert "429" in outcome.failed["v1"] or "rate" in outcome.failed["v1"].lower()
+    # once upstream said Retry-After, Wharf does not ask it again before then
+    assert fake.count("GET", fake.manifest_path("bars/limited", "v1")) == 1
+    assert fake.count("GET", fake.manifest_path("bars/limited", "v2")) + \
+        fake.count("GET", fake.manifest_path("bars/limited", "v3")) == 0
+    assert set(outcome.failed) == {"v1", "v2", "v3"}

@@ -43,6 +43,7 @@ _CLIENT = Client()  # the configured upstream credential: what a sync fetches is
 _PROGRESS_EVERY = 0.2
 _REFERRER_DEPTH = 3  # signatures of attestations of an image, no deeper
 _ATTESTATION = "attestation-manifest"
+_HEARTBEAT_SECONDS = 10.0  # the status is rewritten at least this often while a sync runs (STALE_AFTER: 60)
 
 
 class SyncBusy(Exception):
@@ -195,13 +196,21 @@ class MirrorSync:
             async with images:
                 return await self._image(mirror_list.name, entry, blobs, run, observer)
 
+        heartbeat = asyncio.ensure_future(self._heartbeat(run))  # a long blob must not look like a dead sync
         try:
             report.images = list(await asyncio.gather(*(one(entry) for entry in mirror_list.images)))
             self._forget_dropped(mirror_list)
         finally:
+            heartbeat.cancel()
             run.finish()
         report.seconds = time.monotonic() - started
         return report
+
+    @staticmethod
+    async def _heartbeat(run: SyncRun) -> None:
+        while True:
+            await asyncio.sleep(_HEARTBEAT_SECONDS)
+            run.write(force=True)
 
     def _forget_dropped(self, mirror_list: MirrorList) -> None:
         """Images no longer in the list: their content is released (evictable again)."""

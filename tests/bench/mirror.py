@@ -168,7 +168,7 @@ async def _sync_wharf(b: Bench, work: Path, listing: Path) -> tuple[Path, float 
         summary = [line for line in out.splitlines() if line.startswith("mirror list")]
         r.add(KEY, f"{pre}sync_s", WHARF, secs if ok else None, "s", summary=summary[-1:] or _tail(out))
         r.add(KEY, f"{pre}sync_own_s", WHARF, _own_seconds(out) if ok else None, "s")
-        r.add(KEY, f"{pre}upstream_bytes", WHARF, up["bytes_sent"] if ok else None, "B", requests=up["by_method"])
+        r.add(KEY, f"{pre}upstream_bytes", WHARF, float(up["bytes_sent"]) if ok else None, "B", requests=up["by_method"])
         r.add(KEY, f"{pre}upstream_requests", WHARF, up["requests"] if ok else None, "", by_method=up["by_method"])
         if not ok:
             return None
@@ -193,7 +193,7 @@ async def _sync_skopeo(b: Bench, work: Path, source: Path, warm: bool) -> None:
     ok, secs, out, up = await _measured(b, "cold", SKOPEO, skopeo_sync(source, dest, b.profile.fill_timeout),
                                         "skopeo sync")
     r.add(KEY, "sync_s", SKOPEO, secs if ok else None, "s")
-    r.add(KEY, "upstream_bytes", SKOPEO, up["bytes_sent"] if ok else None, "B", requests=up["by_method"])
+    r.add(KEY, "upstream_bytes", SKOPEO, float(up["bytes_sent"]) if ok else None, "B", requests=up["by_method"])
     r.add(KEY, "upstream_requests", SKOPEO, up["requests"] if ok else None, "", by_method=up["by_method"])
     if not (ok and warm):
         return
@@ -204,7 +204,7 @@ async def _sync_skopeo(b: Bench, work: Path, source: Path, warm: bool) -> None:
     up = summarize(b.upstream.requests_since(mark))
     if code == 0:
         r.add(KEY, "warm_sync_s", SKOPEO, secs, "s")
-        r.add(KEY, "warm_upstream_bytes", SKOPEO, up["bytes_sent"], "B", requests=up["by_method"])
+        r.add(KEY, "warm_upstream_bytes", SKOPEO, float(up["bytes_sent"]), "B", requests=up["by_method"])
         r.add(KEY, "warm_upstream_requests", SKOPEO, up["requests"], "", by_method=up["by_method"])
         return
     refused = re.search(r'msg="(Refusing to overwrite[^"]*)', out)
@@ -232,7 +232,7 @@ async def _bundle(b: Bench, work: Path, config: Path, startup: float | None, lis
         r.add(KEY, "export_s", WHARF, None, "s", error=_tail(out)[-160:])
         return
     size = bundle.stat().st_size
-    r.add(KEY, "bundle_bytes", WHARF, size, "B", content_bytes=content)
+    r.add(KEY, "bundle_bytes", WHARF, float(size), "B", content_bytes=content)
     if size < content:
         r.error(KEY, WHARF, f"the bundle ({size} B) is smaller than the content it must carry ({content} B)")
     await flush(work)
@@ -376,7 +376,8 @@ def _meaning(b: Bench, content: int, bundles: bool) -> None:
                 f"blob once ({_f(med('upstream_requests'), '.0f')} and {_f(med('upstream_requests', SKOPEO), '.0f')} "
                 f"requests)")
     r.note(KEY, f"warm resync: Wharf asks upstream {warm_by or 'n/a'} ({_f(med('warm_upstream_bytes'), '.0f')} B), "
-                f"{_f(med('warm_sync_s'))} s wall, {_f(med('warm_sync_net_s'))} s without start-up; skopeo sync "
+                f"{_f(med('warm_sync_s'))} s wall, {_f(med('warm_sync_net_s'))} s more than the start-up (its spread "
+                f"is larger than the work); skopeo sync "
                 f"--dest dir cannot resync into its own result: a second sync starts from an empty directory "
                 f"and costs the cold figures again")
     if bundles:

@@ -390,3 +390,33 @@ async def test_offline_answers_are_counted_as_cache_decisions(make_wharf, stored
     text = await (await wharf.client.get("/metrics")).text()
     assert 'wharf_cache_requests_total{kind="tag",result="offline"} 1.0' in text
     assert 'wharf_cache_requests_total{kind="manifest",result="offline_missing"} 1.0' in text
+
+
+async def test_skopeo_pulls_from_the_offline_mirror(make_wharf, stored, nowhere, tmp_path):
+    from support.servers import require_binary
+    from test_clients_e2e import client_env, run, run_status, skopeo_files
+
+    skopeo = require_binary("skopeo")
+    wharf = await _offline(make_wharf, stored, nowhere)
+    host = wharf.url.split("://", 1)[1]
+    env, options = client_env(tmp_path / "home"), skopeo_files(tmp_path)
+    ref = f"docker://{host}/{UPSTREAM}/{stored.repo}:v1"
+    raw = await run([skopeo, *options, "inspect", "--raw", "--tls-verify=false", ref], env)
+    assert sha256_digest(raw.encode()) == stored.image.digest
+    dest = tmp_path / "image"
+    await run([skopeo, *options, "copy", "--src-tls-verify=false", ref, f"dir:{dest}"], env)
+    assert (dest / "manifest.json").read_bytes() == stored.image.manifest
+    for digest, data in stored.image.blobs.items():
+        assert (dest / digest.split(":", 1)[1]).read_bytes() == data
+    # the mirrored platform of the sparse index, by tag; all platforms: refused, saying why
+    multi = f"docker://{host}/{UPSTREAM}/{stored.multi_repo}:v1"
+    raw = await run([skopeo, *options, "inspect", "--raw", "--tls-verify=false", multi], env)
+    assert sha256_digest(raw.encode()) == stored.index.digest
+    dest = tmp_path / "amd64"
+    await run([skopeo, *options, "--override-os", "linux", "--override-arch", "amd64", "copy",
+               "--src-tls-verify=false", multi, f"dir:{dest}"], env)
+    assert (dest / "manifest.json").read_bytes() == stored.index.image_for("amd64").manifest
+    status, stdout, stderr = await run_status([skopeo, *options, "copy", "--all", "--src-tls-verify=false",
+                                               multi, f"dir:{tmp_path / 'all'}"], env)
+    assert status != 0 and "was not mirrored" in stderr, stderr
+    assert nowhere.requests == []

@@ -12,6 +12,7 @@ import asyncio
 import base64
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 
 from support.images import (MANIFEST_ACCEPT, OCI_MANIFEST, Image, ImageIndex, canonical_json, make_image,
@@ -84,7 +85,6 @@ async def _fill_store(make_wharf, registry_upstream: str, repo_name: str, root) 
     await push_image(registry_upstream, private_repo, private, tag="v1")
     config, layer = b"{}", b"signature-bytes"
     referrer = _referrer(image, config, layer)
-    import aiohttp
     async with aiohttp.ClientSession() as session:
         for blob in (config, layer):
             await push_blob(session, registry_upstream, repo_name, blob)
@@ -117,10 +117,8 @@ async def _fill_store(make_wharf, registry_upstream: str, repo_name: str, root) 
     records = online.app[keys.MIRROR_RECORDS]
     descriptor = {"mediaType": OCI_MANIFEST, "digest": referrer_digest, "size": len(referrer),
                   "artifactType": SIGNATURE}
-    records.adopt(_mirrored(repo_name, image, {"v1": image.digest},
-                            {referrer_digest: OCI_MANIFEST, newer.digest: newer.media_type},
-                            {sha256_digest(config): len(config), sha256_digest(layer): len(layer),
-                             **{d: len(b) for d, b in newer.blobs.items()}},
+    records.adopt(_mirrored(repo_name, image, {"v1": image.digest}, {referrer_digest: OCI_MANIFEST},
+                            {sha256_digest(config): len(config), sha256_digest(layer): len(layer)},
                             referrers={image.digest: [descriptor]}), "testlist")
     records.adopt(_mirrored(repo_name, newer, {"v3": newer.digest}), "testlist")
     arm64 = index.image_for("arm64")
@@ -201,11 +199,8 @@ async def test_a_platform_subset_serves_its_index_and_platform_and_names_the_lef
     assert resp.headers["Docker-Content-Digest"] == index.digest
     resp = await wharf.client.get(f"/v2/{name}/manifests/{amd64.digest}", headers={"Accept": MANIFEST_ACCEPT})
     assert resp.status == 200 and await resp.read() == amd64.manifest
-    for reference in (arm64.digest,):
-        for method in ("GET", "HEAD"):
-            resp = await wharf.client.request(method, f"/v2/{name}/manifests/{reference}",
-                                              headers={"Accept": MANIFEST_ACCEPT})
-            assert resp.status == 404
+    resp = await wharf.client.head(f"/v2/{name}/manifests/{arm64.digest}", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 404
     status, code, message = await _error(await wharf.client.get(f"/v2/{name}/manifests/{arm64.digest}",
                                                                 headers={"Accept": MANIFEST_ACCEPT}))
     assert (status, code) == (404, "MANIFEST_UNKNOWN")

@@ -231,6 +231,14 @@ async def test_every_refusal_names_offline_mode(make_wharf, stored, nowhere):
     status, code, message = await _error(await wharf.client.get(
         f"/v2/{name}/manifests/v1", headers={"Accept": "application/vnd.oci.image.index.v1+json"}))
     assert (status, code) == (404, "MANIFEST_UNKNOWN") and message.endswith(RULE)
+    # content pushed to a local repository is not the upstream's: missing under its names
+    pushed = make_image("offline-local-push", (600,))
+    await push_image(wharf.url, "local/pushed", pushed, tag="v1")
+    for path, code in ((f"/v2/{name}/manifests/{pushed.digest}", "MANIFEST_UNKNOWN"),
+                       (f"/v2/{name}/blobs/{pushed.layers[0].digest}", "BLOB_UNKNOWN")):
+        where = path.split("/")[-1]
+        assert await _error(await wharf.client.get(path, headers={"Accept": MANIFEST_ACCEPT})) == (
+            404, code, f"{name}@{where} is not in this offline mirror {RULE}")
     # pushes under an upstream's names stay refused
     resp = await wharf.client.post(f"/v2/{name}/blobs/uploads/")
     status, code, message = await _error(resp)

@@ -30,7 +30,7 @@ from proxy.registry.base import BlobResult, Client, ManifestResult, ReferrersRes
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.listings import MAX_PAGE, page_tags
 from proxy.storage.blobs import BlobStore
-from proxy.storage.meta import MetaStore
+from proxy.storage.meta import MetaStore, Visibility
 
 # How long a tag's answer may be replayed to every client. Nothing here expires a tag; what moves
 # one is an import or a sync (``MirrorRecords.adopt``), which calls ``Invalidation.tag_changed``:
@@ -73,8 +73,9 @@ class OfflineRegistry:
                 self._decisions.count("manifest", "offline_missing")
                 raise ManifestUnknown(f"{where} was not mirrored: {note} ({_rule(target)})")
             raise self._missing(ManifestUnknown, target, where)
-        if not self._meta.visibility(str(digest), fresh=True).public:
-            raise self._private(ManifestUnknown, target, where)
+        visibility = self._meta.visibility(str(digest), fresh=True)
+        if not visibility.public:
+            raise self._unconfirmed(ManifestUnknown, target, where, visibility)
         if not accepts(accept, media_type):
             self._decisions.count("manifest", "offline_missing")
             raise ManifestUnknown(f"{where} is {media_type}, which the client does not accept; no other "
@@ -91,8 +92,9 @@ class OfflineRegistry:
         size = self._blobs.size(digest)
         if size is None:
             raise self._missing(BlobUnknown, target, where, "blob")
-        if not self._meta.visibility(str(digest), fresh=True).public:
-            raise self._private(BlobUnknown, target, where, "blob")
+        visibility = self._meta.visibility(str(digest), fresh=True)
+        if not visibility.public:
+            raise self._unconfirmed(BlobUnknown, target, where, visibility, "blob")
         self._decisions.count("blob", "offline")
         return BlobResult(digest, size, path=self._blobs.path(digest),
                           reading=lambda: self._blobs.reading(digest), cache_status="offline")
@@ -138,6 +140,14 @@ class OfflineRegistry:
     def _missing(self, error: type[OCIError], target: Target, where: str, kind: str = "manifest") -> OCIError:
         self._decisions.count(kind, "offline_missing")
         return error(f"{where} is not in this offline mirror ({_rule(target)})")
+
+    def _unconfirmed(self, error: type[OCIError], target: Target, where: str, visibility: Visibility,
+                     kind: str = "manifest") -> OCIError:
+        """Stored but not public: learned upstream with a client's credential (said so), or pushed
+        content of local repositories only (missing under an upstream's name)."""
+        if any(not scope.startswith("/") for scope in visibility.repos):
+            return self._private(error, target, where, kind)
+        return self._missing(error, target, where, kind)
 
     def _private(self, error: type[OCIError], target: Target, where: str, kind: str = "manifest") -> OCIError:
         self._decisions.count(kind, "offline_missing")

@@ -8,7 +8,9 @@ commands run as the operator runs them (``python -m proxy mirror …``) beside t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 import uuid
 
 import yaml
@@ -23,6 +25,7 @@ from proxy.app import BLOBS
 from proxy.mirror import bundle
 from proxy.mirror.export import export_bundle, select_all
 from proxy.mirror.importer import import_bundle
+from proxy.oci.digest import Digest
 
 
 def _list_file(path, name, images):
@@ -184,3 +187,30 @@ async def test_export_refusals_are_one_line(registry_upstream, make_wharf, tmp_p
     one_line(wharf_cli("mirror", "export", "--all", "-o", str(tmp_path / "no-such-dir" / "b.tar"),
                        "--config", str(cli)), 1, "cannot write")
     assert not (tmp_path / "b.tar").exists()
+
+
+async def test_export_pulled_since(registry_upstream, make_wharf, repo_name, tmp_path):
+    """--pulled-since DAYS: the mirrored images with a layer read within DAYS (a blob's mtime, where
+    the server writes its reads)."""
+    wharf = await make_wharf(registry_upstream)
+    host = upstream_name(registry_upstream)
+    recent = make_image(f"recent-{uuid.uuid4().hex}", (2000,), oci=True)
+    stale = make_image(f"stale-{uuid.uuid4().hex}", (2000,), oci=True)
+    await mirror_into(wharf, registry_upstream, f"{repo_name}/recent", recent, ["v1"])
+    await mirror_into(wharf, registry_upstream, f"{repo_name}/stale", stale, ["v1"], holder="other")
+    blobs = wharf.app[BLOBS]
+    blobs.flush_access_times()
+    ten_days_ago = time.time() - 10 * 86400
+    for digest in stale.blobs:
+        os.utime(blobs.path(Digest.parse(digest)), (ten_days_ago, ten_days_ago))
+    out = tmp_path / "recent.tar"
+    result = wharf_cli("mirror", "export", "--pulled-since", "3", "-o", str(out),
+                       "--config", str(config_of(wharf, tmp_path / "cli")))
+    assert result.status == 0, result.stderr
+    assert blob_members(out) == set(recent.blobs) | {recent.digest}
+    assert [d["annotations"][bundle.REF_NAME] for d in json.loads(member_bytes(out, "index.json"))["manifests"]] \
+        == [f"{host}/{repo_name}/recent:v1"]
+    everything = tmp_path / "all.tar"
+    assert wharf_cli("mirror", "export", "--pulled-since", "30", "-o", str(everything),
+                     "--config", str(config_of(wharf, tmp_path / "cli"))).status == 0
+    assert blob_members(everything) == set(recent.blobs) | {recent.digest} | set(stale.blobs) | {stale.digest}

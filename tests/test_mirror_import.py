@@ -299,16 +299,29 @@ async def test_docker_save_classic(make_wharf, tmp_path):
 
 
 async def test_docker_save_oci_layout(make_wharf, tmp_path):
-    """Docker 25+ saves an OCI layout; the name comes from io.containerd.image.name."""
+    """Docker 25+ saves an OCI layout; the name comes from io.containerd.image.name. An unnamed
+    referrer in index.json goes with the image it refers to."""
     seed = uuid.uuid4().hex
     saved = SavedImage(["busybox:1"], *_saved("busybox", layer_tar(f"{seed}:bb", 12_000)))
     tarball = tmp_path / "saved-oci.tar"
-    manifest = docker_save_oci(tarball, "docker.io/library/busybox", "1", saved)
+    config = image_config(saved.layers, "busybox")
+    subject_manifest = docker_save_oci(tmp_path / "probe.tar", "docker.io/library/busybox", "1", saved)
+    signature = canonical_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.test.sig",
+                                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "size": 2,
+                                           "digest": sha256(b"{}")}, "layers": [],
+                                "subject": {"mediaType": OCI_MANIFEST, "digest": sha256(subject_manifest),
+                                            "size": len(subject_manifest)}})
+    manifest = docker_save_oci(tarball, "docker.io/library/busybox", "1", saved, signature)
+    assert manifest == subject_manifest and config == saved.config
     far = await far_side(make_wharf, "docker.io")
     report = await import_bundle(far.app, tarball)
     assert report.visible == ["docker.io/library/busybox:1"]
     async with far.client.get("/v2/docker.io/library/busybox/manifests/1", headers={"Accept": MANIFEST_ACCEPT}) as resp:
         assert resp.status == 200 and await resp.read() == manifest
+    referrers = far.app[META].document(f"referrers:docker.io/library/busybox:{sha256(manifest)}")
+    assert [(r["digest"], r["artifactType"]) for r in referrers] == [(sha256(signature), "application/vnd.test.sig")]
+    imported = far.app[keys.MIRROR_RECORDS].images(IMPORT_HOLDER)["docker.io/library/busybox"]
+    assert sha256(signature) in imported.manifests
 
 
 async def test_skopeo_oci_archive_imports(registry_upstream, repo_name, make_wharf, tmp_path, clients_dir):

@@ -73,6 +73,14 @@ def blob_digest(path: str) -> str | None:
     return f"{match.group(1)}:{match.group(2)}" if match else None
 
 
+def human_size(amount: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if amount < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return ""
+
+
 def new_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:12]
 
@@ -119,7 +127,7 @@ def parse_checksums(data: bytes, source: str) -> dict[str, str]:
         match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
         if not match:
             raise BundleError(f"{source}: line {number} of {CHECKSUMS_FILE} is not a sha256sum line")
-        found[_normal(match.group(2))] = match.group(1)
+        found[normal_path(match.group(2))] = match.group(1)
     return found
 
 
@@ -155,7 +163,7 @@ def read_description(path: Path) -> Description:
 
 
 # reading ----------------------------------------------------------------------------------------
-def _normal(name: str) -> str:
+def normal_path(name: str) -> str:
     name = posixpath.normpath(name.lstrip("/"))
     return "" if name == "." else name
 
@@ -276,13 +284,13 @@ def entries(path: Path) -> Iterator[Entry]:
                     raise BundleError(f"{source} is damaged or truncated ({exc})") from None
                 if member is None:
                     return
-                name = _normal(member.name)
+                name = normal_path(member.name)
                 if member.isfile():
                     yield Entry(name, member.size, None, tar.extractfile(member), source)
                 elif member.issym():
-                    yield Entry(name, 0, _normal(posixpath.join(posixpath.dirname(name), member.linkname)))
+                    yield Entry(name, 0, normal_path(posixpath.join(posixpath.dirname(name), member.linkname)))
                 elif member.islnk():
-                    yield Entry(name, 0, _normal(member.linkname))
+                    yield Entry(name, 0, normal_path(member.linkname))
 
 
 # writing ----------------------------------------------------------------------------------------

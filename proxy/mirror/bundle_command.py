@@ -128,7 +128,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"wharf: {problem}", file=sys.stderr)
         delta = f", a delta against {report.base_id} ({report.left_out} left out)" if report.base_id else ""
         print(f"{report.path}: {report.images} image(s), {report.tags} tag(s), {report.written} manifest(s) and "
-              f"blob(s) ({report.written_bytes} bytes){delta}; bundle {report.bundle_id}")
+              f"blob(s) ({bundle.human_size(report.written_bytes)}){delta}; bundle {report.bundle_id}")
         return 1 if report.problems else 0
 
     return run_command(args, body)

@@ -161,6 +161,8 @@ async def export_bundle(records: MirrorRecords, blobs: BlobStore, selection: Sel
                         base_id: str | None = None) -> ExportReport:
     """Write ``selection`` to ``out``; images whose content is incomplete are reported, left out."""
     problems = list(selection.problems)
+    if not selection.images:
+        problems.append("nothing to export: no mirrored or imported image was selected (the bundle holds none)")
     complete = []
     for image in selection.images:
         missing = records.missing(image)

@@ -59,14 +59,6 @@ def _shown(digests: list[str], first: int = 3) -> str:
     return ", ".join(digests[:first]) + (f" and {more} more" if more > 0 else "")
 
 
-def _size(amount: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if amount < 1024 or unit == "GiB":
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1024
-    return ""
-
-
 @dataclass
 class ImportReport:
     bundle: Path
@@ -86,7 +78,7 @@ class ImportReport:
                     f"manifest(s) and blob(s) were already here")
         shown = ", ".join(self.visible[:5]) + (f" and {len(self.visible) - 5} more" if len(self.visible) > 5 else "")
         return (f"{self.bundle}: {len(self.visible)} tag(s) made visible{f' ({shown})' if shown else ''}; "
-                f"{self.imported} manifest(s) and blob(s) imported ({_size(self.imported_bytes)}), "
+                f"{self.imported} manifest(s) and blob(s) imported ({bundle.human_size(self.imported_bytes)}), "
                 f"{self.present} already present")
 
 
@@ -295,18 +287,27 @@ class _Intake:
             raise BundleError(f"{self.source}: {bundle.INDEX_FILE} is not an OCI image index") from None
         by_config = dockersave.repo_tags_by_config(self.small.get(dockersave.MANIFEST_FILE), self.source)
         grouped: dict[str, MirroredImage] = {}
+        unnamed = []
         for descriptor in descriptors:
             digest = str(descriptor.get("digest", "")) if isinstance(descriptor, dict) else ""
             references = self._names(descriptor, by_config) if digest else []
             if not references:
-                raise BundleError(f"{self.source}: {bundle.INDEX_FILE} entry {digest or '?'} has no full image "
-                                  f"name (annotation {bundle.REF_NAME} or {bundle.CONTAINERD_NAME}, e.g. "
-                                  f"registry.example/team/app:v1)")
+                unnamed.append((descriptor, digest))
             for name, tag in references:
                 image = self._image(grouped, name)
                 if tag:
                     image.tags[tag] = digest
                 self._walk(image, digest, descriptor.get("mediaType"))
+        for descriptor, digest in unnamed:  # a referrer (signature, SBOM) goes with the image it refers to
+            document = self._json(digest) if digest else None
+            subject = document.get("subject") if isinstance(document, dict) else None
+            owner = next((image for image in grouped.values()
+                          if isinstance(subject, dict) and subject.get("digest") in image.manifests), None)
+            if owner is None:
+                raise BundleError(f"{self.source}: {bundle.INDEX_FILE} entry {digest or '?'} has no full image "
+                                  f"name (annotation {bundle.REF_NAME} or {bundle.CONTAINERD_NAME}, e.g. "
+                                  f"registry.example/team/app:v1)")
+            self._walk(owner, digest, descriptor.get("mediaType"))
         return [grouped[name] for name in sorted(grouped)]
 
     def _names(self, descriptor: dict, by_config: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str | None]]:
@@ -369,7 +370,7 @@ class _Intake:
             image.referrers.setdefault(str(subject["digest"]), []).append(referrer)
 
     def _file_of(self, path: str) -> tuple[str, int] | None:
-        path = bundle._normal(path)
+        path = bundle.normal_path(path)
         for _ in range(16):  # a link to a link…
             if path not in self.links:
                 break

@@ -198,9 +198,9 @@ def docker_save_classic(path: Path, images: list[SavedImage]) -> None:
         _add(tar, "repositories", b"{}")
 
 
-def docker_save_oci(path: Path, name: str, tag: str, image: SavedImage) -> bytes:
+def docker_save_oci(path: Path, name: str, tag: str, image: SavedImage, signature: bytes | None = None) -> bytes:
     """What Docker 25+ writes: an OCI layout (uncompressed layers) plus manifest.json; returns the
-    manifest's bytes."""
+    manifest's bytes. ``signature``: a referrer manifest listed in index.json without a name."""
     oci_layer = "application/vnd.oci.image.layer.v1.tar"
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
@@ -212,8 +212,13 @@ def docker_save_oci(path: Path, name: str, tag: str, image: SavedImage) -> bytes
                             "size": len(manifest),
                             "annotations": {"io.containerd.image.name": f"{name}:{tag}",
                                             "org.opencontainers.image.ref.name": tag}}]}
+    extra = []
+    if signature is not None:
+        index["manifests"].append({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                   "digest": sha256(signature), "size": len(signature)})
+        extra = [signature, b"{}"]
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for data in [image.config, *image.layers, manifest]:
+        for data in [image.config, *image.layers, manifest, *extra]:
             _add(tar, "blobs/sha256/" + sha256(data).split(":", 1)[1], data)
         _add(tar, "index.json", json.dumps(index).encode())
         _add(tar, "manifest.json", json.dumps([{"Config": "blobs/sha256/" + sha256(image.config)[7:],

@@ -19,6 +19,9 @@ from proxy.http.routes import setup_routes
 from proxy.looplag import watch_loop_lag
 from proxy.metrics import Metrics, MetricsExchange
 from proxy.mirror.records import MirrorRecords
+from proxy.mirror.schedule import run_schedule
+from proxy.mirror.status import SyncStatus
+from proxy.mirror.sync import MirrorSync
 from proxy.registry.addressing import Addressing, LocalNamespaces
 from proxy.registry.accounts import Accounts
 from proxy.registry.audit import AuditLog, audit_path
@@ -117,6 +120,8 @@ def create_app(config: Config) -> web.Application:
     # mirroring and air gaps (issue 10): wire new services here --------------------------------
     app[keys.PULLTHROUGH] = pullthrough  # the operator's own path (mirror sync): no access guard
     app[keys.MIRROR_RECORDS] = MirrorRecords(meta, blobs, budget, invalidation)
+    mirror_status = app[keys.MIRROR_STATUS] = SyncStatus(meta)
+    metrics.registry.register(mirror_status)  # read from the store at scrape time, whoever synced
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
@@ -148,6 +153,9 @@ def create_app(config: Config) -> web.Application:
         periodic.append(asyncio.ensure_future(_periodic(IDENTITY_POLL_SECONDS, identity.poll)))
         if exchange is not None:
             periodic.append(asyncio.ensure_future(_periodic(1.0, exchange.publish)))
+        if config.mirror.schedule and config.mirror.lists:
+            periodic.append(asyncio.ensure_future(run_schedule(config.mirror, blobs, lambda: MirrorSync(
+                pullthrough, app[keys.ADDRESSING], blobs, app[keys.MIRROR_RECORDS], mirror_status, config))))
         if config.gc.interval_seconds:
             periodic.append(asyncio.ensure_future(_periodic(config.gc.interval_seconds, gc_pass)))
         try:

@@ -73,6 +73,9 @@ def _api(handler: Handler) -> Handler:
     return answer
 
 
+api_handler = _api  # the same error shapes for the other /api/ modules
+
+
 # who asks -----------------------------------------------------------------------------------
 async def signed_in(request: web.Request) -> Principal:
     """The caller's Wharf account; 401 with a Basic challenge when there is none."""

@@ -355,14 +355,42 @@ ADMIN_PATHS: dict[str, Any] = {
 }
 
 
+_NULLABLE_STAMP = {"type": "number", "nullable": True, "description": "seconds since the epoch"}
+_IMAGE_STATUS = {"type": "object", "required": ["state", "tags", "bytes", "last_success", "last_error"],
+                 "properties": {"state": {"type": "string", "enum": ["pending", "syncing", "synced", "failed"]},
+                                "tags": {"type": "array", "items": {"type": "string"}},
+                                "blobs": {"type": "integer"}, "bytes": {"type": "integer"},
+                                "fetched_bytes": {"type": "integer"}, "last_success": _NULLABLE_STAMP,
+                                "last_error": {"type": "string", "nullable": True},
+                                "updated_at": {"type": "number"}}}
+_LIST_STATUS = {"type": "object", "required": ["list", "state", "images"],
+                "properties": {"list": {"type": "string"},
+                               "state": {"type": "string", "enum": ["running", "done", "failed"]},
+                               "stale": {"type": "boolean", "description": "running, but its process stopped writing"},
+                               "started_at": {"type": "number"}, "finished_at": _NULLABLE_STAMP,
+                               "updated_at": {"type": "number"}, "images_synced_total": {"type": "integer"},
+                               "bytes_synced_total": {"type": "integer"}, "failures_total": {"type": "integer"},
+                               "last_success": _NULLABLE_STAMP,
+                               "images": {"type": "object", "additionalProperties": _IMAGE_STATUS}}}
+MIRROR_PATHS: dict[str, Any] = {
+    "/api/mirror/status": {
+        "get": {**_account_operation("mirror/status", "How the mirror lists' syncs are doing, per image (server admins)",
+                                     [], {"200": _json("Every synced list", {
+                                         "type": "object", "required": ["lists"],
+                                         "properties": {"lists": {"type": "array", "items": _LIST_STATUS}}})}),
+                "tags": ["mirror"]},
+    },
+}
+
+
 def document(server_url: str | None = None) -> dict[str, Any]:
     """The whole document; ``server_url`` (how the caller reached Wharf) becomes its server."""
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "Wharf API", "version": "1",
-                 "description": "GitHub-style packages endpoints of Wharf's embedded registry, and its "
-                                "accounts API."},
-        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS},
+                 "description": "GitHub-style packages endpoints of Wharf's embedded registry, its "
+                                "accounts API, and the status of mirror syncs."},
+        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS, **MIRROR_PATHS},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic",

@@ -13,6 +13,7 @@ from proxy.errors import OCIError
 from proxy.http import auth, ops, pull, push
 from proxy.http.admin_api import setup_admin_api
 from proxy.http.api import setup_packages_api
+from proxy.http.mirror_api import setup_mirror_api
 from proxy.http.accesslog import request_id
 from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
@@ -116,3 +117,4 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/readyz", ops.readyz, name="readyz")
     setup_admin_api(app)
     setup_packages_api(app)
+    setup_mirror_api(app)

@@ -25,10 +25,13 @@ from proxy.config import Config, ConfigError, load_config
 @contextlib.asynccontextmanager
 async def opened_wharf(config: Config) -> AsyncIterator[web.Application]:
     """The application ``wharf serve`` would run, started without a listener: its registry, stores
-    and upstream clients, as one more process of the store."""
+    and upstream clients, as one more process of the store (without the schedule and gc passes)."""
     from proxy.app import create_app
 
     config.storage.root.mkdir(parents=True, exist_ok=True)
+    # the server's background duties (scheduled syncs, gc passes) are not a command's
+    config = config.model_copy(update={"mirror": config.mirror.model_copy(update={"schedule": None}),
+                                       "gc": config.gc.model_copy(update={"interval_seconds": 0})})
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()

@@ -21,7 +21,8 @@ Rules:
   ``newest`` filter upstream's tag list, all that are given must hold; the image's tags are
   both sets together; an image must name at least one filter;
 - a tag that is no semver version (``latest``, ``main``) never matches ``semver`` or ``newest``;
-  a leading ``v`` is allowed (``v1.2.3``);
+  a leading ``v`` is allowed (``v1.2.3``); neither do prereleases (``2.1.0-rc.1``, and
+  ``1.2.0-alpine``, which semver reads as one): name them by ``tags`` or ``tag_regex``;
 - a platform is ``os/architecture[/variant]``; ``linux/arm64`` also matches ``linux/arm64/v8``;
   an index entry with no platform is kept only with ``platforms: all``.
 """
@@ -37,6 +38,7 @@ import nodesemver
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+DEFAULT_CONFIG_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "config" / "mirror.example.yaml"
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
 
 
@@ -161,7 +163,7 @@ class ImageEntry(_Frozen):
             return False
         if self.semver is not None or self.newest is not None:
             version = _version(tag)
-            if version is None:
+            if version is None or version.prerelease:
                 return False
             if self.semver is not None and not nodesemver.satisfies(tag, self.semver, loose=True):
                 return False

@@ -97,10 +97,11 @@ class MirrorRecords:
         return sorted(d for d in image.content() if self._blobs.size(Digest.parse(d)) is None)
 
     # the one step that makes an image visible ------------------------------------------------
-    def adopt(self, image: MirroredImage, holder: str | None, now: float | None = None) -> list[str]:
+    def adopt(self, image: MirroredImage, holder: str | None, now: float | None = None,
+              keep: bool = True) -> list[str]:
         """Make ``image`` visible under its original name (MirrorIncomplete when content is missing);
-        ``holder`` keeps its content (None: a warm-up of the cache, evictable). Returns the tags
-        whose digest changed or that are new."""
+        ``holder`` records it (and, with ``keep``, keeps its content; without: a warm-up of the
+        cache, evictable). Returns the tags whose digest changed or that are new."""
         missing = self.missing(image)
         if missing:
             raise MirrorIncomplete(image.name, missing)
@@ -115,7 +116,7 @@ class MirrorRecords:
         for digest, note in image.unmirrored.items():
             if self._blobs.size(Digest.parse(digest)) is None:
                 meta.set_unmirrored(digest, note)
-        if holder is not None:
+        if holder is not None and keep:
             self._keep(image, holder)
         changed = []
         when = now if now is not None else time.time()

@@ -63,7 +63,7 @@ def select_list(records: MirrorRecords, mirror_list: MirrorList) -> Selection:
         image = recorded.get(entry.name)
         if image is None:
             selection.problems.append(f"{entry.name}: no record of a sync of list {mirror_list.name} "
-                                      f"(not synced yet, or into: cache, which keeps none); not exported")
+                                      f"(not synced yet); not exported")
         else:
             selection.images.append(image)
     return selection

@@ -367,3 +367,23 @@ async def test_bad_inputs_are_one_line(registry_upstream, make_wharf, repo_name,
         truncated.write_bytes(plain.read_bytes()[:cut])
         one_line(wharf_cli("mirror", "import", str(truncated), "--config", str(knows_host)), 1, "truncated")
     one_line(wharf_cli("mirror", "import", "--config", str(cli)), 2, "BUNDLE")
+
+
+async def test_import_larger_than_the_cache_budget(registry_upstream, make_wharf, repo_name, tmp_path):
+    """What an import stores is kept from its first byte: a bundle larger than the cache budget
+    is not evicted from under it before its images are adopted (and then they are kept)."""
+    near = await make_wharf(registry_upstream)
+    host = upstream_name(registry_upstream)
+    image = make_image(f"budget-{uuid.uuid4().hex}", (80_000,) * 6, oci=True)
+    await mirror_into(near, registry_upstream, repo_name, image, ["v1"])
+    bundle = await exported(near, tmp_path / "bundle.tar")
+    far = await make_wharf(named_upstreams={host: DEAD},
+                           storage={"root": str(tmp_path / "far-store"), "max_cache_bytes": 100_000})
+    report = await import_bundle(far.app, bundle)
+    assert report.visible == [f"{host}/{repo_name}:v1"]
+    from proxy.app import BUDGET
+    await asyncio.to_thread(far.app[BUDGET].wait_idle, 30)
+    await assert_served(far, f"{host}/{repo_name}", "v1", image)
+    meta = far.app[META]
+    assert meta.store_bytes("kept") == sum(len(data) for data in image.blobs.values()) + len(image.manifest)
+    assert meta.store_bytes("cached") == 0

@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,9 +129,27 @@ def _content_hex(blobs: BlobStore, digest: str) -> str:
     return parsed.hex if parsed.algorithm == "sha256" else bundle.sha256_of_file(blobs.path(parsed))
 
 
+class Interrupted(Exception):
+    """The command was interrupted; the partial bundle was removed."""
+
+
+class _Stoppable:
+    """A blob's file, read by the tar writer, that stops the copy once ``stop`` is set."""
+
+    def __init__(self, file, stop: threading.Event) -> None:
+        self._file, self._stop = file, stop
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise Interrupted()
+        return self._file.read(size)
+
+
 def write_bundle(blobs: BlobStore, images: list[MirroredImage], out: Path, compression: str,
-                 base: set[str] | None = None, base_id: str | None = None) -> ExportReport:
+                 base: set[str] | None = None, base_id: str | None = None,
+                 stop: threading.Event | None = None) -> ExportReport:
     """Write the bundle (blocking: run it in a worker thread). ``images`` must be complete."""
+    stop = stop or threading.Event()
     bundle_id = bundle.new_id()
     content = sorted(set().union(*(image.content() for image in images))) if images else []
     sizes = {digest: blobs.size(Digest.parse(digest)) or 0 for digest in content}
@@ -150,7 +169,7 @@ def write_bundle(blobs: BlobStore, images: list[MirroredImage], out: Path, compr
         for digest in chosen:
             with open(blobs.path(Digest.parse(digest)), "rb") as file:
                 size = os.fstat(file.fileno()).st_size
-                writer.add_file(bundle.blob_path(digest), file, size)
+                writer.add_file(bundle.blob_path(digest), _Stoppable(file, stop), size)
                 written_bytes += size
     return ExportReport(out, len(images), sum(len(i.tags) for i in images), len(chosen), written_bytes,
                         len(content) - len(chosen), bundle_id, base_id, [])
@@ -171,6 +190,11 @@ async def export_bundle(records: MirrorRecords, blobs: BlobStore, selection: Sel
                             f"(first: {missing[0]}); run wharf mirror sync again; not exported")
         else:
             complete.append(image)
-    report = await asyncio.to_thread(write_bundle, blobs, complete, out, compression, base, base_id)
+    stop = threading.Event()
+    try:
+        report = await asyncio.to_thread(write_bundle, blobs, complete, out, compression, base, base_id, stop)
+    except asyncio.CancelledError:  # the thread stops at its next chunk and removes the partial file
+        stop.set()
+        raise
     report.problems = problems
     return report

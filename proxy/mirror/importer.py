@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,7 @@ class _Intake:
         self.description: Description | None = None
         self.described: list[MirroredImage] = []
         self.report = ImportReport(path, 0)
+        self.stop = threading.Event()  # set when the command is interrupted: the pass ends at the next chunk
 
     @property
     def holder(self) -> str:
@@ -161,6 +163,12 @@ class _Intake:
             if size is not None:
                 self._budget.kept(size)
 
+    def _chunks(self, entry: bundle.Entry):
+        for chunk in entry.chunks():
+            if self.stop.is_set():
+                raise BundleError(f"{self.source}: interrupted; run the same import again to finish it")
+            yield chunk
+
     def _store_blob(self, entry: bundle.Entry, name: str) -> None:
         try:
             digest = Digest.parse(name)
@@ -173,7 +181,7 @@ class _Intake:
             return
         writer = self._blobs.new_writer(digest.algorithm, max_size=entry.size, expected_size=entry.size)
         try:
-            for chunk in entry.chunks():
+            for chunk in self._chunks(entry):
                 writer.write(chunk)
             writer.commit(digest, entry.size)
         except (DigestInvalid, SizeInvalid):  # the commit dropped the file
@@ -189,7 +197,7 @@ class _Intake:
         """A docker save file, stored under the digest it hashes to."""
         writer = self._blobs.new_writer("sha256", max_size=entry.size, expected_size=entry.size)
         try:
-            for chunk in entry.chunks():
+            for chunk in self._chunks(entry):
                 writer.write(chunk)
             digest = writer.digest()
             if self._blobs.size(digest) is not None:
@@ -221,6 +229,8 @@ class _Intake:
 
     def _here(self, image: MirroredImage) -> MirroredImage:
         """A bundle's image under this Wharf's name for its upstream."""
+        for digest in image.content() | set(image.tags.values()) | set(image.unmirrored):
+            self._digest(digest)
         target = resolve_upstream(self._addressing, f"{image.upstream}/{image.repo}", self.source)
         return MirroredImage.from_dict({**image.as_dict(), "upstream": target.upstream, "repo": target.repo})
 
@@ -411,7 +421,11 @@ async def import_bundle(app: web.Application, path: Path) -> ImportReport:
     except OSError as exc:
         raise BundleError(f"{path}: {exc.strerror or exc}") from None
     try:
-        images = await asyncio.to_thread(intake.run)
+        try:
+            images = await asyncio.to_thread(intake.run)
+        except asyncio.CancelledError:  # the thread stops at its next chunk
+            intake.stop.set()
+            raise
         earlier = records.images(IMPORT_HOLDER)
         for image in images:
             merged = image

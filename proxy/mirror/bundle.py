@@ -184,17 +184,30 @@ class _Prefixed:
         return self._rest.read(size)
 
 
-class _Checked:
-    """Reads through a decompressor; what goes wrong there means a damaged bundle."""
+class _Forward:
+    """A stream (a decompressor, a pipe) as the tar reader needs it: a position, and seeks that only
+    go forward (by reading past); what goes wrong in a decompressor means a damaged bundle."""
 
     def __init__(self, source: str, reader) -> None:
-        self._source, self._reader = source, reader
+        self._source, self._reader, self._position = source, reader, 0
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._reader.read(size)
+            data = self._reader.read(size)
         except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
             raise BundleError(f"{self._source} is damaged or truncated ({exc})") from None
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or offset < self._position:
+            raise io.UnsupportedOperation("a bundle is read forward only")
+        while self._position < offset and self.read(min(CHUNK, offset - self._position)):
+            pass
+        return self._position
 
 
 def _read_head(file: IO[bytes], size: int) -> bytes:
@@ -246,9 +259,7 @@ class Entry:
     def _read(self, size: int) -> bytes:
         try:
             return self._file.read(size)  # type: ignore[union-attr]
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            if isinstance(exc, BundleError):
-                raise
+        except (EOFError, OSError) as exc:
             raise BundleError(f"{self._source} is damaged or truncated inside {self.name} ({exc})") from None
 
 
@@ -264,16 +275,20 @@ def entries(path: Path) -> Iterator[Entry]:
         kind = compression_of(head)
         if kind is None:
             raise BundleError(f"{source} is not a bundle: neither a tar nor a gzip- or zstd-compressed tar")
-        raw = _Prefixed(head, file)
-        if kind == "gzip":
-            reader = _Checked(source, gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[arg-type]
-        elif kind == "zstd":
-            reader = _Checked(source, zstandard.ZstdDecompressor().stream_reader(
-                raw, read_size=CHUNK, read_across_frames=True))
+        if kind == "none" and file.seekable():
+            file.seek(0)
+            reader: IO[bytes] | _Forward = file  # a plain file: blobs already stored are skipped by seeking
         else:
-            reader = _Checked(source, raw)
-        try:
-            tar = tarfile.open(fileobj=reader, mode="r|", bufsize=CHUNK)  # type: ignore[call-overload]
+            raw = _Prefixed(head, file)
+            if kind == "gzip":
+                reader = _Forward(source, gzip.GzipFile(fileobj=raw, mode="rb"))  # type: ignore[arg-type]
+            elif kind == "zstd":
+                reader = _Forward(source, zstandard.ZstdDecompressor().stream_reader(
+                    raw, read_size=CHUNK, read_across_frames=True))
+            else:
+                reader = _Forward(source, raw)
+        try:  # each member's data is read straight from ``reader``: tarfile's own file objects copy it twice
+            tar = tarfile.open(fileobj=reader, mode="r:")  # type: ignore[call-overload]
         except tarfile.TarError as exc:
             raise BundleError(f"{source} is not a bundle: {exc}") from None
         with tar:
@@ -286,7 +301,7 @@ def entries(path: Path) -> Iterator[Entry]:
                     return
                 name = normal_path(member.name)
                 if member.isfile():
-                    yield Entry(name, member.size, None, tar.extractfile(member), source)
+                    yield Entry(name, member.size, None, reader, source)  # type: ignore[arg-type]
                 elif member.issym():
                     yield Entry(name, 0, normal_path(posixpath.join(posixpath.dirname(name), member.linkname)))
                 elif member.islnk():

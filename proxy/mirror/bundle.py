@@ -31,7 +31,7 @@ import tarfile
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -85,6 +85,9 @@ def new_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:12]
 
 
+_IMAGE_FIELDS = {f.name for f in fields(MirroredImage)}  # a newer Wharf's extra fields are left aside
+
+
 # the description ------------------------------------------------------------------------------
 @dataclass
 class Description:
@@ -110,7 +113,8 @@ class Description:
             if raw.get("version") != VERSION:
                 raise ValueError(f"format version {raw.get('version')!r}; this Wharf reads version {VERSION}")
             return cls(str(raw["id"]), float(raw["created"]),
-                       [MirroredImage.from_dict(i) for i in raw["images"]],
+                       [MirroredImage.from_dict({k: v for k, v in i.items() if k in _IMAGE_FIELDS})
+                        for i in raw["images"]],
                        [str(d) for d in raw["inventory"]], raw.get("base"))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{source}: {DESCRIPTION_FILE} is unreadable ({exc})") from None

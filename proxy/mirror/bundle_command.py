@@ -52,10 +52,12 @@ def add_parsers(actions, add_config) -> None:
                       help="mirrored or imported images with a layer or config read within DAYS days")
     export.add_argument("-o", "--output", required=True, metavar="BUNDLE.tar", help="the bundle to write")
     export.add_argument("--compress", choices=bundle.COMPRESSIONS,
-                        help="default: told by the name (.tar.gz, .tgz: gzip; .tar.zst: zstd), else none")
+                        help="default: told by the name (.tar.gz, .tgz: gzip; .tar.zst: zstd), else none. Layers are "
+                             "compressed already: zstd costs little; gzip runs on one core (tens of MB/s)")
     base = export.add_mutually_exclusive_group()
     base.add_argument("--since", metavar="OLD_BUNDLE",
-                      help="a delta: leave out what the other side holds once it imported OLD_BUNDLE")
+                      help="a delta: leave out what the other side holds once it imported OLD_BUNDLE (a delta is "
+                           "for wharf mirror import; other tools find there only what it carries whole)")
     base.add_argument("--since-index", metavar="FILE",
                       help="a delta: leave out what FILE (wharf mirror inventory there) says the other side holds")
     add_config(export)

@@ -78,7 +78,9 @@ class ImportReport:
             return (f"{self.bundle}: nothing new: its {self.images} image(s) and {self.present} "
                     f"manifest(s) and blob(s) were already here")
         shown = ", ".join(self.visible[:5]) + (f" and {len(self.visible) - 5} more" if len(self.visible) > 5 else "")
-        return (f"{self.bundle}: {len(self.visible)} tag(s) made visible{f' ({shown})' if shown else ''}; "
+        images = len({reference.rpartition(":")[0] for reference in self.visible})
+        return (f"{self.bundle}: {images} image(s), {len(self.visible)} tag(s) made visible"
+                f"{f' ({shown})' if shown else ''}; "
                 f"{self.imported} manifest(s) and blob(s) imported ({bundle.human_size(self.imported_bytes)}), "
                 f"{self.present} already present")
 

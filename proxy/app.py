@@ -94,7 +94,8 @@ def create_app(config: Config) -> web.Application:
     app[keys.ADDRESSING] = Addressing(config.upstream_names(), config.default_upstream, namespaces)
     pullthrough = PullThroughRegistry(local, upstreams, blobs, meta, shared, metrics,
                                       config.cache, config.limits, tasks, invalidation,
-                                      hot_manifests=config.fast_paths.hot_manifests)
+                                      hot_manifests=config.fast_paths.hot_manifests,
+                                      offline=frozenset(u.name for u in config.upstreams if config.is_offline(u.name)))
     app[BLOBS], app[META], app[BUDGET], app[TASKS] = blobs, meta, budget, tasks
     app[UPLOADS] = uploads
     replays = app[keys.REPLAYS] = ReplayTable(before_local_hit=invalidation.poll)
@@ -142,7 +143,8 @@ def create_app(config: Config) -> web.Application:
                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60))
         tasks.spawn(budget.scan_off_loop(), name="count the store")
         for upstream_config in config.upstreams:  # the registry holds this dict already
-            upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared)
+            upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared,
+                                                       offline=config.is_offline(upstream_config.name))
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),
                     asyncio.ensure_future(watch_loop_lag(metrics))]

@@ -1,4 +1,5 @@
-"""Operator endpoints: ``/metrics``, ``/healthz`` (the process runs), ``/readyz`` (it can serve)."""
+"""Operator endpoints: ``/metrics``, ``/healthz`` (the process runs), ``/readyz`` (it can serve,
+and which upstreams it serves offline)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the store is writable (initialised, not full). Redis down is ``degraded``, still
     ready: serving works (coordination falls back to the local store), and a load balancer that
-    took every replica out over a shared Redis outage would turn it into a total one."""
+    took every replica out over a shared Redis outage would turn it into a total one. An offline
+    site is ready too: ``offline`` names the upstreams served from the store alone."""
     problems = []
-    root = request.app[CONFIG].storage.root
+    config = request.app[CONFIG]
+    root = config.storage.root
     if not (root / "blobs").is_dir():
         problems.append("storage root is not initialised")
     full = request.app[SPACE].problem()
@@ -32,7 +35,9 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(full)
     if problems:
         return web.json_response({"status": "not ready", "problems": problems}, status=503)
+    answer: dict = {"status": "ready"}
+    if config.offline or any(u.offline for u in config.upstreams):
+        answer["offline"] = [u.name for u in config.upstreams if config.is_offline(u.name)]
     if not await request.app[SHARED].ping():
-        return web.json_response({"status": "ready", "degraded": [
-            "redis does not answer: caches and locks are shared only by this machine's workers"]})
-    return web.json_response({"status": "ready"})
+        answer["degraded"] = ["redis does not answer: caches and locks are shared only by this machine's workers"]
+    return web.json_response(answer)

@@ -1,8 +1,10 @@
 """The pull-through cache: upstream targets served from the store, filled from upstream once.
 
 It decorates the local registry: a Target with no upstream goes straight to it; pushes and
-deletes under an upstream's name are Denied (upstreams are read-only mirrors). For upstream
-targets it routes each request to the concern that rules it:
+deletes under an upstream's name are Denied (upstreams are read-only mirrors). Pulls of an
+offline upstream's targets (``offline: true``) go to ``offline.py``, which answers from the store
+and never contacts upstream. For the other upstream targets it routes each request to the
+concern that rules it:
 - who may see stored upstream content, the authz and negative caches: ``upstream_access.py``;
 - when a tag is answered, revalidated or served stale: ``tagpolicy.py``;
 - fetching, verifying and storing manifests: ``manifestcache.py``;
@@ -32,6 +34,7 @@ from proxy.registry.hot import HotManifest, HotSet
 from proxy.registry.invalidation import Invalidation
 from proxy.registry.listings import UpstreamLists
 from proxy.registry.manifestcache import ManifestCache
+from proxy.registry.offline import OfflineRegistry
 from proxy.registry.tagpolicy import TagPolicy
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
@@ -47,7 +50,7 @@ class PullThroughRegistry:
     def __init__(self, local: Registry, upstreams: dict[str, Upstream], blobs: BlobStore,
                  meta: MetaStore, shared: SharedCache, metrics: Metrics, cache: CacheConfig,
                  limits: LimitsConfig, tasks: BackgroundTasks, invalidation: Invalidation,
-                 hot_manifests: bool = True) -> None:
+                 hot_manifests: bool = True, offline: frozenset[str] = frozenset()) -> None:
         self._local = local
         self._upstreams = upstreams
         self._blobs = blobs
@@ -63,6 +66,8 @@ class PullThroughRegistry:
         self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)
         self._lists = UpstreamLists(blobs, meta, access, self._tag_policy, decisions)
         self.fills = self._blob_cache.fills
+        self._offline = OfflineRegistry(blobs, meta, decisions, offline)
+        self._offline_names = offline  # a set membership check per request: the online path stays as fast
 
     def _upstream(self, target: Target) -> Upstream:
         return self._upstreams[target.upstream]  # Addressing only yields configured names
@@ -72,6 +77,8 @@ class PullThroughRegistry:
                        head: bool) -> ManifestResult:
         if target.upstream is None:
             return await self._local.manifest(target, reference, accept, client, head)
+        if target.upstream in self._offline_names:
+            return await self._offline.manifest(target, reference, accept, client, head)
         hot, until = self._hot_manifest(target, reference)
         if hot is not None and accepts(accept, hot.media_type):
             self._decisions.count("manifest" if is_digest(reference) else "tag", "hit")
@@ -113,17 +120,23 @@ class PullThroughRegistry:
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
         if target.upstream is None:
             return await self._local.blob(target, digest, client, head)
+        if target.upstream in self._offline_names:
+            return await self._offline.blob(target, digest, client, head)
         return await self._blob_cache.blob(self._upstream(target), target, digest, client, head)
 
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
         if target.upstream is None:
             return await self._local.tags(target, n, last, client)
+        if target.upstream in self._offline_names:
+            return await self._offline.tags(target, n, last, client)
         return await self._lists.tags(self._upstream(target), target, n, last, client)
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
                         client: Client) -> ReferrersResult:
         if target.upstream is None:
             return await self._local.referrers(target, digest, artifact_type, client)
+        if target.upstream in self._offline_names:
+            return await self._offline.referrers(target, digest, artifact_type, client)
         return await self._lists.referrers(self._upstream(target), target, digest, artifact_type, client)
 
     # push and manage: local repositories only; upstreams are read-only mirrors ---------------

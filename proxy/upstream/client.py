@@ -19,6 +19,9 @@ All upstreams share the app's single ``aiohttp.ClientSession`` (each with its ow
 - quota readings and back-off (``upstream/quota.py``) are read off every response and shared with
   the other workers and replicas, so one 429 keeps all of them away from upstream; Wharf's own
   429 while blocked says when to come back (``Retry-After``);
+- an offline upstream (``offline: true``, top level or its own) is never contacted: nothing is
+  sent (``UpstreamOffline``), and a credential check at ``/token`` neither accepts nor refuses
+  (offline Wharf serves only public content, so an unchecked credential opens nothing);
 - upstream failures are translated here into domain errors, nowhere else;
 - what upstream answers goes up as domain objects (``upstream/answers.py``), never as a response:
   bodies are read and capped, and headers read, in this package.
@@ -66,13 +69,18 @@ class _TokenServiceAnswered(Unavailable):
     """The token service answered, but gave no token (404, 5xx, no token in the body)."""
 
 
+class UpstreamOffline(Unavailable):
+    """The upstream is offline (``offline: true``): Wharf sends it nothing."""
+
+
 class Upstream:
     """One configured remote registry."""
 
     def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics,
-                 shared: SharedFacts | None = None) -> None:
+                 shared: SharedFacts | None = None, offline: bool = False) -> None:
         self.config = config
         self.name = config.name
+        self.offline = offline or config.offline  # ``Config.is_offline``: the top-level switch too
         self.base_url = config.url
         self._session = session
         self._metrics = metrics
@@ -163,6 +171,8 @@ class Upstream:
         True: upstream accepted it; False: upstream asks for no authentication, so nothing was
         checked; raises Unauthorized if upstream refused it.
         """
+        if self.offline:
+            return False  # nobody can check it: it neither accepts nor refuses
         scope = pull_scope(repo) if repo else ""
         probe = await self._send("GET", f"{self.base_url}/v2/", "", None, None, None, prefetch=False)
         challenge = parse_challenge(probe.headers.get("WWW-Authenticate"))
@@ -318,8 +328,12 @@ class Upstream:
         """One HTTP exchange up to its response headers, within ``first_byte_timeout``.
 
         Failures become Unavailable saying what went wrong, and count against the circuit; any
-        answer but a 5xx counts for it.
+        answer but a 5xx counts for it. Every request to upstream passes here: an offline
+        upstream's is refused before anything is sent.
         """
+        if self.offline:
+            self._metrics.upstream_requests.labels(self.name, label, "offline").inc()
+            raise UpstreamOffline(f"upstream {self.name} is offline (offline: true): Wharf does not contact it")
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.first_byte_timeout):

@@ -122,7 +122,7 @@ async def test_sync_export_import_offline_pull_and_delta(registry_upstream, make
     assert not [s for s in wharf.seen if s.status >= 500], summary(wharf)
 
     # one new tag upstream: a second sync, a delta export, a delta import ---------------------------
-    new = make_image(f"{prefix}-img-v1.5.0", (2048, 300_000))
+    new = make_image(f"{prefix}-img-v1.5.0", (2048, 100_000))
     await push_image(registry_upstream, f"{prefix}/img", new, tag="v1.5.0")
     await wharf_command("mirror", "sync", str(listing), "--config", str(connected))
     delta = tmp_path / "site-delta.tar"

@@ -158,13 +158,15 @@ class MirrorRecords:
         if holder not in holders:
             self._meta.set_document("mirror-holders", sorted(holders + [holder]))
 
-    def forget_image(self, holder: str, name: str) -> None:
-        """Drop ``name`` from ``holder``'s record (it left the list); its content is released."""
+    def forget_image(self, holder: str, name: str, still_kept: set[str] | None = None) -> None:
+        """Drop ``name`` from ``holder``'s record (it left the list); its content is released but for
+        ``still_kept`` (what the holder's other images keep; default: all their content)."""
         images = self.images(holder)
         image = images.pop(name, None)
         if image is None:
             return
-        kept_elsewhere = set().union(*(i.content() for i in images.values())) if images else set()
+        kept_elsewhere = still_kept if still_kept is not None else set().union(*(i.content()
+                                                                                for i in images.values()))
         self.release(holder, image.content() - kept_elsewhere)
         self._meta.set_document(f"mirror-list:{holder}", {n: i.as_dict() for n, i in images.items()})
 

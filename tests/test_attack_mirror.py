@@ -1,0 +1,133 @@
+"""Attacks on mirroring and offline serving: hostile upstream answers, hostile or unlucky mirror
+lists, and what kept content looks like after a list changes its mind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from proxy.http import keys
+from proxy.mirror.lists import MirrorListError, load_list
+from proxy.mirror.records import IMPORT_HOLDER, MirroredImage
+from proxy.mirror.sync_command import mirror_sync_of
+from support.fake_upstream import FakeRegistry
+from support.images import make_image
+from support.mirror import write_list
+
+HOST = "registry.test"
+
+
+@pytest.fixture
+async def hostile_upstream(aiohttp_server):
+    """Factory: a fake registry whose tag lists are ``answer(request)`` (a web.Response)."""
+
+    async def start(answer) -> FakeRegistry:
+        fake = FakeRegistry()
+
+        @web.middleware
+        async def tags(request, handler):
+            if request.path.endswith("/tags/list"):
+                return answer(request)
+            return await handler(request)
+
+        fake.app.middlewares.insert(1, tags)  # after the request log
+        server = await aiohttp_server(fake.app)
+        fake.url = str(server.make_url("")).rstrip("/")
+        return fake
+
+    return start
+
+
+async def _wharf(make_wharf, fake, **overrides):
+    return await make_wharf(named_upstreams={HOST: fake.url}, **overrides)
+
+
+# the list --------------------------------------------------------------------------------------
+
+def test_a_list_cannot_take_the_name_imports_keep_their_content_under(tmp_path):
+    """A list named ``import`` would be the imports' holder: its sync would forget every imported image."""
+    for path, doc in ((tmp_path / "a.yaml", {"name": IMPORT_HOLDER}), (tmp_path / f"{IMPORT_HOLDER}.yaml", {})):
+        path.write_text(json.dumps({**doc, "images": [{"name": f"{HOST}/x", "tags": ["v1"]}]}))
+        with pytest.raises(MirrorListError, match="reserved"):
+            load_list(path)
+
+
+# hostile tag lists -------------------------------------------------------------------------------
+
+async def test_a_tag_list_whose_next_page_never_ends_does_not_hold_the_sync(hostile_upstream, make_wharf, tmp_path):
+    fake = await hostile_upstream(lambda request: web.json_response(
+        {"name": "bars/loop", "tags": ["v1"]},
+        headers={"Link": '</v2/bars/loop/tags/list?n=1&last=v1>; rel="next"'}))
+    image = make_image("loop", (1024,))
+    fake.add_image("bars/loop", image, tag="v1")
+    wharf = await _wharf(make_wharf, fake)
+    listing = load_list(write_list(tmp_path / "l.yaml", [{"name": f"{HOST}/bars/loop", "tag_regex": "^v"}]))
+    report = await asyncio.wait_for(mirror_sync_of(wharf.app).sync(listing), 60)
+    assert report.images[0].tags == ["v1"], report
+    assert fake.count("GET", "/v2/bars/loop/tags/list") <= 3
+
+
+async def test_a_next_page_with_a_bad_n_fails_the_image_plainly(hostile_upstream, make_wharf, tmp_path):
+    fake = await hostile_upstream(lambda request: web.json_response(
+        {"name": "bars/badn", "tags": ["v1"] if "last" not in request.query else ["v2"]},
+        headers={} if "last" in request.query else {"Link": '</v2/bars/badn/tags/list?n=x&last=v1>; rel="next"'}))
+    fake.add_image("bars/badn", make_image("badn", (1024,)), tag="v1")
+    wharf = await _wharf(make_wharf, fake)
+    listing = load_list(write_list(tmp_path / "l.yaml", [{"name": f"{HOST}/bars/badn", "tag_regex": "^v"}]))
+    report = await mirror_sync_of(wharf.app).sync(listing)
+    assert report.images[0].tags == ["v1"], report
+    assert not any("internal error" in why for why in report.images[0].failed.values())
+
+
+async def test_tags_that_are_no_tags_in_upstreams_list_are_not_asked_for(hostile_upstream, make_wharf, tmp_path):
+    junk = ["v1", 5, None, {"a": 1}, ["v1"], "bad tag", "-x", "v" * 200, True]
+    fake = await hostile_upstream(lambda request: web.json_response({"name": "bars/junk", "tags": junk}))
+    image = make_image("junk", (1024,))
+    fake.add_image("bars/junk", image, tag="v1")
+    wharf = await _wharf(make_wharf, fake)
+    listing = load_list(write_list(tmp_path / "l.yaml", [{"name": f"{HOST}/bars/junk", "tag_regex": "."}]))
+    report = await mirror_sync_of(wharf.app).sync(listing)
+    assert report.images[0].ok, report.images[0].failed
+    assert report.images[0].tags == ["v1"]
+
+
+# kept content --------------------------------------------------------------------------------------
+
+async def test_a_cache_image_sharing_content_does_not_keep_it_once_the_kept_one_turns_cache(
+        fake_upstream, make_wharf, tmp_path):
+    """A (local) and B (cache) share every blob; A turned cache: nothing of the list is kept any more."""
+    fake = await fake_upstream()
+    image = make_image("shared-keep", (2048, 4096))
+    fake.add_image("bars/a", image, tag="v1")
+    fake.add_image("bars/b", image, tag="v1")
+    wharf = await _wharf(make_wharf, fake)
+    meta = wharf.app[keys.PULLTHROUGH]._meta
+    path = tmp_path / "l.yaml"
+    write_list(path, [{"name": f"{HOST}/bars/a", "tags": ["v1"]},
+                      {"name": f"{HOST}/bars/b", "tags": ["v1"], "into": "cache"}])
+    await mirror_sync_of(wharf.app).sync(load_list(path))
+    assert all(meta.is_kept(d) for d in image.blobs)
+    write_list(path, [{"name": f"{HOST}/bars/a", "tags": ["v1"], "into": "cache"},
+                      {"name": f"{HOST}/bars/b", "tags": ["v1"], "into": "cache"}])
+    await mirror_sync_of(wharf.app).sync(load_list(path))
+    assert not any(meta.is_kept(d) for d in [image.digest, *image.blobs])
+
+
+async def test_an_image_leaving_the_list_releases_what_only_cache_images_share(fake_upstream, make_wharf, tmp_path):
+    fake = await fake_upstream()
+    image = make_image("shared-drop", (2048,))
+    fake.add_image("bars/a", image, tag="v1")
+    fake.add_image("bars/b", image, tag="v1")
+    wharf = await _wharf(make_wharf, fake)
+    meta = wharf.app[keys.PULLTHROUGH]._meta
+    path = tmp_path / "l.yaml"
+    write_list(path, [{"name": f"{HOST}/bars/a", "tags": ["v1"]},
+                      {"name": f"{HOST}/bars/b", "tags": ["v1"], "into": "cache"}])
+    await mirror_sync_of(wharf.app).sync(load_list(path))
+    write_list(path, [{"name": f"{HOST}/bars/b", "tags": ["v1"], "into": "cache"}])
+    await mirror_sync_of(wharf.app).sync(load_list(path))
+    assert not any(meta.is_kept(d) for d in [image.digest, *image.blobs])
+    assert list(wharf.app[keys.MIRROR_RECORDS].images("l")) == [f"{HOST}/bars/b"]

@@ -131,3 +131,34 @@ async def test_an_image_leaving_the_list_releases_what_only_cache_images_share(f
     await mirror_sync_of(wharf.app).sync(load_list(path))
     assert not any(meta.is_kept(d) for d in [image.digest, *image.blobs])
     assert list(wharf.app[keys.MIRROR_RECORDS].images("l")) == [f"{HOST}/bars/b"]
+
+
+# thousands of images --------------------------------------------------------------------------------
+
+async def test_the_status_of_a_long_list_is_not_rewritten_at_every_change(fake_upstream, make_wharf, tmp_path):
+    """Each write costs the whole document: at most one per ``WRITE_EVERY`` (and the last), not 2 per image."""
+    from proxy.mirror import status as status_module
+
+    fake = await fake_upstream()  # holds nothing: every image fails at once
+    wharf = await _wharf(make_wharf, fake)
+    names = [f"{HOST}/bars/missing{i}" for i in range(300)]
+    listing = load_list(write_list(tmp_path / "long.yaml", [{"name": n, "tags": ["v1"]} for n in names]))
+    mirror_status = wharf.app[keys.MIRROR_STATUS]
+    writes = 0
+    original = mirror_status._write
+
+    def counted(name, doc):
+        nonlocal writes
+        writes += 1
+        original(name, doc)
+
+    mirror_status._write = counted
+    started = asyncio.get_running_loop().time()
+    report = await mirror_sync_of(wharf.app).sync(listing)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert len(report.failed) == 300
+    assert writes <= elapsed / status_module.WRITE_EVERY + 4, (writes, elapsed)
+    doc = mirror_status.of("long")
+    assert doc["state"] == "failed" and all(doc["images"][n]["state"] == "failed" for n in names)
+    await asyncio.sleep(status_module.WRITE_EVERY * 2)  # nothing held back is written after the end
+    assert mirror_status.of("long")["updated_at"] == doc["updated_at"]

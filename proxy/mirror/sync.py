@@ -396,14 +396,14 @@ class MirrorSync:
         """Adopt the image; what its previous record kept and this one does not is released, unless
         another image the list keeps (``kept``: its ``into: local`` names) needs it: images synced
         ``into: cache`` keep nothing, so they hold nothing back either."""
-        recorded = self._records.images(holder)
-        previous = recorded.get(image.name)
+        previous = self._records.image(holder, image.name)
         keep = entry.into == "local"
         self._records.adopt(image, holder, keep=keep)
-        if previous is not None:
-            still_kept = image.content() if keep else set()
-            others = set().union(*(i.content() for n, i in recorded.items() if n != image.name and n in kept))
-            self._records.release(holder, previous.content() - still_kept - others)
+        dropped = previous.content() - (image.content() if keep else set()) if previous is not None else set()
+        if dropped:  # the others are read only then: a list of thousands of images that did not change reads none
+            others = set().union(*(i.content() for n, i in self._records.images(holder).items()
+                                   if n != image.name and n in kept))
+            self._records.release(holder, dropped - others)
 
 
 def _is_tag(value: object) -> bool:

@@ -162,3 +162,28 @@ async def test_the_status_of_a_long_list_is_not_rewritten_at_every_change(fake_u
     assert doc["state"] == "failed" and all(doc["images"][n]["state"] == "failed" for n in names)
     await asyncio.sleep(status_module.WRITE_EVERY * 2)  # nothing held back is written after the end
     assert mirror_status.of("long")["updated_at"] == doc["updated_at"]
+
+
+# offline routes: odd input ------------------------------------------------------------------------
+
+async def test_odd_references_on_offline_routes_are_clean_oci_errors(fake_upstream, make_wharf):
+    nowhere = await fake_upstream()
+    wharf = await make_wharf(named_upstreams={HOST: nowhere.url}, offline=True, auth=None)
+    name = f"{HOST}/bars/img"
+    cases = [
+        (f"/v2/{name}/manifests/-bad", 400), (f"/v2/{name}/manifests/{'v' * 200}", 400),
+        (f"/v2/{name}/manifests/sha256:zz", 400), (f"/v2/{name}/manifests/md5:{'a' * 32}", 400),
+        (f"/v2/{name}/manifests/sha256:{'a' * 64}", 404), (f"/v2/{name}/manifests/v1", 404),
+        (f"/v2/{name}/blobs/sha256:zz", 400), (f"/v2/{name}/blobs/sha256:{'a' * 64}", 404),
+        (f"/v2/{name}/tags/list", 404), (f"/v2/{name}/tags/list?n=-1", 400), (f"/v2/{name}/tags/list?n=x", 400),
+        (f"/v2/{name}/tags/list?n=999999999&last={'z' * 5000}", 404),
+        (f"/v2/{name}/referrers/sha256:zz", 400),
+        (f"/v2/{name}/referrers/sha256:{'a' * 64}?artifactType=%00%ff", 200),
+    ]
+    for path, status in cases:
+        for method in ("GET", "HEAD"):
+            resp = await wharf.client.request(method, path)
+            assert resp.status == status, (method, path, resp.status, await resp.text())
+            if method == "GET" and status != 200:
+                assert (await resp.json())["errors"][0]["code"], path
+    assert nowhere.requests == []

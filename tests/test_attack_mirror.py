@@ -24,13 +24,15 @@ HOST = "registry.test"
 async def hostile_upstream(aiohttp_server):
     """Factory: a fake registry whose tag lists are ``answer(request)`` (a web.Response)."""
 
-    async def start(answer) -> FakeRegistry:
+    async def start(answer, referrers=None) -> FakeRegistry:
         fake = FakeRegistry()
 
         @web.middleware
         async def tags(request, handler):
             if request.path.endswith("/tags/list"):
                 return answer(request)
+            if referrers is not None and "/referrers/" in request.path:
+                return referrers(request)
             return await handler(request)
 
         fake.app.middlewares.insert(1, tags)  # after the request log
@@ -92,6 +94,24 @@ async def test_tags_that_are_no_tags_in_upstreams_list_are_not_asked_for(hostile
     report = await mirror_sync_of(wharf.app).sync(listing)
     assert report.images[0].ok, report.images[0].failed
     assert report.images[0].tags == ["v1"]
+
+
+async def test_a_referrers_answer_naming_its_subject_or_no_digest_does_not_fail_the_image(
+        hostile_upstream, make_wharf, tmp_path):
+    image = make_image("selfref", (1024,))
+    listed = [{"mediaType": image.media_type, "digest": image.digest, "size": len(image.manifest)},
+              {"mediaType": image.media_type, "digest": "sha256:zz", "size": 1}, "not a descriptor", {"digest": 5}]
+    fake = await hostile_upstream(lambda request: web.json_response({"tags": ["v1"]}), referrers=lambda request:
+                                  web.json_response({"schemaVersion": 2, "manifests": listed},
+                                                    content_type="application/vnd.oci.image.index.v1+json"))
+    fake.add_image("bars/selfref", image, tag="v1")
+    wharf = await _wharf(make_wharf, fake)
+    listing = load_list(write_list(tmp_path / "l.yaml", [{"name": f"{HOST}/bars/selfref", "tags": ["v1"],
+                                                          "referrers": True}]))
+    report = await mirror_sync_of(wharf.app).sync(listing)
+    assert report.images[0].ok, report.images[0].failed
+    record = wharf.app[keys.MIRROR_RECORDS].images("l")[f"{HOST}/bars/selfref"]
+    assert record.referrers.get(image.digest, []) == []  # an image is no referrer of itself
 
 
 # kept content --------------------------------------------------------------------------------------

@@ -361,7 +361,8 @@ class MirrorSync:
                         image: MirroredImage, blobs: _Blobs, outcome: ImageOutcome, run: SyncRun,
                         depth: int) -> None:
         """The children of an index the list wants; the others are noted as not mirrored."""
-        children = json.loads(body).get("manifests") or []
+        children = (await asyncio.to_thread(json.loads, body) if len(body) > 65536 else json.loads(body)).get(
+            "manifests") or []  # a big index is parsed off the loop, as parse_manifest was
         wanted = {c["digest"] for c in children if isinstance(c, dict) and entry.wants_platform(c.get("platform"))
                   and not _is_attestation(c)}
         for child in children:
@@ -379,12 +380,17 @@ class MirrorSync:
 
     async def _referrers(self, target: Target, subject: Digest, entry: ImageEntry, image: MirroredImage,
                          blobs: _Blobs, outcome: ImageOutcome, run: SyncRun, depth: int) -> None:
+        """Upstream's referrers of ``subject`` and what they need. What is no descriptor of another
+        manifest (not an object, no valid digest, the subject itself) is left out: upstream's list
+        is not checked as a manifest is."""
         answer = await self._registry.referrers(target, subject, None, _CLIENT)
         try:
-            descriptors = [d for d in json.loads(answer.body).get("manifests") or []
-                           if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+            listed = (await asyncio.to_thread(json.loads, answer.body) if len(answer.body) > 65536
+                      else json.loads(answer.body)).get("manifests") or []
         except (ValueError, AttributeError):
             return
+        descriptors = [d for d in listed if isinstance(d, dict) and isinstance(d.get("digest"), str)
+                       and d["digest"] != str(subject) and _is_digest(d["digest"])] if isinstance(listed, list) else []
         for descriptor in descriptors:
             await self._manifest(target, Digest.parse(descriptor["digest"]), descriptor.get("mediaType") or "",
                                  None, entry, image, blobs, outcome, run, depth + 1)
@@ -411,6 +417,14 @@ def _is_tag(value: object) -> bool:
         return False
     try:
         validate_tag(value)
+    except OCIError:
+        return False
+    return True
+
+
+def _is_digest(value: str) -> bool:
+    try:
+        Digest.parse(value)
     except OCIError:
         return False
     return True

@@ -207,3 +207,22 @@ async def test_odd_references_on_offline_routes_are_clean_oci_errors(fake_upstre
             if method == "GET" and status != 200:
                 assert (await resp.json())["errors"][0]["code"], path
     assert nowhere.requests == []
+
+
+async def test_an_offline_tag_list_of_100k_tags_pages_correctly(fake_upstream, make_wharf):
+    """Upstream's stored list (100,000 tags, some junk) merged with the mirrored tags, paged (off the loop)."""
+    nowhere = await fake_upstream()
+    wharf = await make_wharf(named_upstreams={HOST: nowhere.url}, offline=True, auth=None)
+    meta = wharf.app[keys.PULLTHROUGH]._meta
+    scope = f"{HOST}/bars/many"
+    tags = [f"t{i:06d}" for i in range(100_000)]
+    meta.set_document(f"tags:{scope}", {"body": json.dumps({"name": "bars/many", "tags": tags + [5, None]}),
+                                        "link": None, "public": True, "readers": []})
+    meta.set_document(f"mirror-tags:{scope}", ["mirrored"])
+    resp = await wharf.client.get(f"/v2/{scope}/tags/list", params={"n": "3", "last": "t099998"})
+    assert resp.status == 200 and (await resp.json())["tags"] == ["t099999"] and "Link" not in resp.headers
+    resp = await wharf.client.get(f"/v2/{scope}/tags/list", params={"n": "2", "last": "mirrored"})
+    assert (await resp.json())["tags"] == ["t000000", "t000001"] and "last=t000001" in resp.headers["Link"]
+    whole = await (await wharf.client.get(f"/v2/{scope}/tags/list")).json()
+    assert len(whole["tags"]) == 100_001 and whole["tags"][0] == "mirrored"
+    assert nowhere.requests == []

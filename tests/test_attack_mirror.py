@@ -226,3 +226,22 @@ async def test_an_offline_tag_list_of_100k_tags_pages_correctly(fake_upstream, m
     whole = await (await wharf.client.get(f"/v2/{scope}/tags/list")).json()
     assert len(whole["tags"]) == 100_001 and whole["tags"][0] == "mirrored"
     assert nowhere.requests == []
+
+
+async def test_metrics_read_each_lists_summary_not_its_images(fake_upstream, make_wharf, tmp_path):
+    """With several workers each collects every second: the images of a long list are not read for it."""
+    fake = await fake_upstream()
+    wharf = await _wharf(make_wharf, fake)
+    listing = load_list(write_list(tmp_path / "long.yaml", [{"name": f"{HOST}/bars/m{i}", "tags": ["v1"]}
+                                                            for i in range(50)]))
+    await mirror_sync_of(wharf.app).sync(listing)
+    meta = wharf.app[keys.PULLTHROUGH]._meta
+    read, original = [], meta.document
+    meta.document = lambda key, fresh=False: (read.append(key), original(key, fresh))[1]
+    try:
+        text = await (await wharf.client.get("/metrics")).text()
+    finally:
+        meta.document = original
+    assert 'wharf_mirror_images{list="long",state="failed"} 50.0' in text
+    assert 'wharf_mirror_failures{list="long"} 50.0' in text
+    assert "mirror-status:long" not in read, read

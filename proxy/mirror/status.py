@@ -6,7 +6,8 @@ Rules:
   CLI see the same; while a sync runs it is written at most every ``WRITE_EVERY`` seconds (each
   write costs the whole document: a list of thousands of images must not write it at every
   change), a change of an image's state at most that late (the run's first at once), and when
-  the sync ends; ``doc:mirror-counters:<list>`` keeps totals across runs;
+  the sync ends; ``doc:mirror-counters:<list>`` keeps totals across runs, ``doc:mirror-summary:<list>``
+  the images counted by state (what the metrics read);
 - an image is ``pending``, ``syncing``, ``synced`` or ``failed``; a sync is ``running``, ``done``
   or ``failed`` (something failed); a sync whose process died stays ``running`` with an old
   ``updated_at``: ``stale`` says so once it is older than ``STALE_AFTER``;
@@ -78,7 +79,23 @@ class SyncStatus:
                                     for image in images})
 
     def _write(self, name: str, doc: dict) -> None:
+        states: dict[str, int] = {}
+        for image in doc["images"].values():
+            states[image["state"]] = states.get(image["state"], 0) + 1
         self._meta.set_document(f"mirror-status:{name}", doc)
+        self._meta.set_document(f"mirror-summary:{name}", {"state": doc["state"], "updated_at": doc["updated_at"],
+                                                           "states": states})
+
+    def summary(self, name: str) -> dict:
+        """The list's sync state and its images counted by state, without its images (for the metrics)."""
+        summary = self._meta.document(f"mirror-summary:{name}", fresh=True)
+        if summary is None:  # written before summaries were
+            doc = self._meta.document(f"mirror-status:{name}", fresh=True) or {"images": {}}
+            summary = {"state": doc.get("state"), "updated_at": doc.get("updated_at", 0), "states": {}}
+            for image in doc["images"].values():
+                summary["states"][image["state"]] = summary["states"].get(image["state"], 0) + 1
+        return dict(summary, stale=summary["state"] == "running"
+                    and time.time() - summary["updated_at"] > STALE_AFTER)
 
     def _count(self, name: str, images: int, fetched: int, failures: int, success_at: float | None) -> None:
         counters = self.counters(name)
@@ -91,7 +108,8 @@ class SyncStatus:
 
     # metrics -----------------------------------------------------------------------------------
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        """Prometheus families, read from the stored status (a collector for the app's registry)."""
+        """Prometheus families, read from the stored status (a collector for the app's registry; with
+        several workers each collects every second: it reads the lists' summaries, never their images)."""
         images = GaugeMetricFamily("wharf_mirror_images", "Images of a mirror list by state in its latest sync",
                                    labels=["list", "state"])
         synced = GaugeMetricFamily("wharf_mirror_synced_images", "Images synced by every sync of a list (total)",
@@ -104,10 +122,8 @@ class SyncStatus:
                                  "When a sync of the list last finished with nothing failed", labels=["list"])
         running = GaugeMetricFamily("wharf_mirror_sync_running", "1 while a sync of the list runs", labels=["list"])
         for name in self.lists():
-            doc = self.of(name) or {}
-            states: dict[str, int] = {}
-            for image in (doc.get("images") or {}).values():
-                states[image["state"]] = states.get(image["state"], 0) + 1
+            doc = self.summary(name) | self.counters(name)
+            states = doc["states"]
             for state in ("pending", "syncing", "synced", "failed"):
                 images.add_metric([name, state], states.get(state, 0))
             synced.add_metric([name], doc.get("images_synced_total", 0))

@@ -245,3 +245,18 @@ async def test_metrics_read_each_lists_summary_not_its_images(fake_upstream, mak
     assert 'wharf_mirror_images{list="long",state="failed"} 50.0' in text
     assert 'wharf_mirror_failures{list="long"} 50.0' in text
     assert "mirror-status:long" not in read, read
+
+
+# the schedule ---------------------------------------------------------------------------------------
+
+async def test_a_cron_schedule_that_never_comes_is_logged_not_a_dead_task(tmp_path, caplog):
+    from proxy.config import MirrorConfig
+    from proxy.mirror.schedule import run_schedule
+    from proxy.storage.blobs import BlobStore
+    from proxy.storage.space import StoreSpace
+    from proxy.metrics import Metrics
+
+    config = MirrorConfig(lists=(tmp_path / "gone.yaml",), schedule="0 0 31 2 *")  # February 31st
+    blobs = BlobStore(tmp_path, StoreSpace(tmp_path, 0, Metrics()))
+    await asyncio.wait_for(run_schedule(config, blobs, lambda: None), 10)
+    assert "names no next time" in caplog.text

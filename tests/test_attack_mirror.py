@@ -260,3 +260,38 @@ async def test_a_cron_schedule_that_never_comes_is_logged_not_a_dead_task(tmp_pa
     blobs = BlobStore(tmp_path, StoreSpace(tmp_path, 0, Metrics()))
     await asyncio.wait_for(run_schedule(config, blobs, lambda: None), 10)
     assert "names no next time" in caplog.text
+
+
+# the stored tag list ------------------------------------------------------------------------------
+
+async def test_a_tag_list_learned_with_a_clients_credential_is_not_served_offline_to_anyone(
+        fake_upstream, make_wharf, tmp_path):
+    """Listed anonymously once, then (the repository turned private) with a client's credential: the
+    stored list is that client's now, not public: an offline Wharf does not show it to anyone."""
+    import base64
+
+    from support.fake_upstream import ANY_PATH, Fault
+
+    fake = await fake_upstream()
+    image = make_image("listed", (1024,))
+    fake.add_image("bars/r", image, tag="v1")
+    bearer = fake.require_bearer(users={"someone": "their-password"})
+    root = tmp_path / "store"
+    online = await make_wharf(named_upstreams={HOST: fake.url}, storage={"root": str(root)}, auth=None)
+    name = f"{HOST}/bars/r"
+    assert (await (await online.client.get(f"/v2/{name}/tags/list")).json())["tags"] == ["v1"]
+    fake.add_image("bars/r", image, tag="secret-release")
+    bearer.private_repos.add("bars/r")
+    token = (await (await online.client.get(
+        "/token", params={"scope": f"repository:{name}:pull"},
+        headers={"Authorization": "Basic " + base64.b64encode(b"someone:their-password").decode()})).json())["token"]
+    resp = await online.client.get(f"/v2/{name}/tags/list", headers={"Authorization": f"Bearer {token}"})
+    assert "secret-release" in (await resp.json())["tags"]
+    fake.fault(ANY_PATH, Fault(status=503))
+    stale = await online.client.get(f"/v2/{name}/tags/list")  # upstream down: the copy is not public any more
+    assert "secret-release" not in await stale.text()
+    await online.client.close()
+
+    offline = await make_wharf(named_upstreams={HOST: fake.url}, storage={"root": str(root)}, offline=True, auth=None)
+    resp = await offline.client.get(f"/v2/{name}/tags/list")
+    assert resp.status == 404 and "secret-release" not in await resp.text()

@@ -2,7 +2,8 @@
 
 The file (YAML; ``config/mirror.example.yaml`` shows every key)::
 
-    name: edge-site                 # optional: the list's name in status and metrics (default: file stem)
+    name: edge-site                 # optional: the list's name in status and metrics (default: file stem;
+                                    # not ``import``, the holder of imported content)
     images:
       - name: registry.test/bars/img     # as a client names it by path prefix
         tags: [v1]
@@ -178,9 +179,22 @@ def _version(tag: str):
         return None
 
 
+# the holder imports keep their content under (``records.IMPORT_HOLDER``): a list of that name would
+# share it, and its sync would forget every imported image
+_RESERVED_NAMES = ("import",)
+
+
 class MirrorList(_Frozen):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     images: tuple[ImageEntry, ...] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in _RESERVED_NAMES:
+            raise ValueError(f"{value!r} is reserved (what imports keep is recorded under it): name the list "
+                             f"otherwise (name: key, or the file's name)")
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> "MirrorList":

@@ -1,8 +1,10 @@
 """What mirroring made visible, what it keeps, and the one step that makes an image visible.
 
 Records, in the store's metadata (shared by every process of the store, read from disk):
-- ``doc:mirror-list:<holder>`` -> {image name: ``MirroredImage.as_dict()``}: what the last sync of a
-  mirror list (holder: the list's name), or the imports (holder ``import``), made visible;
+- ``doc:mirror-image:<holder>:<name>`` -> ``MirroredImage.as_dict()``: what the last sync of a mirror
+  list (holder: the list's name), or the imports (holder ``import``), made visible of one image, and
+  ``doc:mirror-names:<holder>`` -> the sorted names of its images (a document per image: recording
+  one of thousands must not rewrite them all);
 - ``doc:mirror-tags:<scope>`` -> the sorted tags mirroring made visible in an upstream repository
   (an offline Wharf lists these);
 - ``kept:<digest>`` -> the holders keeping it: kept content is never evicted by the cache budget;
@@ -83,8 +85,19 @@ class MirrorRecords:
         return sorted(self._meta.document("mirror-holders", fresh=True) or [])
 
     def images(self, holder: str) -> dict[str, MirroredImage]:
-        raw = self._meta.document(f"mirror-list:{holder}", fresh=True) or {}
-        return {name: MirroredImage.from_dict(value) for name, value in raw.items()}
+        found = {}
+        for name in self._names(holder):
+            image = self.image(holder, name)
+            if image is not None:
+                found[name] = image
+        return found
+
+    def image(self, holder: str, name: str) -> MirroredImage | None:
+        raw = self._meta.document(f"mirror-image:{holder}:{name}", fresh=True)
+        return MirroredImage.from_dict(raw) if raw else None
+
+    def _names(self, holder: str) -> list[str]:
+        return list(self._meta.document(f"mirror-names:{holder}", fresh=True) or [])
 
     def all_images(self) -> list[tuple[str, MirroredImage]]:
         return [(holder, image) for holder in self.holders() for image in self.images(holder).values()]
@@ -150,23 +163,25 @@ class MirrorRecords:
                     self._budget.released(size)
 
     def _record(self, holder: str, image: MirroredImage) -> None:
-        key = f"mirror-list:{holder}"
-        raw = dict(self._meta.document(key, fresh=True) or {})
-        raw[image.name] = image.as_dict()
-        self._meta.set_document(key, raw)
+        self._meta.set_document(f"mirror-image:{holder}:{image.name}", image.as_dict())
+        names = self._names(holder)
+        if image.name not in names:
+            self._meta.set_document(f"mirror-names:{holder}", sorted(names + [image.name]))
         holders = self.holders()
         if holder not in holders:
             self._meta.set_document("mirror-holders", sorted(holders + [holder]))
 
-    def forget_image(self, holder: str, name: str) -> None:
-        """Drop ``name`` from ``holder``'s record (it left the list); its content is released."""
-        images = self.images(holder)
-        image = images.pop(name, None)
+    def forget_image(self, holder: str, name: str, still_kept: set[str] | None = None) -> None:
+        """Drop ``name`` from ``holder``'s record (it left the list); its content is released but for
+        ``still_kept`` (what the holder's other images keep; default: all their content)."""
+        image = self.image(holder, name)
         if image is None:
             return
-        kept_elsewhere = set().union(*(i.content() for i in images.values())) if images else set()
-        self.release(holder, image.content() - kept_elsewhere)
-        self._meta.set_document(f"mirror-list:{holder}", {n: i.as_dict() for n, i in images.items()})
+        if still_kept is None:
+            still_kept = set().union(*(i.content() for n, i in self.images(holder).items() if n != name))
+        self.release(holder, image.content() - still_kept)
+        self._meta.set_document(f"mirror-names:{holder}", [n for n in self._names(holder) if n != name])
+        self._meta.delete_document(f"mirror-image:{holder}:{name}")
 
     def _add_mirrored_tags(self, scope: str, tags: dict[str, str]) -> None:
         key = f"mirror-tags:{scope}"

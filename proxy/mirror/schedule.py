@@ -5,6 +5,7 @@ Rules:
   expression (``0 3 * * *``, UTC) syncs at its times;
 - one process of the store runs the schedule: the one holding the schedule lock (kept while it
   lives; the others try again every ``RETRY_SECONDS``, so a dead scheduler is replaced);
+- a cron expression whose next time never comes (``0 0 31 2 *``) is logged and ends the schedule;
 - the list files are read at every run (edit them without a restart); a list that does not
   load, or a sync that fails, is logged and the next run comes as planned.
 """
@@ -49,7 +50,12 @@ async def run_schedule(config: MirrorConfig, blobs: BlobStore, make_sync: Callab
                 await asyncio.sleep(RETRY_SECONDS)
         last_start: float | None = None
         while True:
-            await asyncio.sleep(next_delay(config.schedule, last_start, time.time()))
+            try:
+                delay = next_delay(config.schedule, last_start, time.time())
+            except Exception as exc:  # a cron expression whose time never comes (0 0 31 2 *)
+                log.error("mirror.schedule %r names no next time (%s): no scheduled syncs", config.schedule, exc)
+                return
+            await asyncio.sleep(delay)
             last_start = time.time()
             await _run_once(config, make_sync())
     finally:

@@ -34,6 +34,7 @@ from proxy.mirror.records import MirroredImage, MirrorIncomplete, MirrorRecords
 from proxy.mirror.status import SyncRun, SyncStatus
 from proxy.oci.digest import Digest
 from proxy.oci.media import INDEX_TYPES, MANIFEST_TYPES, parse_manifest
+from proxy.oci.names import validate_tag
 from proxy.registry.addressing import Addressing
 from proxy.registry.base import Client, Registry, Target
 from proxy.storage.blobs import BlobStore
@@ -43,6 +44,7 @@ _CLIENT = Client()  # the configured upstream credential: what a sync fetches is
 _PROGRESS_EVERY = 0.2
 _REFERRER_DEPTH = 3  # signatures of attestations of an image, no deeper
 _ATTESTATION = "attestation-manifest"
+_MAX_TAG_PAGES = 10_000  # pages of upstream's tag list a sync follows, at most
 _HEARTBEAT_SECONDS = 10.0  # the status is rewritten at least this often while a sync runs (STALE_AFTER: 60)
 
 
@@ -192,14 +194,16 @@ class MirrorSync:
         images = asyncio.Semaphore(self._config.mirror.concurrency)
         report = SyncReport(mirror_list.name)
 
+        kept = frozenset(entry.name for entry in mirror_list.images if entry.into == "local")
+
         async def one(entry: ImageEntry) -> ImageOutcome:
             async with images:
-                return await self._image(mirror_list.name, entry, blobs, run, observer)
+                return await self._image(mirror_list.name, entry, blobs, run, observer, kept)
 
         heartbeat = asyncio.ensure_future(self._heartbeat(run))  # a long blob must not look like a dead sync
         try:
             report.images = list(await asyncio.gather(*(one(entry) for entry in mirror_list.images)))
-            self._forget_dropped(mirror_list)
+            self._forget_dropped(mirror_list, kept)
         finally:
             heartbeat.cancel()
             run.finish()
@@ -212,16 +216,19 @@ class MirrorSync:
             await asyncio.sleep(_HEARTBEAT_SECONDS)
             run.write(force=True)
 
-    def _forget_dropped(self, mirror_list: MirrorList) -> None:
-        """Images no longer in the list: their content is released (evictable again)."""
+    def _forget_dropped(self, mirror_list: MirrorList, kept: frozenset[str]) -> None:
+        """Images no longer in the list: their content is released (evictable again) unless an
+        image the list keeps (``kept``: its ``into: local`` names) needs it too."""
         wanted = {image.name for image in mirror_list.images}
-        for name in list(self._records.images(mirror_list.name)):
+        recorded = self._records.images(mirror_list.name)
+        still_kept = set().union(*(image.content() for name, image in recorded.items() if name in kept))
+        for name in recorded:
             if name not in wanted:
-                self._records.forget_image(mirror_list.name, name)
+                self._records.forget_image(mirror_list.name, name, still_kept)
 
     # one image --------------------------------------------------------------------------------
     async def _image(self, holder: str, entry: ImageEntry, blobs: _Blobs, run: SyncRun,
-                     observer: SyncObserver) -> ImageOutcome:
+                     observer: SyncObserver, kept: frozenset[str]) -> ImageOutcome:
         began = time.monotonic()
         outcome = ImageOutcome(entry.name)
         run.set_state(entry.name, "syncing")
@@ -236,7 +243,7 @@ class MirrorSync:
                     outcome.failed[tag] = exc.message
             if image.tags:
                 image.synced_at = time.time()
-                self._record(holder, entry, image)
+                self._record(holder, entry, image, kept)
                 outcome.tags = sorted(image.tags)
             elif not outcome.failed:
                 outcome.failed["*"] = "no tag matched the filters"
@@ -266,21 +273,36 @@ class MirrorSync:
         return target
 
     async def _tags(self, target: Target, entry: ImageEntry) -> list[str]:
+        """The tags to sync: the exact ones, and those of upstream's tag list the filters keep.
+
+        Upstream's list is followed page by page until a page has no next one or names a page
+        already read (a list that comes round again is done); a list longer than ``_MAX_TAG_PAGES``
+        pages fails the image. What is no tag (not a string, not the tag grammar) is left out; an
+        ``n`` that is no number is not passed on. The filters run in a thread: they grow with the
+        list (semver sorting, the list's own regular expression)."""
         if not entry.needs_tag_list:
             return entry.select_tags()
         available: list[str] = []
         query: dict[str, str] = {}
+        followed: set[str] = set()
         while True:
-            page = await self._registry.tags(target, int(query["n"]) if "n" in query else None,
+            size = query.get("n", "")
+            page = await self._registry.tags(target, int(size) if size.isascii() and size.isdigit() else None,
                                              query.get("last"), _CLIENT)
             try:
-                available.extend(str(t) for t in json.loads(page.body).get("tags") or [])
+                listed = json.loads(page.body).get("tags") or []
             except (ValueError, AttributeError):
                 raise OCIError(f"{entry.name}: upstream's tag list is not JSON") from None
-            if not page.next_query:
+            if not isinstance(listed, list):
+                raise OCIError(f"{entry.name}: upstream's tag list has no list of tags")
+            available.extend(tag for tag in listed if _is_tag(tag))
+            if not page.next_query or page.next_query in followed:
                 break
+            if len(followed) >= _MAX_TAG_PAGES:
+                raise OCIError(f"{entry.name}: upstream's tag list goes on past {_MAX_TAG_PAGES} pages")
+            followed.add(page.next_query)
             query = {k: v[0] for k, v in parse_qs(page.next_query).items()}
-        return entry.select_tags(available)
+        return await asyncio.to_thread(entry.select_tags, available)
 
     async def _tag(self, target: Target, tag: str, entry: ImageEntry, image: MirroredImage, blobs: _Blobs,
                    outcome: ImageOutcome, run: SyncRun) -> None:
@@ -339,7 +361,8 @@ class MirrorSync:
                         image: MirroredImage, blobs: _Blobs, outcome: ImageOutcome, run: SyncRun,
                         depth: int) -> None:
         """The children of an index the list wants; the others are noted as not mirrored."""
-        children = json.loads(body).get("manifests") or []
+        children = (await asyncio.to_thread(json.loads, body) if len(body) > 65536 else json.loads(body)).get(
+            "manifests") or []  # a big index is parsed off the loop, as parse_manifest was
         wanted = {c["digest"] for c in children if isinstance(c, dict) and entry.wants_platform(c.get("platform"))
                   and not _is_attestation(c)}
         for child in children:
@@ -357,12 +380,17 @@ class MirrorSync:
 
     async def _referrers(self, target: Target, subject: Digest, entry: ImageEntry, image: MirroredImage,
                          blobs: _Blobs, outcome: ImageOutcome, run: SyncRun, depth: int) -> None:
+        """Upstream's referrers of ``subject`` and what they need. What is no descriptor of another
+        manifest (not an object, no valid digest, the subject itself) is left out: upstream's list
+        is not checked as a manifest is."""
         answer = await self._registry.referrers(target, subject, None, _CLIENT)
         try:
-            descriptors = [d for d in json.loads(answer.body).get("manifests") or []
-                           if isinstance(d, dict) and isinstance(d.get("digest"), str)]
+            listed = (await asyncio.to_thread(json.loads, answer.body) if len(answer.body) > 65536
+                      else json.loads(answer.body)).get("manifests") or []
         except (ValueError, AttributeError):
             return
+        descriptors = [d for d in listed if isinstance(d, dict) and isinstance(d.get("digest"), str)
+                       and d["digest"] != str(subject) and _is_digest(d["digest"])] if isinstance(listed, list) else []
         for descriptor in descriptors:
             await self._manifest(target, Digest.parse(descriptor["digest"]), descriptor.get("mediaType") or "",
                                  None, entry, image, blobs, outcome, run, depth + 1)
@@ -370,16 +398,36 @@ class MirrorSync:
             if descriptor not in listed:
                 listed.append(descriptor)
 
-    def _record(self, holder: str, entry: ImageEntry, image: MirroredImage) -> None:
-        """Adopt the image; what its previous record kept and this one does not is released."""
-        previous = self._records.images(holder).get(image.name)
+    def _record(self, holder: str, entry: ImageEntry, image: MirroredImage, kept: frozenset[str]) -> None:
+        """Adopt the image; what its previous record kept and this one does not is released, unless
+        another image the list keeps (``kept``: its ``into: local`` names) needs it: images synced
+        ``into: cache`` keep nothing, so they hold nothing back either."""
+        previous = self._records.image(holder, image.name)
         keep = entry.into == "local"
         self._records.adopt(image, holder, keep=keep)
-        if previous is not None:
-            still_kept = image.content() if keep else set()
+        dropped = previous.content() - (image.content() if keep else set()) if previous is not None else set()
+        if dropped:  # the others are read only then: a list of thousands of images that did not change reads none
             others = set().union(*(i.content() for n, i in self._records.images(holder).items()
-                                   if n != image.name))
-            self._records.release(holder, previous.content() - still_kept - others)
+                                   if n != image.name and n in kept))
+            self._records.release(holder, dropped - others)
+
+
+def _is_tag(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        validate_tag(value)
+    except OCIError:
+        return False
+    return True
+
+
+def _is_digest(value: str) -> bool:
+    try:
+        Digest.parse(value)
+    except OCIError:
+        return False
+    return True
 
 
 def _is_attestation(child: dict) -> bool:

@@ -62,8 +62,10 @@ class UpstreamLists:
 
         The copy is upstream's answer to a request for the whole list (no ``last``, and no ``n``
         or an answer without a next page); a paged request while upstream is down is cut from
-        it. One copy per repository, whatever ``n`` and ``last`` clients send: queries cannot
-        make Wharf store a copy each. It remembers the last ``_MAX_TAG_READERS`` credentials
+        it. The copy is public only when this answer was (a list learned with a client's
+        credential may name tags the public one does not: it goes to the readers only). One
+        copy per repository, whatever ``n`` and ``last`` clients send: queries cannot make Wharf
+        store a copy each. It remembers the last ``_MAX_TAG_READERS`` credentials
         upstream let read the list. Keeping the copy is best effort (not on a full disk).
         """
         credential, public = self._access.effective(upstream, client)
@@ -90,7 +92,7 @@ class UpstreamLists:
                 readers.append(credential.id)
             try:
                 self._meta.set_document(key, {"body": body.decode(), "link": link if n is None else None,
-                                              "public": public or saved.get("public", False),
+                                              "public": public,  # a list learned with a credential is its own
                                               "readers": readers[-_MAX_TAG_READERS:]})
             except StoreFull:
                 pass  # the copy is for later; upstream's answer goes through on a full disk

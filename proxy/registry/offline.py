@@ -18,6 +18,7 @@ offline upstream too: ``UpstreamOffline``). Rules:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -38,6 +39,7 @@ from proxy.storage.meta import MetaStore, Visibility
 # ``invalidation.POLL_SECONDS``. The bound only limits how long a change that skipped the hook
 # could mislead.
 TAG_SHARED_SECONDS = 600.0
+_OFF_LOOP_BYTES = 65536  # tag lists larger than this are merged and paged in a thread
 
 
 class OfflineRegistry:
@@ -102,21 +104,18 @@ class OfflineRegistry:
     async def tags(self, target: Target, n: int | None, last: str | None, client: Client) -> TagsPage:
         """The tags mirroring made visible, with those of the stored copy of upstream's public list."""
         # written by ``MirrorRecords`` (proxy.mirror.records) and ``UpstreamLists.tags`` (listings.py)
-        names = {t for t in self._meta.document(f"mirror-tags:{target.scope}", fresh=True) or []}
+        mirrored = self._meta.document(f"mirror-tags:{target.scope}", fresh=True) or []
         saved = self._meta.document(f"tags:{target.scope}", fresh=True)
-        if saved and saved.get("public"):
-            try:
-                listed = json.loads(saved["body"]).get("tags") or []
-            except (ValueError, AttributeError, TypeError, KeyError):
-                listed = []
-            names.update(t for t in listed if isinstance(t, str))
-        if not names:
+        stored = saved.get("body") if saved and saved.get("public") else None
+        size = len(mirrored) * 16 + (len(stored) if isinstance(stored, str) else 0)
+        args = (target.repo, mirrored, stored, MAX_PAGE if n is None else n, last)
+        # parsing, merging and paging grow with the lists (upstream's may be 16 MB): off the loop when big
+        page = await asyncio.to_thread(_tag_page, *args) if size > _OFF_LOOP_BYTES else _tag_page(*args)
+        if page is None:
             self._decisions.count("tags", "offline_missing")
             raise NameUnknown(f"repository {target.scope} is not in this offline mirror ({_rule(target)})")
-        body = json.dumps({"name": target.repo, "tags": sorted(names)}).encode()
-        body, link = page_tags(body, MAX_PAGE if n is None else n, last)
         self._decisions.count("tags", "offline")
-        return TagsPage(body, link, "offline")
+        return TagsPage(*page, "offline")
 
     async def referrers(self, target: Target, digest: Digest, artifact_type: str | None,
                         client: Client) -> ReferrersResult:
@@ -154,6 +153,21 @@ class OfflineRegistry:
         return error(f"{where} is not in this offline mirror: what is stored of it was fetched with a "
                      f"client's own upstream credential, which cannot be confirmed while offline "
                      f"({_rule(target)})")
+
+
+def _tag_page(repo: str, mirrored: list, stored: object, n: int, last: str | None) -> tuple[bytes, str | None] | None:
+    """The page of the tags mirroring made visible merged with the stored public list; None: none."""
+    names = {t for t in mirrored if isinstance(t, str)}
+    if isinstance(stored, str):
+        try:
+            listed = json.loads(stored).get("tags") or []
+        except (ValueError, AttributeError, TypeError):
+            listed = []
+        if isinstance(listed, list):
+            names.update(t for t in listed if isinstance(t, str))
+    if not names:
+        return None
+    return page_tags(json.dumps({"name": repo, "tags": sorted(names)}).encode(), n, last)
 
 
 def _rule(target: Target) -> str:

@@ -295,6 +295,9 @@ class MetaStore:
     def set_document(self, key: str, value: Any) -> None:
         self._set(f"doc:{key}", value)
 
+    def delete_document(self, key: str) -> None:
+        self._delete(f"doc:{key}")
+
     def forget(self, digest: str) -> None:
         """Drop what we know of an evicted object (its visibility must be re-learned)."""
         self._delete(f"vis:{digest}")

@@ -15,7 +15,9 @@ first blob next; skopeo and other OCI-layout tools read the tar as a plain image
 Rules: a bundle is written to ``<name>.part`` and renamed once complete, so a file under the
 bundle's name is whole; blobs are copied in ``CHUNK`` pieces, never whole in memory; a reader tells
 the compression by magic bytes, not by the file's name; a file that is no bundle, or a damaged or
-truncated one, is a ``BundleError`` naming it, never a traceback.
+truncated one, is a ``BundleError`` naming it, never a traceback. What a bundle says is hostile until
+checked: the description's fields must have their types (``image_from``), JSON nested too deeply
+is unreadable like any other bad JSON, and an inventory is read up to ``SMALL_FILE_LIMIT``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import tarfile
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -85,7 +87,39 @@ def new_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:12]
 
 
-_IMAGE_FIELDS = {f.name for f in fields(MirroredImage)}  # a newer Wharf's extra fields are left aside
+def _mapping(raw: dict, key: str, values: type | tuple[type, ...]) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, values)
+                                              and not isinstance(v, bool) for k, v in value.items()):
+        raise ValueError(f"an image's {key} is not a mapping of strings to {getattr(values, '__name__', 'values')}")
+    return value
+
+
+def image_from(raw: object) -> MirroredImage:
+    """A ``MirroredImage`` from a bundle's description, every field of the type it must have
+    (ValueError otherwise): what a bundle says is read as hostile until checked."""
+    if not isinstance(raw, dict):
+        raise ValueError("an image is not an object")
+    for key in ("name", "upstream", "repo"):
+        if not isinstance(raw.get(key), str):
+            raise ValueError(f"an image's {key} is not a string")
+    referrers = _mapping(raw, "referrers", list)
+    if not all(isinstance(d, dict) for descriptors in referrers.values() for d in descriptors):
+        raise ValueError("an image's referrers are not lists of descriptors")
+    synced_at = raw.get("synced_at", 0.0)
+    if not isinstance(synced_at, (int, float)) or isinstance(synced_at, bool):
+        raise ValueError("an image's synced_at is not a number")
+    return MirroredImage(raw["name"], raw["upstream"], raw["repo"], dict(_mapping(raw, "tags", str)),
+                         dict(_mapping(raw, "manifests", str)), dict(_mapping(raw, "blobs", int)), referrers,
+                         dict(_mapping(raw, "unmirrored", str)), float(synced_at))
+
+
+def loads(data: bytes):
+    """``json.loads`` whose failures (too deeply nested ones too) are ValueError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 # the description ------------------------------------------------------------------------------
@@ -107,15 +141,16 @@ class Description:
     @classmethod
     def parse(cls, data: bytes, source: str) -> "Description":
         try:
-            raw = json.loads(data)
-            if raw.get("format") != FORMAT:
+            raw = loads(data)
+            if not isinstance(raw, dict) or raw.get("format") != FORMAT:
                 raise ValueError("not a Wharf bundle description")
             if raw.get("version") != VERSION:
                 raise ValueError(f"format version {raw.get('version')!r}; this Wharf reads version {VERSION}")
-            return cls(str(raw["id"]), float(raw["created"]),
-                       [MirroredImage.from_dict({k: v for k, v in i.items() if k in _IMAGE_FIELDS})
-                        for i in raw["images"]],
-                       [str(d) for d in raw["inventory"]], raw.get("base"))
+            base = raw.get("base")
+            if base is not None and not isinstance(base, dict):
+                raise ValueError("base is not an object")
+            return cls(str(raw["id"]), float(raw["created"]), [image_from(i) for i in raw["images"]],
+                       [str(d) for d in raw["inventory"]], base)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BundleError(f"{source}: {DESCRIPTION_FILE} is unreadable ({exc})") from None
 
@@ -148,7 +183,11 @@ def write_inventory(path: Path, inventory_id: str, digests: set[str]) -> None:
 def read_inventory(path: Path) -> tuple[str, set[str]]:
     """(id, digests) of an inventory file."""
     try:
-        raw = json.loads(path.read_bytes())
+        with open(path, "rb") as file:
+            data = file.read(SMALL_FILE_LIMIT + 1)
+        if len(data) > SMALL_FILE_LIMIT:
+            raise ValueError(f"larger than the {SMALL_FILE_LIMIT} bytes this Wharf reads")
+        raw = loads(data)
         if not isinstance(raw, dict) or raw.get("format") != INVENTORY_FORMAT:
             raise ValueError("not a file written by wharf mirror inventory")
         return str(raw["id"]), {str(d) for d in raw["digests"]}

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from proxy.mirror.bundle import BundleError, blob_digest
+from proxy.mirror.bundle import BundleError, blob_digest, loads
 
 MANIFEST_FILE = "manifest.json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -67,7 +67,7 @@ class ClassicImage:
 
 def _entries(manifest_json: bytes, source: str) -> list[dict]:
     try:
-        entries = json.loads(manifest_json)
+        entries = loads(manifest_json)
     except ValueError:
         entries = None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -81,7 +81,7 @@ def classic_images(manifest_json: bytes, file_of: Callable[[str], tuple[str, int
     images = []
     for number, entry in enumerate(_entries(manifest_json, source), 1):
         what = f"{source}: image {number} of {MANIFEST_FILE}"
-        tags = entry.get("RepoTags") or []
+        tags = entry.get("RepoTags") if isinstance(entry.get("RepoTags"), list) else []
         references = [ref for ref in (full_reference(t) for t in tags if isinstance(t, str)) if ref and ref[1]]
         if not references:
             raise BundleError(f"{what} has no name (RepoTags is empty): save it by name, e.g. docker save alpine:3")
@@ -112,7 +112,9 @@ def classic_images(manifest_json: bytes, file_of: Callable[[str], tuple[str, int
 def _check_diff_ids(what: str, config_bytes: bytes | None, layers: list[tuple[str, int]], paths: list) -> None:
     """Each layer.tar's sha256 is the config's diff_id of that layer: a changed layer is refused."""
     try:
-        diff_ids = json.loads(config_bytes or b"")["rootfs"]["diff_ids"]
+        diff_ids = loads(config_bytes or b"")["rootfs"]["diff_ids"]
+        if not isinstance(diff_ids, list):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         raise BundleError(f"{what}: its config is not an image config (no rootfs.diff_ids)") from None
     if len(diff_ids) != len(layers):
@@ -131,7 +133,7 @@ def repo_tags_by_config(manifest_json: bytes | None, source: str) -> dict[str, l
         config = blob_digest(str(entry.get("Config", "")))
         if config is None:
             continue
-        for tag in entry.get("RepoTags") or []:
+        for tag in entry.get("RepoTags") if isinstance(entry.get("RepoTags"), list) else []:
             ref = full_reference(tag) if isinstance(tag, str) else None
             if ref and ref[1]:
                 found.setdefault(config, []).append((ref[0], ref[1]))

@@ -13,7 +13,13 @@ Rules, in order:
    store refuses a delta, naming its base and the missing digests (its base was not imported).
 3. The small files must match the checksum list, and every file it lists must have come (a
    truncated bundle is refused).
-4. Each image must be complete in the store; only then is it adopted (``MirrorRecords.adopt``
+4. Each image must be complete in the store and be what its manifests say (``_Intake._check``: tags
+   name its manifests, each manifest's type is its body's, all it names is part of the image), and
+   every digest the bundle does not carry must be public here already (a delta's base): a bundle
+   never makes private content (a client's own credential, a push) public under another name; a
+   blob the store holds privately counts as carried only once the bundle's copy hashed to it. An
+   image is recorded under its repository's full name, whatever name the description gives it.
+5. Each image is then adopted (``MirrorRecords.adopt``
    under the ``import`` holder, added to what earlier imports of that name hold): the one step
    that makes anything visible, tag records last.
 While it runs, what it stored is kept by a holder named after the bundle (``import-pending:<id>``,
@@ -28,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 import threading
 import time
@@ -37,19 +42,21 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.errors import DigestInvalid, OCIError, SizeInvalid
+from proxy.errors import DigestInvalid, ManifestInvalid, OCIError, SizeInvalid
 from proxy.http import keys
 from proxy.mirror import bundle, dockersave
 from proxy.mirror.bundle import BundleError, Description
 from proxy.mirror.records import IMPORT_HOLDER, MirroredImage, MirrorIncomplete, MirrorRecords
 from proxy.oci.digest import Digest
-from proxy.oci.media import NON_DISTRIBUTABLE_LAYERS, OCI_INDEX, OCI_MANIFEST
+from proxy.oci.media import MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_MANIFEST, ParsedManifest, parse_manifest
+from proxy.oci.names import validate_tag
 from proxy.registry.addressing import Addressing
 from proxy.registry.base import Target
 from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.meta import MetaStore
 
+MAX_NESTING = 8  # indexes within indexes (the image spec's nest one deep)
 # files read into memory; any other file but blobs/ is a docker save config or layer, or ignored
 _SMALL_FILES = {bundle.LAYOUT_FILE, bundle.INDEX_FILE, bundle.DESCRIPTION_FILE, bundle.CHECKSUMS_FILE,
                 dockersave.MANIFEST_FILE, "repositories"}
@@ -117,6 +124,7 @@ class _Intake:
         self.in_bundle: dict[str, int] = {}             # blobs/ entries: digest -> size
         self.files: dict[str, tuple[str, int]] = {}     # other stored files (docker save): path -> (digest, size)
         self.links: dict[str, str] = {}
+        self.carried: set[str] = set()                  # digests whose bytes this bundle holds, verified
         self.description: Description | None = None
         self.described: list[MirroredImage] = []
         self.report = ImportReport(path, 0)
@@ -139,6 +147,7 @@ class _Intake:
             missing = self._records.missing(image)
             if missing:
                 raise BundleError(self._missing_message(missing, image.name))
+            self._check(image)
         self.report.images = len(images)
         return images
 
@@ -179,6 +188,9 @@ class _Intake:
         self.in_bundle[name] = entry.size
         self._keep(name)
         if self._blobs.size(digest) is not None:
+            if not self._meta.visibility(name, fresh=True).public:
+                self._prove(entry, digest)
+            self.carried.add(name)
             self.report.present += 1
             return
         writer = self._blobs.new_writer(digest.algorithm, max_size=entry.size, expected_size=entry.size)
@@ -192,8 +204,20 @@ class _Intake:
         except BaseException:
             writer.abort()
             raise
+        self.carried.add(name)
         self.report.imported += 1
         self.report.imported_bytes += entry.size
+
+    def _prove(self, entry: bundle.Entry, digest: Digest) -> None:
+        """A blob the store holds but not publicly (a client's own credential, a push): the bundle's
+        copy is hashed, not trusted by its name, before the bundle may count as carrying it."""
+        hasher, size = digest.hasher(), 0
+        for chunk in self._chunks(entry):
+            hasher.update(chunk)
+            size += len(chunk)
+        if hasher.hexdigest() != digest.hex or size != self._blobs.size(digest):
+            raise BundleError(f"{self.source}: blob {digest} does not match its digest (the bundle is damaged); "
+                              f"nothing of this bundle was made visible")
 
     def _store_computed(self, entry: bundle.Entry) -> None:
         """A docker save file, stored under the digest it hashes to."""
@@ -213,6 +237,7 @@ class _Intake:
             writer.abort()
             raise
         self.files[entry.name] = (str(digest), entry.size)
+        self.carried.add(str(digest))
         self._keep(str(digest))
 
     # a Wharf bundle's description: checked before its blobs ---------------------------------------
@@ -234,7 +259,8 @@ class _Intake:
         for digest in image.content() | set(image.tags.values()) | set(image.unmirrored):
             self._digest(digest)
         target = resolve_upstream(self._addressing, f"{image.upstream}/{image.repo}", self.source)
-        return MirroredImage.from_dict({**image.as_dict(), "upstream": target.upstream, "repo": target.repo})
+        return MirroredImage.from_dict({**image.as_dict(), "name": f"{target.upstream}/{target.repo}",
+                                        "upstream": target.upstream, "repo": target.repo})
 
     def _missing_message(self, missing: list[str], name: str | None = None) -> str:
         base = self.description.base if self.description else None
@@ -293,7 +319,7 @@ class _Intake:
     def _layout_images(self) -> list[MirroredImage]:
         """An OCI image layout without Wharf's description: named by its index.json annotations."""
         try:
-            descriptors = json.loads(self.small[bundle.INDEX_FILE])["manifests"]
+            descriptors = bundle.loads(self.small[bundle.INDEX_FILE])["manifests"]
             assert isinstance(descriptors, list)
         except (ValueError, KeyError, TypeError, AssertionError):
             raise BundleError(f"{self.source}: {bundle.INDEX_FILE} is not an OCI image index") from None
@@ -323,13 +349,14 @@ class _Intake:
         return [grouped[name] for name in sorted(grouped)]
 
     def _names(self, descriptor: dict, by_config: dict[str, list[tuple[str, str]]]) -> list[tuple[str, str | None]]:
-        annotations = descriptor.get("annotations") or {}
+        annotations = descriptor.get("annotations") if isinstance(descriptor.get("annotations"), dict) else {}
         for key in (bundle.CONTAINERD_NAME, bundle.REF_NAME):
             found = dockersave.full_reference(str(annotations.get(key, "")))
             if found:
                 return [found]
         manifest = self._json(descriptor["digest"])
-        config = manifest.get("config", {}).get("digest") if isinstance(manifest, dict) else None
+        config = manifest.get("config") if isinstance(manifest, dict) else None
+        config = config.get("digest") if isinstance(config, dict) else None
         return list(by_config.get(config, []))
 
     def _digest(self, text: object) -> Digest:
@@ -338,48 +365,104 @@ class _Intake:
         except DigestInvalid:
             raise BundleError(f"{self.source}: {str(text)[:80]!r} is not a digest") from None
 
+    def _body(self, digest: str) -> bytes | None:
+        """A stored manifest's bytes (None: not stored); anything larger than a manifest is refused."""
+        parsed = self._digest(digest)
+        size = self._blobs.size(parsed)
+        if size is not None and size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{self.source}: manifest {digest} is {size} bytes, more than a manifest may be")
+        return self._blobs.read_bytes(parsed) if size is not None else None
+
     def _json(self, digest: str):
-        data = self._blobs.read_bytes(self._digest(digest))
+        data = self._body(digest)
         if data is None:
             return None
         try:
-            return json.loads(data)
+            return bundle.loads(data)
         except ValueError:
             raise BundleError(f"{self.source}: manifest {digest} is not JSON") from None
 
-    def _walk(self, image: MirroredImage, digest: str, media_type: str | None) -> None:
-        """Record a manifest and what it names; an index's children absent here were left out."""
-        document = self._json(digest)
-        if not isinstance(document, dict):  # absent: the completeness check names it
-            image.manifests[digest] = media_type or OCI_MANIFEST
+    def _parsed(self, digest: str, body: bytes, media_type: str | None) -> ParsedManifest:
+        """The manifest as the registry reads it; its type is the body's, which a descriptor's must match."""
+        try:
+            parsed = parse_manifest(body, media_type or None)
+        except ManifestInvalid as exc:
+            raise BundleError(f"{self.source}: manifest {digest} is not a valid manifest ({exc.message})") from None
+        if parsed.media_type not in MANIFEST_TYPES:
+            raise BundleError(f"{self.source}: manifest {digest} has type {parsed.media_type[:80]!r}, "
+                              f"which is no manifest type")
+        return parsed
+
+    def _walk(self, image: MirroredImage, digest: str, media_type: str | None, depth: int = 0) -> None:
+        """Record a manifest and what it names; an index's children absent here were left out. Each
+        manifest is walked once however often it is named, through at most ``MAX_NESTING`` indexes."""
+        if digest in image.manifests:
             return
-        media_type = document.get("mediaType") or media_type or (OCI_INDEX if "manifests" in document else OCI_MANIFEST)
-        image.manifests[digest] = media_type
-        if isinstance(document.get("manifests"), list):
-            for child in document["manifests"]:
-                child_digest = str(child.get("digest", ""))
-                if self._json(child_digest) is None:
-                    image.unmirrored[child_digest] = "not in the imported bundle"
-                else:
-                    self._walk(image, child_digest, child.get("mediaType"))
-        else:
-            for blob in [document.get("config")] + list(document.get("layers") or []):
-                if not isinstance(blob, dict):
-                    continue
-                present = self._blobs.size(self._digest(blob.get("digest"))) is not None
-                if blob.get("mediaType") in NON_DISTRIBUTABLE_LAYERS and not present:
-                    continue  # foreign layers are fetched from their own URLs
-                image.blobs[str(blob["digest"])] = int(blob.get("size", 0))
-        subject = document.get("subject")
-        if isinstance(subject, dict) and subject.get("digest"):
-            referrer = {"mediaType": media_type, "digest": digest,
-                        "size": self._blobs.size(Digest.parse(digest)) or 0}
-            artifact = document.get("artifactType") or (document.get("config") or {}).get("mediaType")
-            if artifact:
-                referrer["artifactType"] = artifact
-            if document.get("annotations"):
-                referrer["annotations"] = document["annotations"]
-            image.referrers.setdefault(str(subject["digest"]), []).append(referrer)
+        if depth > MAX_NESTING:
+            raise BundleError(f"{self.source}: manifest {digest} is nested more than {MAX_NESTING} indexes deep")
+        body = self._body(digest)
+        if body is None:  # absent: the completeness check names it
+            image.manifests[digest] = media_type if isinstance(media_type, str) and media_type else OCI_MANIFEST
+            return
+        parsed = self._parsed(digest, body, media_type if isinstance(media_type, str) else None)
+        image.manifests[digest] = parsed.media_type
+        for child in parsed.manifests:
+            if self._blobs.size(child.digest) is None:
+                image.unmirrored[str(child.digest)] = "not in the imported bundle"
+            else:
+                self._walk(image, str(child.digest), child.media_type, depth + 1)
+        for blob in parsed.blobs:
+            if blob.non_distributable and self._blobs.size(blob.digest) is None:
+                continue  # foreign layers are fetched from their own URLs
+            image.blobs[str(blob.digest)] = blob.size
+        if parsed.subject is not None:
+            referrer = {"mediaType": parsed.media_type, "digest": digest, "size": len(body)}
+            if parsed.artifact_type:
+                referrer["artifactType"] = parsed.artifact_type
+            if parsed.annotations:
+                referrer["annotations"] = parsed.annotations
+            image.referrers.setdefault(str(parsed.subject.digest), []).append(referrer)
+
+    # what an image claims, checked against its content ---------------------------------------------
+    def _check(self, image: MirroredImage) -> None:
+        """An image (all of it stored) is what its manifests say, and publishes nothing private:
+        its tags are valid and name its manifests; each manifest is one by its body, of the type
+        recorded, and everything it names is part of the image (a child may be left out); blob
+        sizes and referrers are the stored ones; and content this bundle does not carry must be
+        public here already (a delta's base) — else a bundle naming a digest could make content
+        the store holds for a client's own credential, or a push, public under another name."""
+        what = f"{self.source}: {image.name}"
+        for tag, digest in image.tags.items():
+            try:
+                validate_tag(tag)
+            except OCIError:
+                raise BundleError(f"{what}: {tag[:130]!r} is not a valid tag") from None
+            if digest not in image.manifests:
+                raise BundleError(f"{what}: tag {tag} names {digest[:80]}, which is none of its manifests")
+        for digest, media_type in image.manifests.items():
+            body = self._body(digest) or b""
+            parsed = self._parsed(digest, body, None)
+            if parsed.media_type != media_type:
+                raise BundleError(f"{what}: manifest {digest} is {parsed.media_type}, not {media_type[:80]!r}")
+            for child in parsed.manifests:
+                if str(child.digest) not in image.manifests and str(child.digest) not in image.unmirrored:
+                    raise BundleError(f"{what}: manifest {digest} names {child.digest}, which is not part of it")
+            for blob in parsed.blobs:
+                if str(blob.digest) not in image.blobs and not blob.non_distributable:
+                    raise BundleError(f"{what}: manifest {digest} names {blob.digest}, which is not part of it")
+        for digest, size in image.blobs.items():
+            if self._blobs.size(Digest.parse(digest)) != size:
+                raise BundleError(f"{what}: blob {digest} is not {size} bytes")
+        for subject, descriptors in image.referrers.items():
+            for descriptor in descriptors:
+                if (subject not in image.manifests and subject not in image.unmirrored) \
+                        or descriptor.get("digest") not in image.manifests:
+                    raise BundleError(f"{what}: a referrer of {subject[:80]} is not one of its manifests")
+        private = sorted(d for d in image.content() - self.carried
+                         if not self._meta.visibility(d, fresh=True).public)
+        if private:
+            raise BundleError(f"{what} names {len(private)} manifest(s) or blob(s) that are neither in the bundle "
+                              f"nor public here ({_shown(private)}); nothing was made visible")
 
     def _file_of(self, path: str) -> tuple[str, int] | None:
         path = bundle.normal_path(path)
@@ -399,6 +482,7 @@ class _Intake:
         grouped: dict[str, MirroredImage] = {}
         for saved in built:
             digest = Digest.of(saved.manifest)
+            self.carried.add(str(digest))
             self._keep(str(digest))
             if self._blobs.size(digest) is None:
                 self._blobs.put_bytes(saved.manifest, digest)

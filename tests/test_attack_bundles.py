@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import resource
+import signal
+import stat
+import subprocess
 import tarfile
 import uuid
 from pathlib import Path
 
 import pytest
 
-from support.bundles import one_line, sha256, wharf_cli, wharf_config
+from support.bundles import Result, one_line, sha256, wharf_cli, wharf_config
 from support.images import MANIFEST_ACCEPT, canonical_json
-from support.wharf_serve import write_config
+from support.servers import _die_with_parent
+from support.wharf_serve import wharf_argv, wharf_env, write_config
 
 from proxy.app import BLOBS, META
 from proxy.errors import OCIError
 from proxy.http import keys
 from proxy.mirror.bundle import BundleError
 from proxy.mirror.importer import import_bundle
-from proxy.mirror.records import IMPORT_HOLDER
+from proxy.mirror.records import IMPORT_HOLDER, MirroredImage
 from proxy.oci.digest import Digest
 
 DEAD = "http://127.0.0.1:9"
@@ -333,3 +339,52 @@ async def test_a_huge_declared_size_is_refused_before_writing(make_wharf, tmp_pa
     with pytest.raises((BundleError, OCIError)):  # the CLI writes either as one line
         await import_bundle(far.app, path)
     assert not [p for p in (far.app[keys.CONFIG].storage.root / "tmp").iterdir() if p.stat().st_size]
+
+
+# export: where the bundle goes ---------------------------------------------------------------------
+async def mirrored_here(wharf, repo: str, layer_bytes: int) -> None:
+    """An image stored and adopted as a sync leaves it (no upstream needed)."""
+    manifest, config, layers = image_parts(uuid.uuid4().hex, [os.urandom(layer_bytes)])
+    blobs = wharf.app[BLOBS]
+    for data in (manifest, config, *layers):
+        blobs.put_bytes(data, Digest.parse(sha256(data)))
+    wharf.app[keys.MIRROR_RECORDS].adopt(MirroredImage.from_dict(image_record(repo, manifest, config, layers)),
+                                         "testlist")
+
+
+def cli_config(wharf, workdir: Path) -> Path:
+    return write_config(workdir, wharf_config(wharf.app[keys.CONFIG].storage.root, {HOST: DEAD}))
+
+
+async def test_export_that_runs_out_of_room_leaves_no_partial_bundle(make_wharf, tmp_path):
+    """The disk fills mid-blob (here: the file size limit): exit 1, one line, no bundle, no .part."""
+    near = await far_side(make_wharf)
+    await mirrored_here(near, "team/big", 12 * 1024 * 1024)
+    cli = cli_config(near, tmp_path / "cli")
+    out = tmp_path / "out" / "bundle.tar"
+    out.parent.mkdir()
+
+    def limited() -> None:
+        _die_with_parent()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 1024 * 1024, 4 * 1024 * 1024))
+
+    done = subprocess.run(wharf_argv("mirror", "export", "--all", "-o", str(out), "--config", str(cli)),
+                          env=wharf_env(), capture_output=True, text=True, timeout=120, preexec_fn=limited)
+    one_line(Result(done.returncode, done.stdout, done.stderr), 1, "cannot write", str(out))
+    assert list(out.parent.iterdir()) == []
+
+
+async def test_export_refuses_an_output_that_is_no_regular_file(make_wharf, tmp_path):
+    near = await far_side(make_wharf)
+    await mirrored_here(near, "team/app", 1000)
+    cli = cli_config(near, tmp_path / "cli")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    for target in (fifo, directory):
+        one_line(wharf_cli("mirror", "export", "--all", "-o", str(target), "--config", str(cli)), 1,
+                 "cannot write", str(target))
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and directory.is_dir() and list(directory.iterdir()) == []
+    assert not list(tmp_path.glob("*.part"))

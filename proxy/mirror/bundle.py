@@ -22,6 +22,8 @@ is unreadable like any other bad JSON, and an inventory is read up to ``SMALL_FI
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -364,6 +366,10 @@ class BundleWriter:
         self._mtime = int(mtime if mtime is not None else time.time())
 
     def __enter__(self) -> "BundleWriter":
+        if self.path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "it is a directory")
+        if self.path.exists() and not self.path.is_file():  # a device, a FIFO: renamed over, it would be gone
+            raise OSError(errno.EINVAL, "it is not a regular file (a bundle is written beside it, then renamed)")
         self._file = open(self._part, "wb")
         if self._compression == "gzip":  # layers are compressed already: level 1 saves as much, faster
             self._wrapper = gzip.GzipFile(filename="", mode="wb", fileobj=self._file, compresslevel=1, mtime=0)
@@ -389,18 +395,26 @@ class BundleWriter:
         self._tar.addfile(self._info(name, size), file)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        """Finish and rename a whole bundle; whatever failed (the copy, or finishing it: a full disk),
+        the partial file is removed."""
         try:
-            self._tar.close()
-            if self._wrapper is not None:
-                self._wrapper.close()
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            if exc_type is None:  # a failed copy is not finished: writing its end could fail again
+                self._tar.close()
+                if self._wrapper is not None:
+                    self._wrapper.close()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.replace(self._part, self.path)
+        except BaseException:
+            exc_type = type(exc)
+            raise
         finally:
-            self._file.close()
-        if exc_type is None:
-            os.replace(self._part, self.path)
-        else:
-            self._part.unlink(missing_ok=True)
+            if exc_type is not None:
+                self._tar.fileobj.closed = True  # type: ignore[attr-defined]  # its stream must not flush at exit
+                with contextlib.suppress(OSError):
+                    self._file.close()  # flushing what is buffered may fail again
+                self._part.unlink(missing_ok=True)
 
 
 def sha256_of_file(path: Path) -> str:

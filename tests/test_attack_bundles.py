@@ -388,3 +388,16 @@ async def test_export_refuses_an_output_that_is_no_regular_file(make_wharf, tmp_
                  "cannot write", str(target))
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and directory.is_dir() and list(directory.iterdir()) == []
     assert not list(tmp_path.glob("*.part"))
+
+
+async def test_no_file_of_a_bundle_may_exceed_max_layer_bytes(make_wharf, tmp_path):
+    """A blob, or any other file of the tar (a compressed bundle expanding to terabytes of padding),
+    larger than limits.max_layer_bytes is refused as a pulled or pushed one is."""
+    far = await make_wharf(named_upstreams={HOST: DEAD}, limits={"max_layer_bytes": 4000})
+    manifest, config, layers = image_parts(uuid.uuid4().hex, [os.urandom(5000)])
+    record = image_record("team/app", manifest, config, layers)
+    path = write_bundle(tmp_path / "big.tar", description([record]), [manifest, config, *layers])
+    await refused(far, path, sha256(layers[0])[7:], "max_layer_bytes")
+    assert far.app[BLOBS].size(Digest.parse(sha256(layers[0]))) is None
+    padded = write_bundle(tmp_path / "padded.tar", None, [], extra=[("padding.bin", bytes(6000))])
+    await refused(far, padded, "padding.bin", "max_layer_bytes")

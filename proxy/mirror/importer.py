@@ -6,7 +6,9 @@ Rules, in order:
    and its digest verified as it is committed (a blob already complete in the store is skipped,
    not rehashed); a blob that does not verify refuses the whole bundle, naming it. ``docker save``
    configs and layers are stored under the digest computed as they stream (and checked against the
-   config's ``diff_ids``, ``proxy.mirror.dockersave``).
+   config's ``diff_ids``, ``proxy.mirror.dockersave``). No file of the tar may be larger than
+   ``limits.max_layer_bytes`` (as for a blob pulled or pushed): what a compressed bundle expands to is
+   bounded per file by that, and in all by the store's free space.
 2. A Wharf bundle's description comes ahead of its blobs and is checked before the first blob is
    stored: each image's upstream must be configured here (else the bundle is refused, naming the
    upstream to add with ``offline: true``), and content that is neither in the bundle nor in the
@@ -112,8 +114,9 @@ class _Intake:
     Blocking (a worker thread)."""
 
     def __init__(self, path: Path, blobs: BlobStore, meta: MetaStore, budget: Budget,
-                 addressing: Addressing, records: MirrorRecords) -> None:
+                 addressing: Addressing, records: MirrorRecords, max_blob_bytes: int | None = None) -> None:
         self.path, self.source = path, str(path)
+        self._max_blob_bytes = max_blob_bytes  # limits.max_layer_bytes, as for a blob pulled or pushed
         self._blobs, self._meta, self._budget = blobs, meta, budget
         self._addressing, self._records = addressing, records
         stat = os.stat(path)
@@ -152,6 +155,9 @@ class _Intake:
         return images
 
     def _take(self, entry: bundle.Entry) -> None:
+        if self._max_blob_bytes is not None and entry.size > self._max_blob_bytes:
+            raise BundleError(f"{self.source}: {entry.name[:200]} is {entry.size} bytes, more than this Wharf's "
+                              f"limits.max_layer_bytes ({self._max_blob_bytes}); nothing was made visible")
         if entry.link is not None:
             self.links[entry.name] = entry.link
         elif (digest := bundle.blob_digest(entry.name)) is not None:
@@ -503,7 +509,8 @@ async def import_bundle(app: web.Application, path: Path) -> ImportReport:
     records: MirrorRecords = app[keys.MIRROR_RECORDS]
     blobs = app[BLOBS]
     try:
-        intake = _Intake(path, blobs, app[META], app[BUDGET], app[keys.ADDRESSING], records)
+        intake = _Intake(path, blobs, app[META], app[BUDGET], app[keys.ADDRESSING], records,
+                         app[keys.CONFIG].limits.max_layer_bytes)
     except OSError as exc:
         raise BundleError(f"{path}: {exc.strerror or exc}") from None
     try:

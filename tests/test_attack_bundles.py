@@ -7,6 +7,7 @@ The importing Wharf's upstream ``registry.test`` points where nothing listens.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import stat
 import subprocess
 import tarfile
+import time
 import uuid
 from pathlib import Path
 
@@ -401,3 +403,39 @@ async def test_no_file_of_a_bundle_may_exceed_max_layer_bytes(make_wharf, tmp_pa
     assert far.app[BLOBS].size(Digest.parse(sha256(layers[0]))) is None
     padded = write_bundle(tmp_path / "padded.tar", None, [], extra=[("padding.bin", bytes(6000))])
     await refused(far, padded, "padding.bin", "max_layer_bytes")
+
+
+# a server starting beside a running import ---------------------------------------------------------
+async def test_a_starting_server_leaves_a_running_imports_partial_blob(make_wharf, tmp_path):
+    """``wharf serve`` removes what a crash left in tmp/ when it starts; a blob an import (another
+    process) is still writing is not left by a crash: removed, the import failed with a traceback."""
+    far = await far_side(make_wharf)
+    manifest, config, layers = image_parts(uuid.uuid4().hex, [os.urandom(3 * 1024 * 1024)])
+    record = image_record("team/app", manifest, config, layers)
+    bundle = write_bundle(tmp_path / "bundle.tar", description([record]), [manifest, config, *layers])
+    with tarfile.open(bundle) as tar:
+        big = tar.getmember(f"blobs/sha256/{sha256(layers[0])[7:]}")
+    store = far.app[keys.CONFIG].storage.root
+    fifo = tmp_path / "feed.tar"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(wharf_argv("mirror", "import", str(fifo), "--config",
+                                          str(cli_config(far, tmp_path / "cli"))),
+                               env=wharf_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=_die_with_parent)
+
+    def feed() -> None:
+        data = bundle.read_bytes()
+        with open(fifo, "wb") as pipe:
+            pipe.write(data[:big.offset_data + big.size // 2])
+            deadline = time.monotonic() + 60
+            while not [p for p in (store / "tmp").glob("*.part") if p.stat().st_size > 0]:
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+                time.sleep(0.05)
+            from proxy.storage.blobs import BlobStore
+            BlobStore(store).clean_tmp()  # what wharf serve does as it starts (proxy.server)
+            pipe.write(data[big.offset_data + big.size // 2:])
+
+    await asyncio.to_thread(feed)
+    stdout, stderr = await asyncio.to_thread(process.communicate, timeout=60)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr
+    assert await status_of(far, f"{HOST}/team/app/blobs/{sha256(layers[0])}") == 200

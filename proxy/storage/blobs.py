@@ -9,6 +9,7 @@ path that exists is always complete. Manifests are stored here too, byte-exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -68,6 +69,8 @@ class BlobWriter(Growth):
             if is_no_room(exc):
                 raise store.space.ran_out() from None
             raise
+        with contextlib.suppress(BlockingIOError):  # in use: ``clean_tmp`` of another process leaves it
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._appender = AlignedAppender(self._file.fileno(), 0)
         self._held_since = 0.0
         self.algorithm = algorithm
@@ -292,14 +295,29 @@ class BlobStore:
                 yield digest, stat.st_size, when
 
     def clean_tmp(self, older_than: float = 0) -> int:
-        """Remove temporary files left by a crash (at start) or by expired uploads."""
+        """Remove temporary files left by a crash (at start) or by expired uploads; a blob still being
+        written by a live process (an import or a sync beside a starting server) holds a lock and stays."""
         removed = 0
         cutoff = time.time() - older_than
         for entry in os.scandir(self.tmp_dir):
             try:
-                if entry.stat().st_mtime <= cutoff:
+                if entry.stat().st_mtime <= cutoff and not self._in_use(entry.path):
                     os.unlink(entry.path)
                     removed += 1
             except FileNotFoundError:
                 pass
         return removed
+
+    @staticmethod
+    def _in_use(path: str) -> bool:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)

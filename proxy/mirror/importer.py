@@ -4,23 +4,26 @@
 Rules, in order:
 1. one pass over the tar, in a worker thread: every ``blobs/<alg>/<hex>`` is streamed into the store
    and its digest verified as it is committed (a blob already complete in the store is skipped,
-   not rehashed); a blob that does not verify refuses the whole bundle, naming it. ``docker save``
-   configs and layers are stored under the digest computed as they stream (and checked against the
-   config's ``diff_ids``, ``proxy.mirror.dockersave``). No file of the tar may be larger than
-   ``limits.max_layer_bytes`` (as for a blob pulled or pushed): what a compressed bundle expands to is
-   bounded per file by that, and in all by the store's free space.
+   not rehashed, unless the store holds it for some clients only: see 4); a blob that does not
+   verify refuses the whole bundle, naming it. ``docker save`` configs and layers are stored under
+   the digest computed as they stream (and checked against the config's ``diff_ids``,
+   ``proxy.mirror.dockersave``). No file of the tar may be larger than ``limits.max_layer_bytes``
+   (as for a blob pulled or pushed): what a compressed bundle expands to is bounded per file by
+   that, and in all by the store's free space.
 2. A Wharf bundle's description comes ahead of its blobs and is checked before the first blob is
    stored: each image's upstream must be configured here (else the bundle is refused, naming the
    upstream to add with ``offline: true``), and content that is neither in the bundle nor in the
    store refuses a delta, naming its base and the missing digests (its base was not imported).
 3. The small files must match the checksum list, and every file it lists must have come (a
    truncated bundle is refused).
-4. Each image must be complete in the store and be what its manifests say (``_Intake._check``: tags
-   name its manifests, each manifest's type is its body's, all it names is part of the image), and
-   every digest the bundle does not carry must be public here already (a delta's base): a bundle
-   never makes private content (a client's own credential, a push) public under another name; a
-   blob the store holds privately counts as carried only once the bundle's copy hashed to it. An
-   image is recorded under its repository's full name, whatever name the description gives it.
+4. Each image must be complete in the store and be what its manifests say (``_Intake._check``:
+   tags name its manifests, each manifest's type is its body's, all it names is part of the
+   image), and every digest the bundle does not carry must be public here already (a delta's
+   base): a bundle never makes private content (a client's own credential, a push) public under
+   another name. A blob the store holds for some clients only counts as carried only once the
+   bundle's copy hashed to it (an interrupted import's own blobs, granted to nobody yet, are
+   skipped on the rerun). An image is recorded under its repository's full name, whatever name
+   the description gives it.
 5. Each image is then adopted (``MirrorRecords.adopt``
    under the ``import`` holder, added to what earlier imports of that name hold): the one step
    that makes anything visible, tag records last.
@@ -194,7 +197,8 @@ class _Intake:
         self.in_bundle[name] = entry.size
         self._keep(name)
         if self._blobs.size(digest) is not None:
-            if not self._meta.visibility(name, fresh=True).public:
+            visibility = self._meta.visibility(name, fresh=True)
+            if visibility.repos and not visibility.public:  # held for some clients only
                 self._prove(entry, digest)
             self.carried.add(name)
             self.report.present += 1

@@ -439,3 +439,46 @@ async def test_a_starting_server_leaves_a_running_imports_partial_blob(make_whar
     stdout, stderr = await asyncio.to_thread(process.communicate, timeout=60)
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
     assert await status_of(far, f"{HOST}/team/app/blobs/{sha256(layers[0])}") == 200
+
+
+async def test_what_a_killed_import_kept_is_let_go_by_the_next_import(make_wharf, tmp_path):
+    """Killed mid-blob and never run again: its manifest and config stay kept by its pending
+    holder (never evicted) until the next import, of another bundle, lets them go."""
+    far = await far_side(make_wharf)
+    manifest, config, layers = image_parts(uuid.uuid4().hex, [os.urandom(3 * 1024 * 1024)])
+    bundle = write_bundle(tmp_path / "killed.tar", description([image_record("team/app", manifest, config, layers)]),
+                          [manifest, config, *layers])
+    with tarfile.open(bundle) as tar:
+        big = tar.getmember(f"blobs/sha256/{sha256(layers[0])[7:]}")
+    store, meta = far.app[keys.CONFIG].storage.root, far.app[META]
+    fifo = tmp_path / "feed.tar"
+    os.mkfifo(fifo)
+    process = subprocess.Popen(wharf_argv("mirror", "import", str(fifo), "--config",
+                                          str(cli_config(far, tmp_path / "cli"))),
+                               env=wharf_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=_die_with_parent)
+
+    def feed_then_kill() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(bundle.read_bytes()[:big.offset_data + big.size // 2])
+            deadline = time.monotonic() + 60
+            while not [p for p in (store / "tmp").glob("*.part") if p.stat().st_size > 0]:
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+                time.sleep(0.05)
+            process.kill()
+            process.wait()
+
+    try:
+        await asyncio.to_thread(feed_then_kill)
+    except BrokenPipeError:
+        pass
+    left = [h for h in meta.keepers(sha256(config)) if h.startswith("import-pending:")]
+    assert left, meta.keepers(sha256(config))
+
+    other, other_config, other_layers = image_parts(uuid.uuid4().hex)
+    small = write_bundle(tmp_path / "other.tar", description([image_record("team/other", other, other_config,
+                                                                            other_layers)]),
+                         [other, other_config, *other_layers])
+    assert (await import_bundle(far.app, small)).visible == [f"{HOST}/team/other:v1"]
+    assert meta.keepers(sha256(config)) == [] and meta.keepers(sha256(manifest)) == []
+    assert meta.keepers(sha256(other_config)) == [IMPORT_HOLDER]

@@ -31,7 +31,8 @@ While it runs, what it stored is kept by a holder named after the bundle (``impo
 or after the file for bundles other tools wrote) so that the cache budget cannot evict it before
 it is adopted; the holder lets go once the images are adopted or the bundle is refused. Killed midway, an import leaves
 stored blobs (visible to nobody) and a partial file in ``tmp/``; running it again skips the first
-and finishes. Importing a bundle again changes nothing.
+and finishes; never run again, what it kept is let go by the next import (of any bundle) once no
+process that used its holder lives (``release_abandoned``). Importing a bundle again changes nothing.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ class _Intake:
         kept = self.kept.setdefault(self.holder, set())
         if digest in kept:
             return
+        if not kept:
+            _pending(self._meta, self.holder, True)
         kept.add(digest)
         if self._meta.keep(digest, self.holder) and not self._meta.is_pushed(digest):
             size = self._blobs.size(Digest.parse(digest))
@@ -506,12 +509,62 @@ class _Intake:
         return [grouped[name] for name in sorted(grouped)]
 
 
+# imports killed midway and never run again ------------------------------------------------------
+_PENDING = "mirror-pending"  # document: pending holder -> the [host, pid] of each import using it
+
+
+def _pending(meta: MetaStore, holder: str, using: bool) -> None:
+    """Record (or drop) that this process's import keeps content under ``holder``."""
+    me = [os.uname().nodename, os.getpid()]
+    pending = dict(meta.document(_PENDING, fresh=True) or {})
+    users = [user for user in pending.get(holder, []) if user != me] + ([me] if using else [])
+    if users:
+        pending[holder] = users
+    else:
+        pending.pop(holder, None)
+    meta.set_document(_PENDING, pending)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def release_abandoned(records: MirrorRecords, meta: MetaStore, blobs: BlobStore) -> int:
+    """Let go of what imports killed midway and never run again kept (their ``import-pending``
+    holders): a holder whose every import on this host is gone is released from every blob that
+    lists it (one scan of the store, only when there is such a holder). Blocking. Returns how many."""
+    host = os.uname().nodename
+    pending = meta.document(_PENDING, fresh=True) or {}
+    abandoned = {holder for holder, users in pending.items()
+                 if all(h == host and not _alive(int(pid)) for h, pid in users)}
+    if not abandoned:
+        return 0
+    held: dict[str, set[str]] = {holder: set() for holder in abandoned}
+    for digest, _, _ in blobs.iter_blobs():
+        for holder in abandoned.intersection(meta.keepers(str(digest))):
+            held[holder].add(str(digest))
+    for holder, digests in held.items():
+        records.release(holder, digests)
+        current = dict(meta.document(_PENDING, fresh=True) or {})
+        if current.get(holder) == pending[holder]:
+            current.pop(holder)
+            meta.set_document(_PENDING, current)
+    return sum(len(digests) for digests in held.values())
+
+
 async def import_bundle(app: web.Application, path: Path) -> ImportReport:
     """Import one bundle (``BundleError``: refused, nothing of it visible); see the module's rules."""
     from proxy.app import BLOBS, BUDGET, META
 
     records: MirrorRecords = app[keys.MIRROR_RECORDS]
     blobs = app[BLOBS]
+    await asyncio.to_thread(release_abandoned, records, app[META], blobs)
     try:
         intake = _Intake(path, blobs, app[META], app[BUDGET], app[keys.ADDRESSING], records,
                          app[keys.CONFIG].limits.max_layer_bytes)
@@ -538,4 +591,5 @@ async def import_bundle(app: web.Application, path: Path) -> ImportReport:
     finally:
         for holder, digests in intake.kept.items():
             await asyncio.to_thread(records.release, holder, digests)
+            _pending(app[META], holder, False)
     return intake.report

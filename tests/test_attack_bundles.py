@@ -482,3 +482,15 @@ async def test_what_a_killed_import_kept_is_let_go_by_the_next_import(make_wharf
     assert (await import_bundle(far.app, small)).visible == [f"{HOST}/team/other:v1"]
     assert meta.keepers(sha256(config)) == [] and meta.keepers(sha256(manifest)) == []
     assert meta.keepers(sha256(other_config)) == [IMPORT_HOLDER]
+
+
+async def test_a_docker_save_config_too_large_to_read_is_refused(make_wharf, tmp_path):
+    """A classic save's config is read whole (its diff_ids): one of 70 MB is refused, not loaded."""
+    from support.bundles import SavedImage, docker_save_classic, layer_tar
+    far = await make_wharf(named_upstreams={"docker.io": DEAD})
+    layer = layer_tar(uuid.uuid4().hex, 1000)
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha256(layer)]},
+                         "padding": "x" * (70 * 1024 * 1024)}).encode()
+    tarball = tmp_path / "saved.tar"
+    docker_save_classic(tarball, [SavedImage(["alpine:3"], config, [layer])])
+    await refused(far, tarball, sha256(config), "more than an image config may be")

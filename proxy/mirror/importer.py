@@ -62,6 +62,7 @@ from proxy.storage.blobs import BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.meta import MetaStore
 
+MAX_CONFIG_BYTES = 64 * 1024 * 1024  # a docker save config is read whole to check its diff_ids
 MAX_NESTING = 8  # indexes within indexes (the image spec's nest one deep)
 # files read into memory; any other file but blobs/ is a docker save config or layer, or ignored
 _SMALL_FILES = {bundle.LAYOUT_FILE, bundle.INDEX_FILE, bundle.DESCRIPTION_FILE, bundle.CHECKSUMS_FILE,
@@ -488,10 +489,18 @@ class _Intake:
             return digest, self.in_bundle[digest]
         return self.files.get(path)
 
+    def _config_body(self, digest: str) -> bytes | None:
+        """A docker save config's bytes, read whole only when a config may be that large."""
+        size = self._blobs.size(Digest.parse(digest))
+        if size is not None and size > MAX_CONFIG_BYTES:
+            raise BundleError(f"{self.source}: config {digest} is {size} bytes, more than an image config may be "
+                              f"({MAX_CONFIG_BYTES})")
+        return self._blobs.read_bytes(Digest.parse(digest))
+
     def _classic_images(self) -> list[MirroredImage]:
         """A classic docker save: a Docker schema 2 manifest built and stored for each image."""
         built = dockersave.classic_images(self.small[dockersave.MANIFEST_FILE], self._file_of,
-                                          lambda d: self._blobs.read_bytes(Digest.parse(d)), self.source)
+                                          self._config_body, self.source)
         grouped: dict[str, MirroredImage] = {}
         for saved in built:
             digest = Digest.of(saved.manifest)

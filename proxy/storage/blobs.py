@@ -46,6 +46,9 @@ class Growth:
             await self._grown.wait()
 
 
+# a temporary file untouched this long is a crash's leftover; younger ones may be another process's
+# write in progress (a ``wharf mirror`` command, a worker's fill): every writer writes far more often
+TMP_GRACE_SECONDS = 600.0
 _HOLD_SECONDS = 0.05  # a trickling download is written out anyway, for readers following it
 
 
@@ -292,7 +295,8 @@ class BlobStore:
                 yield digest, stat.st_size, when
 
     def clean_tmp(self, older_than: float = 0) -> int:
-        """Remove temporary files left by a crash (at start) or by expired uploads."""
+        """Remove temporary files untouched for ``older_than`` seconds: a crash's leftovers (at start
+        and every ``TMP_GRACE_SECONDS``, sparing what other processes of the store write now)."""
         removed = 0
         cutoff = time.time() - older_than
         for entry in os.scandir(self.tmp_dir):

@@ -34,7 +34,7 @@ from proxy.registry.packages import Packages
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
-from proxy.storage.blobs import BlobStore
+from proxy.storage.blobs import TMP_GRACE_SECONDS, BlobStore
 from proxy.storage.budget import Budget
 from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
@@ -147,7 +147,9 @@ def create_app(config: Config) -> web.Application:
                                                        offline=config.is_offline(upstream_config.name))
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),
-                    asyncio.ensure_future(watch_loop_lag(metrics))]
+                    asyncio.ensure_future(watch_loop_lag(metrics)),
+                    asyncio.ensure_future(_periodic(TMP_GRACE_SECONDS, lambda: asyncio.to_thread(
+                        blobs.clean_tmp, TMP_GRACE_SECONDS)))]
         # changes published by other processes on this store (workers, the CLI)
         periodic.append(asyncio.ensure_future(_periodic(POLL_SECONDS, invalidation.poll)))
         await identity.poll()

@@ -486,19 +486,34 @@ def _resolve_secret(upstream: dict[str, Any], environ: Mapping[str, str], index:
             raise ConfigError(f"upstreams[{index}].password_file: cannot read {path}: {exc.strerror}") from None
 
 
+def read_yaml_mapping(source: Path, what: str, error: type[Exception]) -> dict[str, Any]:
+    """The YAML mapping in ``source`` (empty: ``{}``), or ``error`` saying why not, naming ``what``."""
+    try:
+        data = yaml.safe_load(source.read_text()) or {}
+    except OSError as exc:
+        raise error(f"cannot read {what} {source}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{what} {source} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} {source}: the top level must be a mapping")
+    return data
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as ``key.path: message; …``, the key first."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        problems.append(f"{key}: {error['msg']}")
+    return "; ".join(problems)
+
+
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Config:
     """Load YAML (the embedded default when no path), apply env overrides, resolve secrets, validate."""
     environ = os.environ if environ is None else environ
     source = Path(path) if path else DEFAULT_CONFIG_PATH
-    try:
-        data = yaml.safe_load(source.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {source}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {source} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {source}: the top level must be a mapping")
+    data = read_yaml_mapping(source, "config", ConfigError)
     _env_overrides(data, environ)
     for key, value in (overrides or {}).items():
         data[key] = value
@@ -513,8 +528,4 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     try:
         return Config.model_validate(dict(data))
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            problems.append(f"{key}: {error['msg']}")
-        raise ConfigError("invalid config: " + "; ".join(problems)) from None
+        raise ConfigError("invalid config: " + validation_problems(exc)) from None

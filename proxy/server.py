@@ -26,7 +26,7 @@ import time
 from aiohttp import web
 
 from proxy.config import Config, TlsConfig
-from proxy.storage.blobs import BlobStore
+from proxy.storage.blobs import TMP_GRACE_SECONDS, BlobStore
 
 log = logging.getLogger("wharf")
 
@@ -65,7 +65,7 @@ def _prepare_store(config: Config) -> None:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=root, prefix=".wharf-probe-"):
             pass
-        BlobStore(root).clean_tmp()
+        BlobStore(root).clean_tmp(older_than=TMP_GRACE_SECONDS)  # not what a running command writes
     except OSError as exc:
         raise StartError(f"storage.root: cannot write to {os.path.abspath(root)} "
                          f"({exc.strerror or exc})") from None

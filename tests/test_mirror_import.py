@@ -379,9 +379,11 @@ async def test_import_larger_than_the_cache_budget(registry_upstream, make_wharf
     bundle = await exported(near, tmp_path / "bundle.tar")
     far = await make_wharf(named_upstreams={host: DEAD},
                            storage={"root": str(tmp_path / "far-store"), "max_cache_bytes": 100_000})
+    from proxy.app import BUDGET
+    # the count of the store at start runs in a thread and sets the totals it finds: let it end first
+    await asyncio.to_thread(far.app[BUDGET].counted.wait, 30)
     report = await import_bundle(far.app, bundle)
     assert report.visible == [f"{host}/{repo_name}:v1"]
-    from proxy.app import BUDGET
     await asyncio.to_thread(far.app[BUDGET].wait_idle, 30)
     await assert_served(far, f"{host}/{repo_name}", "v1", image)
     meta = far.app[META]

@@ -415,3 +415,40 @@ async def test_a_rate_limited_upstream_fails_the_image_without_hammering_it(fake
     assert fake.count("GET", fake.manifest_path("bars/limited", "v2")) + \
         fake.count("GET", fake.manifest_path("bars/limited", "v3")) == 0
     assert set(outcome.failed) == {"v1", "v2", "v3"}
+
+
+async def test_a_sync_beside_a_running_server_is_served_and_reported_by_it(registry_upstream, repo_name, tmp_path):
+    """``wharf serve`` (2 workers) and ``wharf mirror sync`` on one store: the server answers the
+    synced tag from the store without asking upstream, and its status API shows the sync."""
+    import aiohttp
+
+    from support.images import basic_auth_header
+    from support.servers import free_port
+    from support.wharf_serve import add_admin, start_wharf
+
+    prefix = _prefix(repo_name)
+    pushed = await push_mirror_set(registry_upstream, prefix)
+    port = free_port()
+    config = {"listen": f"127.0.0.1:{port}", "workers": 2, "storage": {"root": str(tmp_path / "store")},
+              "upstreams": [{"name": HOST, "url": registry_upstream}], "log": {"access_log": False}}
+    server = await asyncio.to_thread(start_wharf, tmp_path, config)
+    try:
+        admin = await asyncio.to_thread(add_admin, server.url, server.config_path)
+        listing = write_list(tmp_path / "beside.yaml", [{"name": f"{HOST}/{prefix}/img", "tags": ["v1.2.0"]}])
+        done = await asyncio.to_thread(_run, "mirror", "sync", str(listing), "--config", str(server.config_path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{server.url}/v2/{HOST}/{prefix}/img/manifests/v1.2.0",
+                                   headers={"Accept": MANIFEST_ACCEPT}) as resp:
+                assert resp.status == 200 and await resp.read() == pushed.images["v1.2.0"].manifest
+            async with session.get(f"{server.url}/api/mirror/status", headers=basic_auth_header(admin)) as resp:
+                docs = {d["list"]: d for d in (await resp.json())["lists"]}
+            assert docs["beside"]["state"] == "done"
+            async with session.get(f"{server.url}/metrics") as resp:
+                text = await resp.text()
+        assert 'wharf_mirror_synced_images{list="beside"} 1.0' in text
+        upstream_gets = [line for line in text.splitlines()
+                         if line.startswith("wharf_upstream_requests_total") and 'method="GET"' in line]
+        assert upstream_gets == [], upstream_gets  # the server itself asked upstream for nothing
+    finally:
+        await asyncio.to_thread(server.stop)

@@ -218,3 +218,23 @@ def test_version_is_the_packages():
     version = tomllib.loads((SOURCE_ROOT / "pyproject.toml").read_text())["project"]["version"]
     result = subprocess.run(wharf_argv("--version"), env=wharf_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.strip() == f"wharf {version}"
+
+
+def test_start_removes_only_old_temporary_files(tmp_path):
+    """A crash's leftovers go at start; what another process of the store writes now (a ``wharf
+    mirror import``, a worker's fill) stays."""
+    import time
+
+    root = tmp_path / "store"
+    (root / "tmp").mkdir(parents=True)
+    old, fresh = root / "tmp" / "fill-sha256-old.part", root / "tmp" / "import-fresh.part"
+    old.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 100)
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    wharf = start_wharf(tmp_path, {"listen": f"127.0.0.1:{free_port()}", "storage": {"root": str(root)}})
+    try:
+        assert not old.exists()
+        assert fresh.read_bytes() == b"y" * 100
+    finally:
+        wharf.stop()

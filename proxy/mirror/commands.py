@@ -29,8 +29,11 @@ async def opened_wharf(config: Config) -> AsyncIterator[web.Application]:
     from proxy.app import create_app
 
     config.storage.root.mkdir(parents=True, exist_ok=True)
-    # the server's background duties (scheduled syncs, gc passes) are not a command's
-    config = config.model_copy(update={"mirror": config.mirror.model_copy(update={"schedule": None}),
+    # the server's background duties (scheduled syncs, gc passes) are not a command's, nor is a
+    # place among the workers whose metrics /metrics merges (a command's counters would vanish
+    # from them when it exits; what a sync did is in the wharf_mirror_* gauges)
+    config = config.model_copy(update={"workers": 1,
+                                       "mirror": config.mirror.model_copy(update={"schedule": None}),
                                        "gc": config.gc.model_copy(update={"interval_seconds": 0})})
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False)

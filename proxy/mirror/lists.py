@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 import nodesemver
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proxy.config import read_yaml_mapping, validation_problems
 
 DEFAULT_CONFIG_EXAMPLE = Path(__file__).resolve().parent.parent.parent / "config" / "mirror.example.yaml"
 _PLATFORM_RE = re.compile(r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$")
@@ -208,21 +209,9 @@ class MirrorList(_Frozen):
 def load_list(path: str | Path) -> MirrorList:
     """Read and validate a mirror list; errors name the file and the key."""
     source = Path(path)
-    try:
-        data = yaml.safe_load(source.read_text())
-    except OSError as exc:
-        raise MirrorListError(f"cannot read mirror list {source}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise MirrorListError(f"mirror list {source} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise MirrorListError(f"mirror list {source}: the top level must be a mapping with images:")
-    data = dict(data)
+    data = dict(read_yaml_mapping(source, "mirror list", MirrorListError))
     data.setdefault("name", re.sub(r"[^A-Za-z0-9._-]", "-", source.stem) or "mirror")
     try:
         return MirrorList.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            key = ".".join(str(p) for p in error["loc"]) or "(top level)"
-            problems.append(f"{key}: {error['msg']}")
-        raise MirrorListError(f"mirror list {source}: " + "; ".join(problems)) from None
+        raise MirrorListError(f"mirror list {source}: {validation_problems(exc)}") from None

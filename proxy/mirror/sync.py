@@ -66,7 +66,9 @@ class SyncObserver(Protocol):
     def blob_done(self, size: int, fetched: bool) -> None: ...
 
 
-class _Silent:
+class SilentObserver:
+    """Hears nothing (a scheduled sync); a display overrides what it shows."""
+
     def image_started(self, name: str) -> None:
         pass
 
@@ -178,7 +180,7 @@ class MirrorSync:
         if lock is None:
             raise SyncBusy(f"a sync of mirror list {mirror_list.name!r} is running in another process")
         try:
-            return await self._sync(mirror_list, observer or _Silent())
+            return await self._sync(mirror_list, observer or SilentObserver())
         finally:
             self._blobs.unlock(lock)
 

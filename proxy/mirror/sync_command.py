@@ -15,7 +15,7 @@ import time
 from proxy.config import Config
 from proxy.mirror.commands import opened_wharf, run_command
 from proxy.mirror.lists import MirrorListError, load_list
-from proxy.mirror.sync import ImageOutcome, SyncBusy, SyncReport
+from proxy.mirror.sync import ImageOutcome, SilentObserver, SyncBusy, SyncReport
 
 
 def _size(n: float) -> str:
@@ -38,23 +38,11 @@ def _outcome_line(outcome: ImageOutcome) -> str:
     return line + f" [{outcome.seconds:.1f}s]"
 
 
-class PlainLines:
+class PlainLines(SilentObserver):
     """One line per finished image on stdout: for logs and pipes."""
-
-    def image_started(self, name: str) -> None:
-        pass
 
     def image_finished(self, outcome: ImageOutcome) -> None:
         print(_outcome_line(outcome), flush=True)
-
-    def blob_found(self, size: int) -> None:
-        pass
-
-    def blob_progress(self, fetched: int) -> None:
-        pass
-
-    def blob_done(self, size: int, fetched: bool) -> None:
-        pass
 
 
 class LiveDisplay:

@@ -47,6 +47,9 @@ class Growth:
             await self._grown.wait()
 
 
+# a temporary file untouched this long is a crash's leftover; younger ones may be another process's
+# write in progress (a ``wharf mirror`` command, a worker's fill): every writer writes far more often
+TMP_GRACE_SECONDS = 600.0
 _HOLD_SECONDS = 0.05  # a trickling download is written out anyway, for readers following it
 
 
@@ -295,8 +298,9 @@ class BlobStore:
                 yield digest, stat.st_size, when
 
     def clean_tmp(self, older_than: float = 0) -> int:
-        """Remove temporary files left by a crash (at start) or by expired uploads; a blob still being
-        written by a live process (an import or a sync beside a starting server) holds a lock and stays."""
+        """Remove temporary files untouched for ``older_than`` seconds: a crash's leftovers (at start
+        and every ``TMP_GRACE_SECONDS``, sparing what other processes of the store write now). A blob a
+        live process is still writing (an import stalled on a slow medium) holds a lock and stays."""
         removed = 0
         cutoff = time.time() - older_than
         for entry in os.scandir(self.tmp_dir):

@@ -407,8 +407,10 @@ async def test_no_file_of_a_bundle_may_exceed_max_layer_bytes(make_wharf, tmp_pa
 
 # a server starting beside a running import ---------------------------------------------------------
 async def test_a_starting_server_leaves_a_running_imports_partial_blob(make_wharf, tmp_path):
-    """``wharf serve`` removes what a crash left in tmp/ when it starts; a blob an import (another
-    process) is still writing is not left by a crash: removed, the import failed with a traceback."""
+    """``wharf serve`` removes what a crash left in tmp/ when it starts (files untouched for
+    TMP_GRACE_SECONDS); a blob an import (another process) still writes is no crash's leftover, even
+    when the import stalled longer than that (a slow medium; here the grace is 0): removed, the
+    import failed with a traceback."""
     far = await far_side(make_wharf)
     manifest, config, layers = image_parts(uuid.uuid4().hex, [os.urandom(3 * 1024 * 1024)])
     record = image_record("team/app", manifest, config, layers)

@@ -335,6 +335,10 @@ class MirrorConfig(_Frozen):
 
             if not croniter.is_valid(text):
                 raise ValueError(f"{text[:60]!r} is neither a duration (6h, 30m, 3600) nor a cron expression")
+            try:
+                croniter(text).get_next(float)
+            except Exception:  # croniter's CroniterBadDateError: a date that never comes (0 0 31 2 *)
+                raise ValueError(f"the cron expression {text[:60]!r} never comes: no date matches it") from None
         return text
 
 

@@ -92,3 +92,22 @@ def test_unreadable_and_invalid_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("images: [unclosed")
     with pytest.raises(MirrorListError, match="not valid YAML"):
         load_list(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("schedule, words", [
+    ("bogus words", "neither a duration"),
+    ("0 0 31 2 *", "never comes"),   # the 31st of February
+    ("-5m", "neither a duration"),
+])
+def test_bad_schedules_are_refused_at_load(schedule, words):
+    from proxy.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=words):
+        config_from_dict({"mirror": {"schedule": schedule}})
+
+
+@pytest.mark.parametrize("schedule", ["6h", "30m", 3600, "0 3 * * *", "*/15 * * * *"])
+def test_good_schedules_load(schedule):
+    from proxy.config import config_from_dict
+
+    assert config_from_dict({"mirror": {"schedule": schedule}}).mirror.schedule == str(schedule)

@@ -194,6 +194,15 @@ async def test_status_api_is_for_server_admins(registry_upstream, make_wharf, re
     assert resp.status == 403
     resp = await wharf.client.get("/api/mirror/status", headers=wharf.admin_headers)
     assert resp.status == 200 and await resp.json() == {"lists": []}
+    # a server admin's read-only token reads it too (it changes nothing); a non-admin's full token does not
+    _, read_only = add_token(wharf.database, "admin", ("read:packages",))
+    resp = await wharf.client.get("/api/mirror/status", headers={"Authorization": basic("admin", read_only)})
+    assert resp.status == 200
+    _, everything = add_token(wharf.database, "dev", ("read:packages", "write:packages", "delete:packages"))
+    resp = await wharf.client.get("/api/mirror/status", headers={"Authorization": basic("dev", everything)})
+    assert resp.status == 403
+    resp = await wharf.client.get("/api/mirror/status", headers={"Authorization": basic("dev", "wharf_pat_bogus")})
+    assert resp.status == 401
 
 
 async def test_metrics_report_images_bytes_failures_and_last_success(

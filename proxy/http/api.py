@@ -256,12 +256,7 @@ async def restore_package(request: web.Request) -> web.Response:
 async def set_visibility(request: web.Request) -> web.Response:
     principal = await _principal(request)
     address = _address(request)
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadJSON("the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise BadJSON("the body must be a JSON object")
+    body = await _json_object(request)
     if "visibility" not in body:
         raise InvalidRequest("visibility is required")
     change = await request.app[PACKAGES].set_visibility(principal, *address, body["visibility"],

@@ -124,6 +124,8 @@ def create_app(config: Config) -> web.Application:
     mirror_status = app[keys.MIRROR_STATUS] = SyncStatus(meta)
     metrics.registry.register(mirror_status)  # read from the store at scrape time, whoever synced
     # ---------------------------------------------------------------------------------------------
+    # the web pages and the operator's tools (issue 11): wire new services here --------------------
+    # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange

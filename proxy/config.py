@@ -342,6 +342,17 @@ class MirrorConfig(_Frozen):
         return text
 
 
+class WebConfig(_Frozen):
+    """The web pages (``proxy.web``) and the cache dashboard's history."""
+
+    enabled: bool = True                                  # false: no pages, only /v2/ and /api/
+    session_hours: float = Field(default=12, gt=0, le=24 * 30)  # a web session lasts this long from sign-in
+    # the session cookie's Secure flag; unset: on when TLS is on or public_url is https
+    cookie_secure: bool | None = None
+    history_hours: float = Field(default=6, gt=0, le=24 * 7)   # the dashboard's charts cover this long
+    sample_seconds: float = Field(default=60, ge=1, le=3600)   # one point of history this often
+
+
 class Config(_Frozen):
     listen: str = "0.0.0.0:5000"
     public_url: str | None = None  # how clients reach Wharf, e.g. https://wharf.example (token realm)
@@ -373,6 +384,7 @@ class Config(_Frozen):
     access: AccessConfig = AccessConfig()
     offline: bool = False  # every upstream offline (``UpstreamConfig.offline``): an air-gapped site
     mirror: MirrorConfig = MirrorConfig()
+    web: WebConfig = WebConfig()
 
     @field_validator("local_namespaces")
     @classmethod

@@ -242,3 +242,13 @@ async def make_wharf(aiohttp_client, tmp_path) -> WharfFactory:
         return Wharf(url, app, client, seen, ("admin", secret))
 
     return start
+
+
+@pytest.fixture
+async def browser():
+    """Headless Chromium (Debian's, through Playwright) on the test's event loop: ``await
+    browser.new_page()``; see ``support.browser`` for screenshots."""
+    from support.browser import chromium
+
+    async with chromium() as launched:
+        yield launched

@@ -43,6 +43,10 @@ IDENTITY = web.AppKey("identity", Identity)
 PULLTHROUGH = web.AppKey("pullthrough", object)     # proxy.registry.pullthrough.PullThroughRegistry (no guard)
 MIRROR_RECORDS = web.AppKey("mirror_records", object)  # proxy.mirror.records.MirrorRecords
 MIRROR_STATUS = web.AppKey("mirror_status", object)    # proxy.mirror.status.SyncStatus
+# the web pages and the operator's tools (issue 11): typed as object, as above
+WEB_SESSIONS = web.AppKey("web_sessions", object)  # proxy.web.sessions: signed-in browsers
+CACHE_INDEX = web.AppKey("cache_index", object)    # what the cache holds, per upstream repository and tag
+CACHE_HISTORY = web.AppKey("cache_history", object)  # the dashboard's samples of Wharf's own counters
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries

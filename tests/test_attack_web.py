@@ -174,7 +174,8 @@ async def test_sign_out_ends_the_session_on_the_server(scene):
     assert signed_in_as(page) is None and f'href="/packages/{scene.private}"' not in page
     assert (await replay.get(f"/packages/{scene.private}"))[0] == 404
     with scene.wharf.database.session() as s:
-        assert s.scalar(select(WebSession).where(WebSession.id_hash == hashlib.sha256(old.encode()).hexdigest())) is None
+        hashed = hashlib.sha256(old.encode()).hexdigest()
+        assert s.scalar(select(WebSession).where(WebSession.id_hash == hashed)) is None
 
 
 async def test_a_revoked_or_expired_token_ends_the_session(scene):
@@ -204,10 +205,10 @@ async def test_a_session_ends_after_session_hours(scene):
 
 async def test_pages_never_take_authorization_headers(scene):
     anonymous = await scene.browser()
-    status, page, _ = await anonymous.get("/packages", headers={"Authorization": basic("alice", scene.secrets["alice"])})
+    alices = {"Authorization": basic("alice", scene.secrets["alice"])}
+    status, page, _ = await anonymous.get("/packages", headers=alices)
     assert signed_in_as(page) is None and f'href="/packages/{scene.private}"' not in page
-    status, _, _ = await anonymous.get(f"/packages/{scene.private}",
-                                       headers={"Authorization": basic("alice", scene.secrets["alice"])})
+    status, _, _ = await anonymous.get(f"/packages/{scene.private}", headers=alices)
     assert status == 404
 
 

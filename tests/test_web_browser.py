@@ -32,7 +32,8 @@ async def _site(make_wharf):
     await push_image(wharf.url, app, make_image(app + "-1", labels=labels), "1.0", auth=("alice", secret))
     await push_image(wharf.url, app, make_index(app), "latest", auth=("alice", secret))
     await push_image(wharf.url, tool, make_image(tool, labels={
-        "org.opencontainers.image.description": "Builds the images of the other packages"}), "v2", auth=("alice", secret))
+        "org.opencontainers.image.description": "Builds the images of the other packages"}), "v2",
+        auth=("alice", secret))
     await push_image(wharf.url, notes, make_image(notes), "v1", auth=("alice", secret))
     async with aiohttp.ClientSession() as session:
         for repository in (app, tool):
@@ -94,7 +95,8 @@ async def test_sign_in_browse_search_and_copy_the_pull_command(make_wharf, brows
     assert await page.evaluate("navigator.clipboard.readText()") == command
     await page.get_by_role("button", name="Copy the pull command by digest").click()
     copied = await page.evaluate("navigator.clipboard.readText()")
-    assert copied.startswith(f"docker pull {host}/{app}@sha256:") and copied == await page.locator("#pull-digest").inner_text()
+    assert copied.startswith(f"docker pull {host}/{app}@sha256:")
+    assert copied == await page.locator("#pull-digest").inner_text()
     await context.close()
 
 

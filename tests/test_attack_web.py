@@ -251,9 +251,10 @@ async def test_sign_in_is_throttled_as_docker_login_is(scene):
         async with session.get(f"{scene.wharf.url}/v2/",
                                headers={"Authorization": basic("alice", "wharf_pat_wrong" + "y" * 30)}) as resp:
             assert resp.status == 401
+    _, fresh = add_token(scene.wharf.database, "alice")  # right, and never used: the throttle decides
     _, page, _ = await client.get("/signin")
     status, page, resp = await client.post("/signin", {"csrf": csrf_of(page, "/signin"), "user": "alice",
-                                                       "token": scene.secrets["alice"]})
+                                                       "token": fresh})
     assert status == 429 and int(resp.headers["Retry-After"]) > 0
     assert resp.content_type == "text/html" and "too many failed sign-ins" in page
     assert client.cookie("wharf_session") is None

@@ -333,3 +333,21 @@ async def test_a_much_downloaded_public_version_cannot_be_deleted(make_wharf):
 async def test_csrf_of_helper_reads_the_named_form():
     page = '<form action="/a"><input name="csrf" value="one"></form><form action="/b"><input name="csrf" value="two">'
     assert csrf_of(page, "/b") == "two" and csrf_of(page) == "one"
+
+
+async def test_roles_on_a_private_package_show_it_to_their_holders(site):
+    repository = f"alice/{unique('granted')}"
+    await site.push("alice", repository, make_image(repository), "v1")
+    name = repository.split("/", 1)[1]
+    base = f"/api/users/alice/packages/container/{name}/roles"
+    assert (await site.api("PUT", f"{base}/users/bob", "alice", json={"role": "read"})).status == 200
+    assert (await site.api("PUT", f"{base}/orgs/acme", "alice", json={"role": "read"})).status == 200
+    for who in ("bob", "carol"):  # bob by his own role, carol as a member of acme
+        client = await site.as_(who)
+        page = (await client.get("/packages?visibility=private"))[1]
+        assert listed(page, repository), who
+        assert (await client.get(f"/packages/{repository}"))[0] == 200
+        assert "/delete" not in (await client.get(f"/packages/{repository}/versions"))[1]  # read is not admin
+    assert (await site.api("DELETE", f"{base}/orgs/acme", "alice")).status == 204
+    page = (await (await site.as_("carol")).get("/packages"))[1]
+    assert not listed(page, repository)

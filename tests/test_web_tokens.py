@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -48,8 +49,8 @@ async def test_anonymous_visitors_are_sent_to_sign_in_and_come_back(visit):
         answer = await anonymous.get(path)
         assert answer.status == 303 and answer.location == f"/signin?next={path}", (path, answer.location)
     answer = await anonymous.get("/settings/tokens?x=//evil.example")
-    assert answer.status == 303 and answer.location.startswith("/signin?next=/settings/tokens")
-    assert "//evil.example" not in answer.location.split("next=", 1)[1].split("%3F", 1)[0]
+    assert answer.status == 303 and urlsplit(answer.location).path == "/signin"
+    assert parse_qs(urlsplit(answer.location).query)["next"] == ["/settings/tokens?x=//evil.example"]  # a path here
     for path in ("/settings/tokens", "/settings/tokens/1/revoke"):  # no session, no form
         answer = await anonymous.post(path, {"note": "x", "scopes": "read:packages", "expires": "7"}, csrf="x")
         assert answer.status == 403 and "<html" in answer.text.lower()
@@ -146,7 +147,7 @@ async def test_a_bad_form_is_shown_again_with_the_reason(wharf, visit, fields, w
     alice, _, _ = await signed_in(visit, wharf, "alice")
     await alice.get("/settings/tokens/new")
     answer = await alice.post("/settings/tokens", fields)
-    assert answer.status == 422 and words in answer.text and SECRET.search(answer.text) is None
+    assert answer.status == 422 and words in answer.words and SECRET.search(answer.text) is None
     assert any(f.action == "/settings/tokens" for f in forms(answer.text))  # the form again, to correct
 
 

@@ -1,5 +1,6 @@
 """The signed-in user's personal access tokens, as GitHub's ``/settings/tokens``: list, create, revoke.
 
+    GET  /tokens                          a redirect to /settings/tokens (the nav's link)
     GET  /settings/tokens                 the list (note, hint, scopes, dates, state; never a secret)
     GET  /settings/tokens/new             the form: note, scopes, expiry
     POST /settings/tokens                 create; the answer shows the secret, once
@@ -91,6 +92,11 @@ def token_row(token: TokenInfo, now: float) -> dict[str, Any]:
             "last_used_at": token.last_used_at, "expires_at": token.expires_at, "revoked_at": token.revoked_at}
 
 
+def section(request: web.Request) -> dict[str, str]:
+    """The nav marks these pages as "tokens" (the path's first part, "settings", is no section)."""
+    return {"nav": "tokens"} if request.path.startswith("/settings/") else {}
+
+
 # the create form ----------------------------------------------------------------------------
 def token_request(form: Mapping[str, str] | Any) -> tuple[tuple[str, ...], int | None, str]:
     """Scopes, expiry in days (None: never) and note of a create form; AccountError says what is wrong."""
@@ -121,31 +127,32 @@ def form_context(viewer: Principal, form: Mapping[str, str] | None = None, *, ac
 async def create_token_page(request: web.Request, viewer: Principal, owner: str, form: Any, *,
                             action: str, back: str) -> web.Response:
     """Create a token for ``owner`` from ``form`` within the viewer's scopes; the answer shows the
-    secret once (422 or 403 re-show the form saying why)."""
+    secret once. A bad field (422) or a scope beyond the session's (403) shows the form again, saying why."""
+
+    async def again(error: str, status: int) -> web.Response:
+        context = form_context(viewer, form, action=action, owner=owner, error=error)
+        return await page(request, "tokens_new.html", {**context, **section(request)}, status=status)
+
     try:
         scopes, days, note = token_request(form)
     except AccountError as error:
-        return await page(request, "tokens_new.html",
-                          form_context(viewer, form, action=action, owner=owner, error=str(error)), status=422)
+        return await again(str(error), 422)
     beyond = sorted(set(scopes) - viewer.scopes)
     if beyond:
-        message = (f"the token this session signed in with lacks {', '.join(beyond)}: a token cannot "
-                   f"create one with more scopes than its own")
-        return await page(request, "tokens_new.html",
-                          form_context(viewer, form, action=action, owner=owner, error=message), status=403)
+        return await again(f"the token this session signed in with lacks {', '.join(beyond)}: a token cannot "
+                           f"create one with more scopes than its own", 403)
     try:
         token, secret = await run(request, accounts_of(request).create_token, owner, scopes, days, note,
                                   actor=viewer.user, remote=request.remote)
     except NotFound:
         raise  # no such user: the 404 page
     except AccountError as error:
-        return await page(request, "tokens_new.html",
-                          form_context(viewer, form, action=action, owner=owner, error=str(error)), status=422)
+        return await again(str(error), 422)
     await changed(request)
-    # pages are never cached (render.page): the secret stays in this one answer
+    # pages are never cached (render.page): the secret is in this one answer only
     return await page(request, "tokens_created.html",
                       {"token": token_row(token, token.created_at), "secret": secret, "back": back,
-                       "owner": owner}, status=201)
+                       "owner": owner, **section(request)}, status=201)
 
 
 async def revoke_page(request: web.Request, viewer: Principal, *, owner: str | None, action: str,
@@ -156,7 +163,8 @@ async def revoke_page(request: web.Request, viewer: Principal, *, owner: str | N
     if owner is not None and token.user != owner:  # another's token is no token of theirs
         raise PageError(404, f"no token with id {wanted} of {owner}")
     return await page(request, "tokens_revoke.html",
-                      {"token": token_row(token, time.time()), "action": action, "back": back})
+                      {"token": token_row(token, time.time()), "action": action, "back": back,
+                       **section(request)})
 
 
 async def revoke(request: web.Request, viewer: Principal, *, owner: str | None) -> TokenInfo:
@@ -168,20 +176,26 @@ async def revoke(request: web.Request, viewer: Principal, *, owner: str | None) 
 
 
 # the pages ------------------------------------------------------------------------------------
+
+
+async def to_tokens(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/settings/tokens")
+
+
 async def tokens(request: web.Request) -> web.Response:
     """The signed-in user's tokens, newest first."""
     viewer = await signed_in_viewer(request)
     now = time.time()
     listed = await run(request, accounts_of(request).list_tokens, viewer.user)
     rows = [{**token_row(t, now), "revoke": f"/settings/tokens/{t.id}/revoke"} for t in reversed(listed)]
-    return await page(request, "tokens.html", {"tokens": rows, "session_token": viewer.token_id})
+    return await page(request, "tokens.html", {"tokens": rows, "session_token": viewer.token_id, **section(request)})
 
 
 async def new_token(request: web.Request) -> web.Response:
     viewer = await signed_in_viewer(request)
     assert viewer.user is not None
     return await page(request, "tokens_new.html",
-                      form_context(viewer, action="/settings/tokens", owner=viewer.user))
+                      {**form_context(viewer, action="/settings/tokens", owner=viewer.user), **section(request)})
 
 
 async def create_token(request: web.Request) -> web.Response:
@@ -206,6 +220,7 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     add = app.router.add_route
+    add("GET", "/tokens", to_tokens, name="page_tokens_short")
     add("GET", "/settings/tokens", tokens, name="page_tokens")
     add("GET", "/settings/tokens/new", new_token, name="page_tokens_new")
     add("POST", "/settings/tokens", create_token, name="page_tokens_create")

@@ -5,6 +5,7 @@ browser would (hidden fields such as ``csrf`` included)."""
 from __future__ import annotations
 
 import contextlib
+import html
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import AsyncIterator, Iterable, Mapping
@@ -52,6 +53,11 @@ class Answer:
     status: int
     text: str
     headers: CIMultiDictProxy
+
+    @property
+    def words(self) -> str:
+        """The page's text with HTML's escapes undone (``'`` is written ``&#39;``)."""
+        return html.unescape(self.text)
 
     @property
     def location(self) -> str | None:
@@ -110,6 +116,7 @@ class Visitor:
                 data.append((name, user))
         answer = await self.post(urljoin("/signin", form.action or "/signin"), data, csrf=False)
         assert answer.status == 303, (answer.status, answer.text[:500])
+        self.csrf = None  # the sign-in form's; the session's comes with the next page
         return answer
 
     async def close(self) -> None:

@@ -194,6 +194,7 @@ async def test_an_admin_makes_a_token_for_a_user_shown_once_and_revokes_it(wharf
 
     confirm = await admin.get(f"/admin/tokens/{token_id}/revoke")
     assert confirm.status == 200 and "handover" in confirm.text and secret not in confirm.text
+    assert 'href="/admin/users/alice/tokens">Cancel' in confirm.text
     answer = await admin.post(f"/admin/tokens/{token_id}/revoke")
     assert answer.status == 303 and answer.location == "/admin/users/alice/tokens?done=token_revoked"
     assert (await api(wharf, "GET", "/v2/", basic("alice", secret)))[0] == 401
@@ -241,9 +242,15 @@ async def test_in_a_browser_an_admin_adds_a_user_and_an_organisation(wharf, brow
     await page.wait_for_url("**/admin?done=member_changed")
     assert "The membership was changed." in await page.content()
     assert "server admin" in await page.locator('tr.user[data-user="bob"]').inner_text()
-    members = await page.locator('article.org[data-org="acme"] tr.member').all_inner_texts()
-    assert [m.split()[0] for m in members] == ["alice", "bob"]
+    members = page.locator('article.org[data-org="acme"] tr.member')
+    assert [m.split()[:2] for m in await members.all_inner_texts()] == [["alice", "owner"], ["bob", "member"]]
     await screenshot(page, "admin")
     assert (await orgs(wharf)) == {"acme": {"alice": "owner", "bob": "member"}}
+    await page.get_by_role("button", name="Make bob owner of acme").click()
+    await page.wait_for_url("**/admin?done=member_changed")
+    await page.get_by_role("button", name="Make alice member of acme").click()
+    await page.wait_for_url("**/admin?done=member_changed")
+    assert [m.split()[:2] for m in await members.all_inner_texts()] == [["alice", "member"], ["bob", "owner"]]
+    assert (await orgs(wharf)) == {"acme": {"alice": "member", "bob": "owner"}}
     listed = await users(wharf)
-    assert listed["bob"]["admin"] is True and listed["alice"]["orgs"] == {"acme": "owner"}
+    assert listed["bob"]["admin"] is True and listed["alice"]["orgs"] == {"acme": "member"}

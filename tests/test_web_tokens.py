@@ -48,6 +48,8 @@ async def test_anonymous_visitors_are_sent_to_sign_in_and_come_back(visit):
     for path in ("/settings/tokens", "/settings/tokens/new", "/settings/tokens/1/revoke"):
         answer = await anonymous.get(path)
         assert answer.status == 303 and answer.location == f"/signin?next={path}", (path, answer.location)
+    answer = await anonymous.get("/tokens")  # the nav's link
+    assert answer.status == 302 and answer.location == "/settings/tokens"
     answer = await anonymous.get("/settings/tokens?x=//evil.example")
     assert answer.status == 303 and urlsplit(answer.location).path == "/signin"
     assert parse_qs(urlsplit(answer.location).query)["next"] == ["/settings/tokens?x=//evil.example"]  # a path here
@@ -64,7 +66,15 @@ async def test_the_list_shows_each_token_and_never_a_secret(wharf, visit):
     assert SECRET.search(answer.text) is None
     row = re.search(rf'<tr class="token state-active" data-token-id="{token_id}">(.*?)</tr>', answer.text, re.S)
     assert row and all(scope in row.group(1) for scope in ALL_SCOPES) and "this session" in row.group(1)
-    assert "never" in row.group(1)  # expires never; the page itself used the token just now
+    assert "never" in row.group(1)  # it never expires
+
+
+async def test_a_note_is_shown_as_text_never_as_markup(wharf, visit):
+    alice, _, _ = await signed_in(visit, wharf, "alice")
+    answer = await create(alice, note='<script>alert(1)</script><b onmouseover="x">')
+    assert answer.status == 201 and "<script>alert" not in answer.text and "<b onmouseover" not in answer.text
+    listing = await alice.get("/settings/tokens")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in listing.text and "<script>alert" not in listing.text
 
 
 async def test_a_new_token_is_shown_once_and_works(wharf, visit, caplog):

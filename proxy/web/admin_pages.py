@@ -137,7 +137,8 @@ async def create_user_token(request: web.Request) -> web.Response:
 
 async def confirm_revoke(request: web.Request) -> web.Response:
     viewer = await server_admin(request)
-    return await revoke_page(request, viewer, owner=None, action=request.path, back="/admin")
+    return await revoke_page(request, viewer, owner=None, action=request.path,
+                             back=lambda token: _path("admin", "users", token.user, "tokens"))
 
 
 async def revoke_token(request: web.Request) -> web.StreamResponse:

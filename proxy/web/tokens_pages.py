@@ -156,14 +156,16 @@ async def create_token_page(request: web.Request, viewer: Principal, owner: str,
 
 
 async def revoke_page(request: web.Request, viewer: Principal, *, owner: str | None, action: str,
-                      back: str) -> web.Response:
-    """Ask before revoking a token (of ``owner``; None: anyone's, for server admins)."""
+                      back: str | Callable[[TokenInfo], str]) -> web.Response:
+    """Ask before revoking a token (of ``owner``; None: anyone's, for server admins); ``back`` is
+    where Cancel goes (or what gives it, from the token)."""
     wanted = token_id(request)
     token = await run(request, accounts_of(request).token, wanted)  # no such token: the 404 page
     if owner is not None and token.user != owner:  # another's token is no token of theirs
         raise PageError(404, f"no token with id {wanted} of {owner}")
     return await page(request, "tokens_revoke.html",
-                      {"token": token_row(token, time.time()), "action": action, "back": back,
+                      {"token": token_row(token, time.time()), "action": action,
+                       "back": back(token) if callable(back) else back,
                        **section(request)})
 
 

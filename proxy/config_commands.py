@@ -60,9 +60,8 @@ def _client_config(args: argparse.Namespace) -> int:
 
 
 def render_file(file) -> str:
-    """A client file as the CLI prints it: its path and note as comments, then its text."""
-    note = textwrap.wrap(file.note, 98)
-    return "".join(f"# {line}\n" for line in [file.path, *note]) + file.text + "\n"
+    """A client file as the CLI prints it: ``# --- PATH`` and its note as comments, then its text."""
+    return f"# --- {file.path}\n" + "".join(f"# {line}\n" for line in textwrap.wrap(file.note, 98)) + file.text + "\n"
 
 
 def _config_check(args: argparse.Namespace) -> int:

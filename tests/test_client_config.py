@@ -175,8 +175,8 @@ def _printed_files(output: str) -> dict[str, str]:
     files: dict[str, list[str]] = {}
     current = None
     for line in output.splitlines():
-        if line.startswith("# /etc/"):
-            current = files.setdefault(line[2:], [])
+        if line.startswith("# --- "):
+            current = files.setdefault(line[len("# --- "):], [])
         elif current is not None and not line.startswith("# "):
             current.append(line)
     return {path: "\n".join(lines).strip() + "\n" for path, lines in files.items()}

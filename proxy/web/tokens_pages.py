@@ -22,10 +22,11 @@ Rules (the accounts API's, ``proxy.http.admin_api``, for a browser):
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 from urllib.parse import quote
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from proxy.http.keys import ACCOUNTS, DATABASE, IDENTITY
 from proxy.registry.access import SCOPES, Principal
@@ -98,7 +99,7 @@ def section(request: web.Request) -> dict[str, str]:
 
 
 # the create form ----------------------------------------------------------------------------
-def token_request(form: Mapping[str, str] | Any) -> tuple[tuple[str, ...], int | None, str]:
+def token_request(form: MultiDictProxy) -> tuple[tuple[str, ...], int | None, str]:
     """Scopes, expiry in days (None: never) and note of a create form; AccountError says what is wrong."""
     scopes = parse_scopes(form.getall("scopes", []))
     raw = (form.get("expires") or "").strip()
@@ -111,7 +112,7 @@ def token_request(form: Mapping[str, str] | Any) -> tuple[tuple[str, ...], int |
     return scopes, days, (form.get("note") or "").strip()
 
 
-def form_context(viewer: Principal, form: Mapping[str, str] | None = None, *, action: str,
+def form_context(viewer: Principal, form: MultiDictProxy | None = None, *, action: str,
                  owner: str, error: str | None = None) -> dict[str, Any]:
     """What tokens_new.html needs: the scopes the viewer may grant (those of their session's token)
     and the values sent back after an error."""
@@ -124,7 +125,7 @@ def form_context(viewer: Principal, form: Mapping[str, str] | None = None, *, ac
             "note": (form.get("note") if form is not None else "") or ""}
 
 
-async def create_token_page(request: web.Request, viewer: Principal, owner: str, form: Any, *,
+async def create_token_page(request: web.Request, viewer: Principal, owner: str, form: MultiDictProxy, *,
                             action: str, back: str) -> web.Response:
     """Create a token for ``owner`` from ``form`` within the viewer's scopes; the answer shows the
     secret once. A bad field (422) or a scope beyond the session's (403) shows the form again, saying why."""

@@ -38,6 +38,8 @@ HERE = Path(__file__).parent
 PAGE_MODULES = (
     "signin",
     "packages_pages",
+    "home",
+    "tokens_pages", "admin_pages",
     # "home" (/), "tokens_pages", "admin_pages", "dashboard" (/cache) join here as they land
 )
 MACHINE_PREFIXES = ("/v2/", "/api/")

@@ -174,7 +174,8 @@ async def test_sign_out_ends_the_session_on_the_server(scene):
     assert signed_in_as(page) is None and f'href="/packages/{scene.private}"' not in page
     assert (await replay.get(f"/packages/{scene.private}"))[0] == 404
     with scene.wharf.database.session() as s:
-        assert s.scalar(select(WebSession).where(WebSession.id_hash == hashlib.sha256(old.encode()).hexdigest())) is None
+        hashed = hashlib.sha256(old.encode()).hexdigest()
+        assert s.scalar(select(WebSession).where(WebSession.id_hash == hashed)) is None
 
 
 async def test_a_revoked_or_expired_token_ends_the_session(scene):
@@ -204,10 +205,10 @@ async def test_a_session_ends_after_session_hours(scene):
 
 async def test_pages_never_take_authorization_headers(scene):
     anonymous = await scene.browser()
-    status, page, _ = await anonymous.get("/packages", headers={"Authorization": basic("alice", scene.secrets["alice"])})
+    alices = {"Authorization": basic("alice", scene.secrets["alice"])}
+    status, page, _ = await anonymous.get("/packages", headers=alices)
     assert signed_in_as(page) is None and f'href="/packages/{scene.private}"' not in page
-    status, _, _ = await anonymous.get(f"/packages/{scene.private}",
-                                       headers={"Authorization": basic("alice", scene.secrets["alice"])})
+    status, _, _ = await anonymous.get(f"/packages/{scene.private}", headers=alices)
     assert status == 404
 
 
@@ -250,9 +251,10 @@ async def test_sign_in_is_throttled_as_docker_login_is(scene):
         async with session.get(f"{scene.wharf.url}/v2/",
                                headers={"Authorization": basic("alice", "wharf_pat_wrong" + "y" * 30)}) as resp:
             assert resp.status == 401
+    _, fresh = add_token(scene.wharf.database, "alice")  # right, and never used: the throttle decides
     _, page, _ = await client.get("/signin")
     status, page, resp = await client.post("/signin", {"csrf": csrf_of(page, "/signin"), "user": "alice",
-                                                       "token": scene.secrets["alice"]})
+                                                       "token": fresh})
     assert status == 429 and int(resp.headers["Retry-After"]) > 0
     assert resp.content_type == "text/html" and "too many failed sign-ins" in page
     assert client.cookie("wharf_session") is None

@@ -13,9 +13,11 @@ import pytest
 
 from support.accounts import add_org, add_token, add_user, basic
 from support.images import (MANIFEST_ACCEPT, OCI_MANIFEST, canonical_json, make_image, make_index, push_blob,
-                            push_image, push_manifest)
+                            push_image, push_manifest, sha256_digest)
 from support.web import WebClient, csrf_of
 
+LABELS_KEY = "org.opencontainers.image.description"
+SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 LABELS = {"org.opencontainers.image.source": "https://example.com/alice/app",
           "org.opencontainers.image.description": "The app that does the thing",
           "org.opencontainers.image.licenses": "Apache-2.0"}
@@ -50,7 +52,8 @@ class Site:
 
     async def api(self, method: str, path: str, who: str, **kwargs) -> aiohttp.ClientResponse:
         async with aiohttp.ClientSession() as session:
-            async with session.request(method, self.wharf.url + path, headers={"Authorization": basic(who, self.secrets[who])}, **kwargs) as resp:
+            headers = {"Authorization": basic(who, self.secrets[who])}
+            async with session.request(method, self.wharf.url + path, headers=headers, **kwargs) as resp:
                 await resp.read()
                 return resp
 
@@ -136,9 +139,6 @@ async def test_search_filters_and_order(site):
     assert status == 422 and "visibility must be one of" in page
 
 
-LABELS_KEY = "org.opencontainers.image.description"
-
-
 async def test_search_pages_the_results(site):
     names = [f"alice/{unique('many')}" for _ in range(32)]
     for name in names:
@@ -180,8 +180,8 @@ async def test_a_package_page_shows_what_the_package_is_and_how_to_pull_it(site)
     assert re.search(rf"<strong>v1</strong>.*?{image.digest}.*?>1</td>", tags, re.S)
     assert "Downloads</dt><dd>1</dd>" in page
     # the same page is the API's html_url
-    resp = await site.api("GET", f"/api/users/alice/packages/container/{repository.split('/', 1)[1].replace('/', '%2F')}",
-                          "alice")
+    encoded = repository.split("/", 1)[1].replace("/", "%2F")
+    resp = await site.api("GET", f"/api/users/alice/packages/container/{encoded}", "alice")
     assert (await resp.json())["html_url"] == f"{site.wharf.url}/packages/{repository}"
 
 
@@ -191,18 +191,18 @@ async def test_referrers_such_as_signatures_are_listed(site):
     await site.push("alice", repository, image, "v1")
     empty = b"{}"
     signature = canonical_json({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
-        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:" + __import__("hashlib").sha256(empty).hexdigest(), "size": 2},
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": SIGNATURE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha256_digest(empty), "size": 2},
         "layers": [], "subject": {"mediaType": image.media_type, "digest": image.digest, "size": len(image.manifest)}})
     auth = ("alice", site.secrets["alice"])
     async with aiohttp.ClientSession() as session:
         await push_blob(session, site.wharf.url, repository, empty, auth)
-        signed = await push_manifest(session, site.wharf.url, repository, "sha256:" + __import__("hashlib").sha256(signature).hexdigest(),
-                                     signature, OCI_MANIFEST, auth)
+        signed = await push_manifest(session, site.wharf.url, repository, sha256_digest(signature), signature,
+                                     OCI_MANIFEST, auth)
     alice = await site.as_("alice")
     status, page, _ = await alice.get(f"/packages/{repository}")
     referrers = page[page.index('id="referrers"'):]
-    assert "application/vnd.dev.cosign.artifact.sig.v1+json" in referrers and signed in referrers
+    assert SIGNATURE in referrers and signed in referrers
     versions = (await alice.get(f"/packages/{repository}/versions"))[1]
     version_id = re.search(rf'/versions/(\d+)"><code class="mono">{image.digest}', versions).group(1)
     status, page, _ = await alice.get(f"/packages/{repository}/versions/{version_id}")
@@ -333,3 +333,21 @@ async def test_a_much_downloaded_public_version_cannot_be_deleted(make_wharf):
 async def test_csrf_of_helper_reads_the_named_form():
     page = '<form action="/a"><input name="csrf" value="one"></form><form action="/b"><input name="csrf" value="two">'
     assert csrf_of(page, "/b") == "two" and csrf_of(page) == "one"
+
+
+async def test_roles_on_a_private_package_show_it_to_their_holders(site):
+    repository = f"alice/{unique('granted')}"
+    await site.push("alice", repository, make_image(repository), "v1")
+    name = repository.split("/", 1)[1]
+    base = f"/api/users/alice/packages/container/{name}/roles"
+    assert (await site.api("PUT", f"{base}/users/bob", "alice", json={"role": "read"})).status == 200
+    assert (await site.api("PUT", f"{base}/orgs/acme", "alice", json={"role": "read"})).status == 200
+    for who in ("bob", "carol"):  # bob by his own role, carol as a member of acme
+        client = await site.as_(who)
+        page = (await client.get("/packages?visibility=private"))[1]
+        assert listed(page, repository), who
+        assert (await client.get(f"/packages/{repository}"))[0] == 200
+        assert "/delete" not in (await client.get(f"/packages/{repository}/versions"))[1]  # read is not admin
+    assert (await site.api("DELETE", f"{base}/orgs/acme", "alice")).status == 204
+    page = (await (await site.as_("carol")).get("/packages"))[1]
+    assert not listed(page, repository)

@@ -85,3 +85,10 @@ async def test_no_pages_when_the_web_is_off(make_wharf):
     async with aiohttp.ClientSession() as session:
         async with session.get(wharf.url + "/signin") as resp:
             assert resp.status == 404 and resp.content_type == "application/json"
+
+
+@pytest.mark.parametrize("host", ["[x", "[::1", "a b", "evil.example/path", "[::1]:5000", "wharf.example:8080"])
+async def test_any_host_header_gets_a_page_not_a_500(wharf, browser_client, host):
+    for path in ("/packages", "/signin", "/nothing"):
+        status, page, _ = await browser_client.get(path, headers={"Host": host})
+        assert status in (200, 404) and "<!doctype html>" in page, (host, path, status)

@@ -716,12 +716,13 @@ class Packages:
         with self._db.session() as s:
             packages = list(s.scalars(select(Package).where(Package.deleted_at.is_(None))
                                       .order_by(Package.updated_at.desc(), Package.id.desc())))
-            namespaces: dict[str, NamespaceFacts] = {}
+            namespaces = {row.name: NamespaceFacts(row.name, row.kind) for row in s.scalars(
+                select(Namespace).where(Namespace.name.in_({p.namespace for p in packages})))}
+            facts = _facts_of_all(s, packages)
             readable = []
             for package in packages:
-                namespace = namespaces.get(package.namespace) or namespaces.setdefault(
-                    package.namespace, _namespace(s, package.namespace))
-                if verdict(principal, Action.LIST, package.repository, namespace, _facts(s, package)) is None:
+                namespace = namespaces.get(package.namespace) or NamespaceFacts(package.namespace)
+                if verdict(principal, Action.LIST, package.repository, namespace, facts[package.id]) is None:
                     readable.append((package, namespace))
             owners = tuple(sorted({package.namespace for package, _ in readable}))
             found = [(p, n) for p, n in readable
@@ -940,6 +941,28 @@ def _facts(s: Session, package: Package) -> PackageFacts:
         elif org is not None:
             org_roles[org] = max(parsed, org_roles.get(org, Role.NONE))
     return PackageFacts(package.repository, package.namespace, package.visibility, user_roles, org_roles)
+
+
+def _facts_of_all(s: Session, packages: list[Package]) -> dict[int, PackageFacts]:
+    """``_facts`` of many packages in one query (the roles of all of them at once)."""
+    user_roles: dict[int, dict[int, Role]] = {p.id: {} for p in packages}
+    org_roles: dict[int, dict[str, Role]] = {p.id: {} for p in packages}
+    if packages:
+        rows = s.execute(select(PackageRole.package_id, PackageRole.user_id, Org.name, PackageRole.role)
+                         .outerjoin(Org, Org.id == PackageRole.org_id)
+                         .where(PackageRole.package_id.in_(list(user_roles))))
+        for package_id, user_id, org, role in rows:
+            parsed = _parse_role(role)
+            if parsed is None:
+                continue
+            if user_id is not None:
+                held = user_roles[package_id]
+                held[user_id] = max(parsed, held.get(user_id, Role.NONE))
+            elif org is not None:
+                held_by_org = org_roles[package_id]
+                held_by_org[org] = max(parsed, held_by_org.get(org, Role.NONE))
+    return {p.id: PackageFacts(p.repository, p.namespace, p.visibility, user_roles[p.id], org_roles[p.id])
+            for p in packages}
 
 
 def _parse_role(value: str) -> Role | None:

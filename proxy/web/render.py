@@ -11,6 +11,7 @@ Pages vary per viewer: they are never cached (``Cache-Control: no-store``).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
@@ -39,14 +40,28 @@ NOTICES = {
 }
 
 
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
 def base_url(request: web.Request) -> str:
-    """How browsers and clients reach this Wharf: ``public_url``, else this request's scheme and host."""
-    return (request.app[CONFIG].public_url or f"{request.scheme}://{request.host}").rstrip("/")
+    """How browsers and clients reach this Wharf: ``public_url``, else this request's scheme and
+    Host (when it is a host name or address, with a port: anything else, e.g. ``[x``, gives the
+    address Wharf listens on)."""
+    config = request.app[CONFIG]
+    if config.public_url:
+        return config.public_url.rstrip("/")
+    host = request.host
+    if not _HOST.fullmatch(host or ""):
+        host = config.listen
+    return f"{request.scheme}://{host}"
 
 
 def registry_host(request: web.Request) -> str:
     """The host (and port) clients put before a repository name (``docker pull HOST/name``)."""
-    return urlsplit(base_url(request)).netloc
+    try:
+        return urlsplit(base_url(request)).netloc
+    except ValueError:  # a public_url urlsplit cannot take (the config validates it; belt and braces)
+        return request.app[CONFIG].listen
 
 
 def _section(request: web.Request) -> str:

@@ -91,18 +91,14 @@ class WebSessions:
         with self._db.session() as s:
             row = s.execute(select(WebSession, User.name).join(User, User.id == WebSession.user_id)
                             .where(WebSession.id_hash == id_hash)).first()
-            if row is None:
-                return None
-            record, user = row
-            if not hmac.compare_digest(record.id_hash, id_hash):
-                return None
-            principal = None
-            if record.expires_at > time.time():
-                principal = self._accounts.principal(user, record.token_id)
-            if principal is None:
-                s.delete(record)
-                return None
-            return Session(record.id_hash, record.csrf, principal, record.expires_at)
+        if row is None:
+            return None
+        record, user = row
+        principal = self._accounts.principal(user, record.token_id) if record.expires_at > time.time() else None
+        if principal is None:
+            self.end(session_id)
+            return None
+        return Session(record.id_hash, record.csrf, principal, record.expires_at)
 
     def end(self, session_id: str) -> None:
         with self._db.session() as s:

@@ -37,7 +37,8 @@ class WebClient:
     async def signin(self, user: str, token: str) -> aiohttp.ClientResponse:
         """Through the form, as a person would; asserts it worked."""
         _, html, _ = await self.get("/signin")
-        status, body, resp = await self.post("/signin", {"csrf": csrf_of(html, "/signin"), "user": user, "token": token})
+        fields = {"csrf": csrf_of(html, "/signin"), "user": user, "token": token}
+        status, body, resp = await self.post("/signin", fields)
         assert status == 303, (status, body[:500])
         return resp
 

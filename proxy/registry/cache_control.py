@@ -29,6 +29,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+from urllib.parse import urlencode
 
 from proxy.errors import OCIError
 from proxy.mirror.lists import ImageEntry, MirrorList, Platform
@@ -36,7 +37,8 @@ from proxy.mirror.sync import MirrorSync, SyncObserver, SyncReport
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.names import validate_tag
 from proxy.registry.addressing import Addressing
-from proxy.registry.base import Target
+from proxy.registry.access import READ_PACKAGES, Principal
+from proxy.registry.base import CatalogPage, Target
 from proxy.registry.invalidation import Invalidation
 from proxy.storage.blobs import BlobStore
 from proxy.storage.cache_index import CacheIndex, CachedImage, image_content
@@ -286,3 +288,26 @@ def warm_outcome(report: SyncReport) -> dict:
                         "blobs": outcome.blobs, "fetched_blobs": outcome.fetched_blobs,
                         "fetched_bytes": outcome.fetched_bytes, "present_bytes": outcome.present_bytes}
                        for outcome in report.images]}
+
+
+def may_list_cached(principal: Principal, pull_through: str) -> bool:
+    """Who may see which upstream repositories are cached: whoever may pull through Wharf."""
+    return pull_through == "anonymous" or (principal.signed_in and principal.may(READ_PACKAGES))
+
+
+async def cached_catalog(index: CacheIndex, local: CatalogPage, principal: Principal, pull_through: str,
+                         n: int | None, last: str | None) -> CatalogPage:
+    """``_catalog``: a page of the local repositories the caller may read (``local``: the registry's
+    page after ``last``) merged with the cached upstream repositories it may pull: those with a
+    public tag (a tag learned with a client's own upstream credential is as private as that
+    credential, and names no repository here), by their pull name ``<upstream>/<repo>``."""
+    if not may_list_cached(principal, pull_through):
+        return local
+    cached = await index.public_names(last, None if n is None else n + 1)
+    names = sorted(set(local.repositories) | set(cached))
+    more = local.next_query is not None or (n is not None and len(cached) > n)
+    if n is not None and len(names) > n:
+        names, more = names[:n], True
+    if more and names:
+        return CatalogPage(names, urlencode({"n": n, "last": names[-1]}))
+    return CatalogPage(names)

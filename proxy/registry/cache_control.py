@@ -152,6 +152,7 @@ class CacheControl:
         name = self.repository(repo).scope if repo is not None else None
         if upstream is not None:
             self.upstream(upstream)
+        await self.index.ready()
         await self.index.flush()  # what this process counted so far
         return await self.index.repositories(upstream, name)
 
@@ -165,6 +166,7 @@ class CacheControl:
                                       "a repository or an upstream")
         if older_than is not None and older_than < 0:
             raise CacheRequestInvalid("older than a negative duration")
+        await self.index.ready()
         await self.index.flush()  # this process's pulls count before anything is judged old
         if ref is not None:
             reference = self.reference(ref)

@@ -37,7 +37,7 @@ from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import TMP_GRACE_SECONDS, BlobStore
 from proxy.storage.budget import Budget
-from proxy.storage.cache_index import CacheIndex
+from proxy.storage.cache_index import FLUSH_SECONDS as INDEX_FLUSH_SECONDS, CacheIndex
 from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
@@ -136,7 +136,7 @@ def create_app(config: Config) -> web.Application:
     async def cache_index_lifecycle(app: web.Application) -> AsyncIterator[None]:
         """Index at start (in a thread, not waited for), flush counted pulls periodically and at the end."""
         indexing = asyncio.ensure_future(cache_index.ready())
-        flusher = asyncio.ensure_future(_periodic(config.cache.access_flush_interval, cache_index.flush))
+        flusher = asyncio.ensure_future(_periodic(INDEX_FLUSH_SECONDS, cache_index.flush))
         try:
             yield
         finally:

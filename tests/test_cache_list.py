@@ -8,41 +8,13 @@ import json
 import subprocess
 import time
 
+from support.cache import image_bytes, listed, pull
 from support.images import MANIFEST_ACCEPT, make_image, make_index
 from support.wharf_serve import wharf_argv, wharf_env, write_config
 
 from proxy.app import BLOBS, META
 from proxy.http import keys
 from proxy.storage.cache_index import INDEX_FILE, CacheIndex
-
-
-async def pull(wharf, name: str, tag: str, image, blobs: bool = True, headers: dict | None = None) -> None:
-    """A client's pull: the tag's manifest, then (once) every blob it needs."""
-    resp = await wharf.client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT, **(headers or {})})
-    assert resp.status == 200, await resp.text()
-    assert await resp.read() == image.manifest
-    if not blobs:
-        return
-    for digest, (body, _) in getattr(image, "manifests", {}).items():
-        resp = await wharf.client.get(f"/v2/{name}/manifests/{digest}", headers={"Accept": MANIFEST_ACCEPT,
-                                                                                  **(headers or {})})
-        assert resp.status == 200 and await resp.read() == body
-    for digest, data in image.blobs.items():
-        resp = await wharf.client.get(f"/v2/{name}/blobs/{digest}", headers=headers or {})
-        assert resp.status == 200 and await resp.read() == data
-
-
-def image_bytes(image) -> int:
-    """The manifest and everything it references, each once."""
-    parts = {image.digest: image.manifest, **image.blobs}
-    parts.update({digest: body for digest, (body, _) in getattr(image, "manifests", {}).items()})
-    return sum(len(data) for data in parts.values())
-
-
-async def listed(wharf, **params) -> dict:
-    resp = await wharf.client.get("/api/cache/repositories", params=params)
-    assert resp.status == 200, await resp.text()
-    return {repo["name"]: repo for repo in (await resp.json())["repositories"]}
 
 
 async def test_the_list_shows_what_was_pulled_with_sizes_pull_counts_and_times(fake_upstream, make_wharf):

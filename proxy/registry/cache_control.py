@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 from proxy.errors import OCIError
 from proxy.mirror.lists import ImageEntry, MirrorList, Platform
 from proxy.mirror.sync import MirrorSync, SyncObserver, SyncReport
-from proxy.oci.digest import Digest, is_digest
+from proxy.oci.digest import Digest
 from proxy.oci.names import validate_tag
 from proxy.registry.addressing import Addressing
 from proxy.registry.access import READ_PACKAGES, Principal
@@ -123,9 +123,11 @@ class CacheControl:
         name, digest = text, None
         if "@" in text:
             name, _, digest = text.partition("@")
-            if not is_digest(digest):
-                raise CacheRequestInvalid(f"{text[:200]!r}: {digest[:100]!r} is no digest (sha256:<64 hex>)")
-            return Reference(self.repository(name), digest=str(Digest.parse(digest)))
+            try:
+                parsed = Digest.parse(digest)
+            except OCIError:
+                raise CacheRequestInvalid(f"{text[:200]!r}: {digest[:100]!r} is no digest (sha256:<64 hex>)") from None
+            return Reference(self.repository(name), digest=str(parsed))
         head, sep, tag = text.rpartition(":")
         if sep and "/" not in tag:
             name = head
@@ -173,6 +175,8 @@ class CacheControl:
             images = await self.index.images(name=reference.target.scope, tag=reference.tag)
             if reference.digest is not None:
                 images = [image for image in images if image.digest == reference.digest]
+            elif not images:  # cached by another process since its last flush: the metadata knows it
+                images = await asyncio.to_thread(self._unindexed, reference.target, reference.tag or "")
         elif repo is not None:
             images = await self.index.images(name=self.repository(repo).scope)
         else:
@@ -181,6 +185,13 @@ class CacheControl:
             cutoff = time.time() - older_than
             images = [image for image in images if max(image.last_pulled or 0.0, image.cached_at) < cutoff]
         return images
+
+    def _unindexed(self, target: Target, tag: str) -> list[CachedImage]:
+        record = self._meta.tag(target.scope, tag, fresh=True)
+        if record is None:
+            return []
+        return [CachedImage(target.upstream or "", target.repo, tag, record.digest, record.size, 0, None,
+                            record.public, record.media_type, record.checked_at)]
 
     async def purge(self, images: list[CachedImage], dry_run: bool = False) -> PurgeReport:
         """Drop these cached tags and what only they needed (see the module's rules)."""

@@ -7,8 +7,8 @@ describes, so every worker process of the store and the CLI read and write the s
 Rules:
 - the hot path never writes to disk: a pull by tag only counts in memory (``note_pull``: a dict
   update on the event loop), and a tag record written to the metadata only marks the tag
-  (``note_tag``, any thread); ``flush`` (every ``cache.access_flush_interval``, in a thread, as
-  ``BlobStore.flush_access_times``) reads the marked tags' records and manifests and writes their
+  (``note_tag``, any thread); ``flush`` (every ``FLUSH_SECONDS``, in a thread, as
+  ``BlobStore.flush_access_times`` does for access times) reads the marked tags' records and manifests and writes their
   rows in one transaction. Counts add up across workers (``pulls = pulls + n``); the last pull
   time is the latest any worker saw;
 - a tag's size is its manifest and everything it references that the store holds (child
@@ -44,6 +44,9 @@ log = logging.getLogger("wharf.cache_index")
 
 INDEX_FILE = "cache-index.sqlite"
 _BATCH = 500          # tags written per transaction when indexing a whole store
+FLUSH_SECONDS = 1.0   # how often each process writes what it counted (its pulls reach the index this late)
+_RECHECKS = 30        # flushes that look again at a tag whose content was not all stored yet
+_MAX_RECHECKS = 10_000
 _MAX_DEPTH = 4        # index -> manifest -> ... (nested indexes), no deeper
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tags (
@@ -200,6 +203,7 @@ class CacheIndex:
         self._touched: dict[tuple[str, str], float] = {}    # (scope, tag) -> first mark; any thread
         self._touched_lock = threading.Lock()
         self._ready: asyncio.Future | None = None
+        self._recheck: dict[tuple[str, str], int] = {}      # (scope, tag) -> flushes left; the loop's
         meta.subscribe_tags(self.note_tag)
 
     # the hot path: memory only ------------------------------------------------------------------
@@ -251,9 +255,10 @@ class CacheIndex:
         for scope, tag in self._meta.upstream_tags():
             batch[(scope, tag)] = started
             if len(batch) >= _BATCH:
-                count += self._write({}, batch)
-                batch = {}
-        count += self._write({}, batch)
+                self._write({}, batch)
+                count, batch = count + len(batch), {}
+        self._write({}, batch)
+        count += len(batch)
         with self._lock:
             self._connection().execute("INSERT OR REPLACE INTO state VALUES ('indexed', ?)", (str(started),))
         if count:
@@ -265,10 +270,12 @@ class CacheIndex:
         pulls, self._pulls = self._pulls, {}
         with self._touched_lock:
             touched, self._touched = self._touched, {}
+        for key in self._recheck:
+            touched.setdefault(key, time.time())
         if not pulls and not touched:
             return
         try:
-            await asyncio.to_thread(self._write, pulls, touched)
+            incomplete = await asyncio.to_thread(self._write, pulls, touched)
         except Exception:
             log.exception("could not write the cache index; kept for the next flush")
             for key, (count, last) in pulls.items():
@@ -278,6 +285,21 @@ class CacheIndex:
             with self._touched_lock:
                 for key, when in touched.items():
                     self._touched.setdefault(key, when)
+            return
+        self._note_incomplete(incomplete)
+
+    def _note_incomplete(self, incomplete: set[tuple[str, str]]) -> None:
+        """Tags whose content was not all in the store yet (a pull fetches blobs after the manifest):
+        looked at again in the next ``_RECHECKS`` flushes; at most ``_MAX_RECHECKS`` of them."""
+        for key in list(self._recheck):
+            if key not in incomplete:
+                del self._recheck[key]
+        for key in incomplete:
+            left = self._recheck.get(key, _RECHECKS + 1) - 1
+            if left <= 0:
+                self._recheck.pop(key, None)
+            elif key in self._recheck or len(self._recheck) < _MAX_RECHECKS:
+                self._recheck[key] = left
 
     def flush_blocking(self) -> None:
         """``flush`` at shutdown, after the loop's work is done."""
@@ -287,31 +309,37 @@ class CacheIndex:
         if pulls or touched:
             self._write(pulls, touched)
 
-    def _write(self, pulls: dict[tuple[str, str], list], touched: dict[tuple[str, str], float]) -> int:
-        """Bring the rows of these tags up to date with the metadata and add the counted pulls."""
-        keys = set(pulls) | set(touched)
-        if not keys:
-            return 0
-        records: dict[tuple[str, str], TagRecord | None] = {}
-        for key in keys:
-            records[key] = self._meta.tag(key[0], key[1], fresh=True)
+    def _write(self, pulls: dict[tuple[str, str], list], touched: dict[tuple[str, str], float]
+               ) -> set[tuple[str, str]]:
+        """Add the counted pulls; bring the rows of marked tags (and of counted ones without a row,
+        or whose content was not all there) up to date with the metadata and the store.
+        Returns the tags whose content is still incomplete (blocking: a worker thread)."""
+        counted = set()
         with self._lock:
             db = self._connection()
-            rows = {}
-            for scope, tag in keys:
-                row = db.execute("SELECT digest, complete FROM tags WHERE name = ? AND tag = ?",
-                                 (scope, tag)).fetchone()
-                rows[(scope, tag)] = row
-        # reading the store happens outside the write transaction: other workers keep writing
-        contents: dict[tuple[str, str], tuple[dict[str, int], bool]] = {}
-        for key, record in records.items():
-            row = rows[key]
-            if record is None:
-                continue
-            if row is None or row[0] != record.digest or not row[1]:
-                contents[key] = image_content(self._blobs, self._meta, record.digest, record.media_type)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, (count, last) in pulls.items():
+                    if key in touched:
+                        continue
+                    row = db.execute("UPDATE tags SET pulls = pulls + ?, last_pulled = MAX(COALESCE(last_pulled, 0), ?) "
+                                     "WHERE name = ? AND tag = ? RETURNING complete", (count, last, *key)).fetchone()
+                    if row is not None:
+                        counted.add(key)
+                    if row is None or not row[0]:
+                        touched[key] = last  # no row yet (or not all there): looked at below
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        if not touched:
+            return set()
+        # the metadata and the store are read outside the write transaction: other workers keep writing
+        records = {key: self._meta.tag(key[0], key[1], fresh=True) for key in touched}
+        contents = {key: image_content(self._blobs, self._meta, record.digest, record.media_type)
+                    for key, record in records.items() if record is not None}
+        incomplete = set()
         now = time.time()
-        written = 0
         with self._lock:
             db = self._connection()
             db.execute("BEGIN IMMEDIATE")
@@ -322,7 +350,10 @@ class CacheIndex:
                         db.execute("DELETE FROM tags WHERE name = ? AND tag = ?", key)
                         db.execute("DELETE FROM content WHERE name = ? AND tag = ?", key)
                         continue
-                    count, last = pulls.get(key, (0, None))
+                    found, complete = contents[key]
+                    if not complete:
+                        incomplete.add(key)
+                    count, last = (0, None) if key in counted else pulls.get(key, (0, None))
                     row = db.execute("SELECT digest FROM tags WHERE name = ? AND tag = ?", key).fetchone()
                     upstream, repo = split_scope(scope)
                     if row is None or row[0] != record.digest:
@@ -334,23 +365,19 @@ class CacheIndex:
                                     int(record.public), cached_at, last, count))
                     else:
                         db.execute("UPDATE tags SET media_type = ?, public = ?, pulls = pulls + ?, "
-                                   "last_pulled = CASE WHEN ? IS NULL THEN last_pulled WHEN last_pulled IS NULL "
-                                   "OR last_pulled < ? THEN ? ELSE last_pulled END WHERE name = ? AND tag = ?",
-                                   (record.media_type, int(record.public), count, last, last, last, scope, tag))
-                    content = contents.get(key)
-                    if content is not None:
-                        found, complete = content
-                        db.execute("DELETE FROM content WHERE name = ? AND tag = ?", key)
-                        db.executemany("INSERT INTO content (name, tag, digest, size) VALUES (?, ?, ?, ?)",
-                                       [(scope, tag, d, s) for d, s in found.items()])
-                        db.execute("UPDATE tags SET size = ?, complete = ? WHERE name = ? AND tag = ?",
-                                   (sum(found.values()), int(complete), scope, tag))
-                    written += 1
+                                   "last_pulled = CASE WHEN ? IS NULL THEN last_pulled "
+                                   "ELSE MAX(COALESCE(last_pulled, 0), ?) END WHERE name = ? AND tag = ?",
+                                   (record.media_type, int(record.public), count, last, last, scope, tag))
+                    db.execute("DELETE FROM content WHERE name = ? AND tag = ?", key)
+                    db.executemany("INSERT INTO content (name, tag, digest, size) VALUES (?, ?, ?, ?)",
+                                   [(scope, tag, d, size) for d, size in found.items()])
+                    db.execute("UPDATE tags SET size = ?, complete = ? WHERE name = ? AND tag = ?",
+                               (sum(found.values()), int(complete), scope, tag))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return written
+        return incomplete
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
         """Drop the rows of these (scope, tag) at once, and what this process counted for them (blocking)."""

@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlencode
 
+from pydantic import ValidationError
+
+from proxy.config import validation_problems
 from proxy.errors import OCIError
-from proxy.mirror.lists import ImageEntry, MirrorList, Platform
+from proxy.mirror.lists import MirrorList
 from proxy.mirror.sync import MirrorSync, SyncObserver, SyncReport
 from proxy.oci.digest import Digest
 from proxy.oci.names import validate_tag
@@ -277,15 +280,12 @@ class CacheControl:
             name = reference.target.scope
             if reference.tag not in tags.setdefault(name, []):
                 tags[name].append(reference.tag or "latest")
-        chosen: tuple[Platform, ...] | str = "all"
-        if platforms:
-            try:
-                chosen = ImageEntry.model_validate({"name": "x", "tags": ["x"], "platforms": list(platforms)}).platforms
-            except ValueError as exc:
-                raise CacheRequestInvalid(f"platforms: {str(exc).splitlines()[-1][:200]}") from None
-        images = [ImageEntry(name=name, tags=tuple(sorted(found)), platforms=chosen, into="cache")
-                  for name, found in sorted(tags.items())]
-        return MirrorList(name=WARM_LIST, images=tuple(images))
+        images = [{"name": name, "tags": sorted(found), "platforms": list(platforms) if platforms else "all",
+                   "into": "cache"} for name, found in sorted(tags.items())]
+        try:
+            return MirrorList.model_validate({"name": WARM_LIST, "images": images})
+        except ValidationError as exc:
+            raise CacheRequestInvalid(validation_problems(exc)) from None
 
     async def warm(self, warm_list: MirrorList, observer: SyncObserver | None = None) -> SyncReport:
         """Fetch the list's images into the cache (SyncBusy when another warm-up runs)."""

@@ -46,7 +46,8 @@ async def test_each_route_is_for_server_admins_with_the_scope(fake_upstream, mak
         assert "message" in answer
         status, _, answer = await call(users["bob"])
         assert status == 403 and "not a server admin" in answer["message"], (path, answer)
-        status, _, answer = await call({"Authorization": "Basic " + base64.b64encode(b"admin:wharf_pat_bogus").decode()})
+        bogus = "Basic " + base64.b64encode(b"admin:wharf_pat_bogus").decode()
+        status, _, answer = await call({"Authorization": bogus})
         assert status == 401, (path, answer)
         status, _, answer = await call(users["admin read-only"])
         if scope is None:

@@ -15,12 +15,12 @@ import aiohttp
 from support.cache import listed, pull
 from support.fake_upstream import Fault
 from support.images import (DOCKER_CONFIG, DOCKER_MANIFEST, MANIFEST_ACCEPT, Blob, Image, canonical_json,
-                            make_image, make_layer, push_image)
+                            make_image, push_image)
 from support.mirror import write_list
 from support.servers import free_port
 from support.wharf_serve import start_wharf, wharf_argv, wharf_env, write_config
 
-from proxy.app import BLOBS, META
+from proxy.app import BLOBS
 from proxy.http import keys
 from proxy.mirror.lists import load_list
 from proxy.mirror.sync_command import mirror_sync_of
@@ -119,7 +119,7 @@ async def test_purge_leaves_pushed_mirrored_and_shared_content(fake_upstream, ma
     fake.reset_counts()
     await pull(wharf, f"{host}/team/b", "stays", stays)
     await pull(wharf, f"{host}/team/a", "mirrored", mirrored)
-    resp = await wharf.client.get(f"/v2/local/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    resp = await wharf.client.get("/v2/local/app/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
     assert resp.status == 200 and await resp.read() == local.manifest
     for digest, data in local.blobs.items():
         resp = await wharf.client.get(f"/v2/local/app/blobs/{digest}")
@@ -128,7 +128,8 @@ async def test_purge_leaves_pushed_mirrored_and_shared_content(fake_upstream, ma
     assert set(t["tag"] for t in (await listed(wharf))[f"{host}/team/a"]["tags"]) == {"mirrored"}
 
     everything = await purge(wharf, upstream=host)  # the rest of this upstream's cache
-    assert [t["tag"] for t in everything["tags"]] == ["stays"] and [t["tag"] for t in everything["kept"]] == ["mirrored"]
+    assert [t["tag"] for t in everything["tags"]] == ["stays"]
+    assert [t["tag"] for t in everything["kept"]] == ["mirrored"]
     assert not _stored(wharf, gone.layers[0].digest) and _stored(wharf, gone.layers[1].digest)
     assert all(_stored(wharf, d) for d in _content(mirrored))
 

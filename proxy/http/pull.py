@@ -14,8 +14,9 @@ from aiohttp import web
 
 from proxy.errors import (DigestInvalid, OCIError, PaginationNumberInvalid, RangeInvalid, SizeInvalid, Unauthorized,
                           Unavailable, UpstreamInvalid)
-from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_INDEX, CACHE_STATUS, CAUSE, CONFIG, ERROR_CODE, METRICS,
-                             IDENTITY, OUTCOME_STATUS, PACKAGES, REGISTRY, REPLAYS, SENDFILE_POOL, UPSTREAM)
+from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_INDEX, CACHE_STATUS, CAUSE, CONFIG,
+                             ERROR_CODE, METRICS, IDENTITY, OUTCOME_STATUS, PACKAGES, REGISTRY, REPLAYS, SENDFILE_POOL,
+                             UPSTREAM)
 from proxy.http.identity import caller_of
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
 from proxy.oci.digest import Digest, is_digest

@@ -116,9 +116,9 @@ class CacheControl:
         except OCIError as exc:
             raise CacheRequestInvalid(f"{name[:200]!r}: {exc.message}") from None
         if target.upstream is None:
+            example = sorted(self._upstreams)[0] if self._upstreams else "docker.io"
             raise CacheRequestInvalid(f"{name[:200]} is a local repository, not a cached one: name it with an "
-                                      f"upstream's prefix, e.g. {sorted(self._upstreams)[0] if self._upstreams else 'docker.io'}/"
-                                      f"{name[:200]}")
+                                      f"upstream's prefix, e.g. {example}/{name[:200]}")
         return target
 
     def reference(self, text: str, default_tag: str | None = None) -> Reference:

@@ -38,7 +38,7 @@ from proxy.errors import OCIError
 from proxy.oci.digest import Digest
 from proxy.oci.media import parse_manifest
 from proxy.storage.blobs import BlobStore
-from proxy.storage.meta import MetaStore, TagRecord
+from proxy.storage.meta import MetaStore
 
 log = logging.getLogger("wharf.cache_index")
 
@@ -322,8 +322,8 @@ class CacheIndex:
                 for key, (count, last) in pulls.items():
                     if key in touched:
                         continue
-                    row = db.execute("UPDATE tags SET pulls = pulls + ?, last_pulled = MAX(COALESCE(last_pulled, 0), ?) "
-                                     "WHERE name = ? AND tag = ? RETURNING complete", (count, last, *key)).fetchone()
+                    row = db.execute("UPDATE tags SET pulls = pulls + ?, "
+                                     "last_pulled = MAX(COALESCE(last_pulled, 0), ?) WHERE name = ? AND tag = ? RETURNING complete", (count, last, *key)).fetchone()
                     if row is not None:
                         counted.add(key)
                     if row is None or not row[0]:

@@ -82,6 +82,22 @@ async def test_shared_content_counts_once_per_repository(fake_upstream, make_wha
     assert repo["size"] == image_bytes(image)
 
 
+async def test_a_tag_that_moved_upstream_shows_its_new_digest(fake_upstream, make_wharf):
+    fake = await fake_upstream()
+    first, second = make_image("list-moved-1", (100,)), make_image("list-moved-2", (300,))
+    fake.add_image("team/moving", first, tag="latest")
+    wharf = await make_wharf(fake.url, upstream_options={"tag_ttl": 0})  # revalidated on every pull
+    name = f"{wharf.upstream_name(fake.url)}/team/moving"
+    await pull(wharf, name, "latest", first)
+    [before] = (await listed(wharf))[name]["tags"]
+    fake.add_image("team/moving", second, tag="latest")
+    await pull(wharf, name, "latest", second)
+    [after] = (await listed(wharf))[name]["tags"]
+    assert (before["digest"], after["digest"]) == (first.digest, second.digest)
+    assert after["size"] == image_bytes(second) and after["pulls"] == 2
+    assert after["cached_at"] >= before["cached_at"]
+
+
 async def test_pulls_counted_by_two_workers_add_up(fake_upstream, make_wharf):
     """Two processes of one store (here: two indexes over the same files) flush their own counts."""
     fake = await fake_upstream()

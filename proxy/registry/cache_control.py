@@ -50,6 +50,7 @@ from proxy.storage.shared import SharedCache
 
 WARM_LIST = "cache-warm"  # the mirror list a warm-up runs as (its status: /api/mirror/status)
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d|w)?", re.ASCII)
+_ONE_BY_ONE = 100  # a purge of more tags drops every remembered answer by name instead of one by one
 _UNITS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -199,15 +200,19 @@ class CacheControl:
     async def purge(self, images: list[CachedImage], dry_run: bool = False) -> PurgeReport:
         """Drop these cached tags and what only they needed (see the module's rules)."""
         report = PurgeReport(dry_run)
+        kept = await asyncio.to_thread(lambda: {image.digest for image in images if self._meta.is_kept(image.digest)})
         for image in images:
-            (report.kept if await asyncio.to_thread(self._meta.is_kept, image.digest) else report.tags).append(image)
+            (report.kept if image.digest in kept else report.tags).append(image)
         leaving = {(image.scope, image.tag) for image in report.tags}
-        if not dry_run:
-            for image in report.tags:
-                await asyncio.to_thread(self._meta.delete_tag, image.scope, image.tag)
-                self._invalidation.tag_changed(image.scope, image.tag)  # this process now, the others by stamp
-                await self._shared.delete(f"fresh:{image.scope}:{image.tag}")
-            await asyncio.to_thread(self.index.forget, leaving)
+        if not dry_run and leaving:
+            await asyncio.to_thread(self._drop_records, leaving)
+            for scope, tag in leaving:
+                await self._shared.delete(f"fresh:{scope}:{tag}")
+            if len(leaving) <= _ONE_BY_ONE:  # this process at once, the other processes by the stamp
+                for scope, tag in leaving:
+                    self._invalidation.tag_changed(scope, tag)
+            else:  # many: forget every answer remembered by name (cheap, and never wrong)
+                self._invalidation.names_changed()
         removed_manifests = await asyncio.to_thread(self._sweep, leaving, report, dry_run)
         if not dry_run:
             scopes = {image.scope for image in report.tags}
@@ -215,6 +220,12 @@ class CacheControl:
                 for scope in scopes:
                     self._invalidation.tag_changed(scope, digest)
         return report
+
+    def _drop_records(self, leaving: set[tuple[str, str]]) -> None:
+        """The tags' records and index rows go (blocking)."""
+        for scope, tag in leaving:
+            self._meta.delete_tag(scope, tag)
+        self.index.forget(leaving)
 
     def _sweep(self, leaving: set[tuple[str, str]], report: PurgeReport, dry_run: bool) -> list[str]:
         """Remove what only the leaving tags referenced (blocking: a worker thread). The manifests removed."""

@@ -16,7 +16,7 @@ Rules:
   ``content`` (upstream, repo, tag, digest, size), which purge asks "does anything left still
   reference this digest?" by index, without reading the store;
 - the rows follow the metadata: a tag whose record is gone (purged, deleted upstream) loses its
-  row at the next flush; a tag whose digest moved is cached anew (``cached_at``). A store that
+  row at the next flush; a tag whose digest moved is cached anew (``cached_at``; its pulls stay the tag's). A store that
   had cached tags before the index existed is indexed once, in a thread, on first start;
 - reads (``top``, ``images``, ``repositories``, ``public_names``) are indexed queries run in a
   thread; memory stays flat whatever the store holds (nothing is listed whole in memory but
@@ -356,18 +356,19 @@ class CacheIndex:
                     count, last = (0, None) if key in counted else pulls.get(key, (0, None))
                     row = db.execute("SELECT digest FROM tags WHERE name = ? AND tag = ?", key).fetchone()
                     upstream, repo = split_scope(scope)
-                    if row is None or row[0] != record.digest:
-                        cached_at = min(touched.get(key, now), now)
-                        db.execute("INSERT OR REPLACE INTO tags (name, upstream, repo, tag, digest, media_type, "
-                                   "size, complete, public, cached_at, last_pulled, pulls) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
+                    cached_at = min(touched.get(key, now), now)
+                    if row is None:
+                        db.execute("INSERT INTO tags (name, upstream, repo, tag, digest, media_type, size, complete, "
+                                   "public, cached_at, last_pulled, pulls) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?, ?, ?)",
                                    (scope, upstream, repo, tag, record.digest, record.media_type,
                                     int(record.public), cached_at, last, count))
-                    else:
-                        db.execute("UPDATE tags SET media_type = ?, public = ?, pulls = pulls + ?, "
+                    else:  # a tag that moved is cached anew; its pulls are the tag's, they stay
+                        db.execute("UPDATE tags SET digest = ?, media_type = ?, public = ?, pulls = pulls + ?, "
+                                   "cached_at = CASE WHEN digest = ? THEN cached_at ELSE ? END, "
                                    "last_pulled = CASE WHEN ? IS NULL THEN last_pulled "
                                    "ELSE MAX(COALESCE(last_pulled, 0), ?) END WHERE name = ? AND tag = ?",
-                                   (record.media_type, int(record.public), count, last, last, scope, tag))
+                                   (record.digest, record.media_type, int(record.public), count, record.digest,
+                                    cached_at, last, last, scope, tag))
                     db.execute("DELETE FROM content WHERE name = ? AND tag = ?", key)
                     db.executemany("INSERT INTO content (name, tag, digest, size) VALUES (?, ?, ?, ?)",
                                    [(scope, tag, d, size) for d, size in found.items()])

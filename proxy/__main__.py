@@ -15,6 +15,7 @@ script (names kept as the issue wrote them)::
     wharf mirror sync|status|export|import|inventory …   (``proxy.mirror.commands``)
     wharf client-config containerd|podman|docker [--host HOST]   wharf config check FILE
                                                           (``proxy.config_commands``)
+    wharf cache list|purge|warm …                         (``proxy.cache_commands``)
 
 They act on the server's database (SQLite in the store, or ``database.url``) while it runs.
 Exit status: 0 done, 1 refused (the reason on stderr), 2 a bad config.
@@ -446,8 +447,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_config_commands(sub, lambda p: p.add_argument(
         "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
+    from proxy.cache_commands import add_cache_commands
+
+    add_cache_commands(sub, lambda p: p.add_argument(
+        "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     args = parser.parse_args(argv)
-    if args.command in ("mirror", "client-config", "config"):
+    if args.command in ("mirror", "client-config", "config", "cache"):
         return args.run(args)
     if args.command in ("users", "orgs", "tokens"):
         return _accounts_command(args)

@@ -6,7 +6,8 @@ and by a signed-in user of low privilege. Each test names the protection it hold
 - FLAW the sign-in form's cookie, the same;
 - FLAW a Host header that is no host (``[x``) answers 500 on every page;
 - FLAW a browser over the client rate limit gets the registry's JSON 429, without the pages'
-  security headers, instead of the 429 page.
+  security headers, instead of the 429 page;
+- FLAW the home page prints an upstream URL's credentials (``https://user:secret@host``) to anyone.
 
 The rest pin protections no other test covers: CSRF on every POST route of the router (also the
 ones added later), Authorization headers never standing in for a session on a POST, the security
@@ -397,3 +398,16 @@ async def test_public_url_wins_over_the_host_header_in_every_generated_command(m
         assert "wharf.example/" + scene.private in (await alice.get(f"/packages/{scene.private}", headers=headers))[1]
     finally:
         await scene.close()
+
+
+# the home page ---------------------------------------------------------------------------------------------------------
+async def test_the_home_page_shows_no_credentials_written_into_an_upstream_url(make_wharf):
+    """FLAW. The config accepts an upstream URL with credentials in it (``https://user:secret@host``,
+    UpstreamConfig._url only checks the scheme) and home.html prints ``u.url`` as written, to
+    anonymous visitors: the upstream account's password on the front page."""
+    wharf = await make_wharf(auth=None, named_upstreams={"mirror.example": "https://robot:s3cr3t-pw@127.0.0.1:9"})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(wharf.url + "/") as resp:
+            page = await resp.text()
+    assert resp.status == 200 and "mirror.example" in page
+    assert "s3cr3t-pw" not in page and "robot:" not in page

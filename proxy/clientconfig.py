@@ -106,6 +106,13 @@ def _upstream_location(upstream: UpstreamConfig) -> tuple[str, bool]:
     return "docker.io" if location in HUB_NAMES else location, parts.scheme == "http"
 
 
+def shown_url(url: str) -> str:
+    """An upstream URL as clients and visitors may see it: scheme, host and path, never the
+    user name, password or query a config may have written into it."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
 def _toml(value: str) -> str:
     """A TOML basic string (JSON's escapes are TOML's for what names and URLs hold)."""
     return json.dumps(value)
@@ -120,14 +127,14 @@ def _containerd(config: Config, wharf: _Wharf) -> list[ClientFile]:
     files = []
     for upstream in config.upstreams:
         registry = _registry(upstream)
-        text = (f"server = {_toml(upstream.url)}\n\n"
+        text = (f"server = {_toml(shown_url(upstream.url))}\n\n"
                 f"[host.{_toml(wharf.url)}]\n"
                 f'  capabilities = ["pull", "resolve"]\n')
         note = (f"Images keep their names ({registry}/...): containerd asks Wharf for "
                 f"/v2/<repo>/...?ns={registry} and Wharf resolves the upstream from ns. "
                 f"Point the CRI plugin at the directory (config_path = \"/etc/containerd/certs.d\") or "
                 f"pass ctr images pull --hosts-dir /etc/containerd/certs.d. When Wharf answers 404 or is "
-                f"down, containerd falls back to {upstream.url} itself."
+                f"down, containerd falls back to {shown_url(upstream.url)} itself."
                 + ("" if wharf.plain else " For a certificate from a private CA, add ca = \"/path/to/ca.crt\" "
                    "under the host.")
                 + _aliases_note(upstream))

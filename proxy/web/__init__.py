@@ -71,7 +71,9 @@ def setup_web(app: web.Application) -> None:
                                        autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
     environment.filters.update(filters.FILTERS)
     app[WEB_SESSIONS] = WebSessions(app[DATABASE], app[ACCOUNTS], config.web.session_hours)
-    app.middlewares.append(pages_middleware)
+    # next to the outermost middleware (observe), so refusals of the inner ones (the client rate
+    # limit's 429) become pages too
+    app.middlewares.insert(1, pages_middleware)
     app.router.add_static("/static/", HERE / "static", name="static", append_version=False)
     for name in PAGE_MODULES:
         importlib.import_module(f"proxy.web.{name}").add_routes(app)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.clientconfig import CLIENTS, HostInvalid, client_files, wharf_netloc
+from proxy.clientconfig import CLIENTS, HostInvalid, client_files, shown_url, wharf_netloc
 from proxy.http.keys import CONFIG, MIRROR_STATUS
 from proxy.web.render import page, registry_host
 
@@ -38,7 +38,8 @@ def _host(request: web.Request) -> str:
 async def home(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     host = _host(request)
-    upstreams = [{"name": u.name, "url": u.url, "aliases": u.aliases, "default": u.name == config.default_upstream,
+    upstreams = [{"name": u.name, "url": shown_url(u.url), "aliases": u.aliases,
+                  "default": u.name == config.default_upstream,
                   "offline": config.is_offline(u.name)} for u in config.upstreams]
     status = request.app.get(MIRROR_STATUS)
     context = {

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import re
 import hmac
 import secrets
 import time
@@ -39,7 +40,8 @@ from proxy.web.errors import PageError
 
 COOKIE = "wharf_session"
 MAX_FORM_BYTES = 64 * 1024
-_MAX_COOKIE = 128  # an id is 43 characters; anything much longer is not one
+# what secrets.token_urlsafe(32) makes: a cookie of any other shape is no session (not looked up)
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ async def session_of(request: web.Request) -> Session | None:
         return request[_SESSION]
     found = None
     cookie = request.cookies.get(COOKIE)
-    if cookie and len(cookie) <= _MAX_COOKIE:
+    if cookie and TOKEN_SHAPE.fullmatch(cookie):
         found = await request.app[DATABASE].run(request.app[WEB_SESSIONS].find, cookie)
     request[_SESSION] = found
     return found

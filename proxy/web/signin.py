@@ -28,8 +28,8 @@ from proxy.http.keys import AUDIT, DATABASE, IDENTITY, LOGIN_THROTTLE, WEB_SESSI
 from proxy.registry.identity import PAT_PREFIX
 from proxy.web.errors import PageError
 from proxy.web.render import page, see_other
-from proxy.web.sessions import (COOKIE, clear_cookie, posted_form, read_form, remember_session, session_of,
-                                set_cookie)
+from proxy.web.sessions import (COOKIE, TOKEN_SHAPE, clear_cookie, posted_form, read_form, remember_session,
+                                session_of, set_cookie)
 
 log = logging.getLogger("wharf.web")
 
@@ -63,7 +63,8 @@ async def signin_form(request: web.Request) -> web.Response:
 async def signin(request: web.Request) -> web.StreamResponse:
     form = await read_form(request)
     cookie, sent = request.cookies.get(SIGNIN_COOKIE, ""), form.get("csrf", "")
-    if not cookie or not isinstance(sent, str) or not hmac.compare_digest(cookie.encode(), sent.encode()):
+    if (not TOKEN_SHAPE.fullmatch(cookie) or not isinstance(sent, str) or not TOKEN_SHAPE.fullmatch(sent)
+            or not hmac.compare_digest(cookie.encode(), sent.encode())):
         raise PageError(403, "The sign-in form has expired or was not sent from this site; reload it and try again.")
     user = str(form.get("user", "")).strip()[:_MAX_FIELD]
     token = str(form.get("token", "")).strip()[:_MAX_FIELD]

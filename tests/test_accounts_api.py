@@ -210,6 +210,22 @@ async def test_a_token_cannot_mint_a_stronger_one(wharf):
     assert len(own) == 1
 
 
+async def test_a_token_cannot_outlive_the_token_that_makes_it(wharf):
+    status, _, _ = await call(wharf, "POST", "/api/admin/users", as_admin(wharf), {"name": "alice"})
+    status, short, _ = await call(wharf, "POST", "/api/admin/users/alice/tokens", as_admin(wharf),
+                                  {"scopes": ["read:packages"], "expires_days": 7})
+    assert status == 201
+    alice = {"Authorization": basic("alice", short["token"])}
+    for body in ({"scopes": ["read:packages"]}, {"scopes": ["read:packages"], "expires_days": 30}):
+        status, answer, _ = await call(wharf, "POST", "/api/user/tokens", alice, body)
+        assert status == 422 and "outlive" in answer["message"], answer
+    status, answer, _ = await call(wharf, "POST", "/api/user/tokens", alice,
+                                   {"scopes": ["read:packages"], "expires_days": 6})
+    assert status == 201, answer
+    status, own, _ = await call(wharf, "GET", "/api/user/tokens", alice)
+    assert len(own) == 2
+
+
 async def test_a_new_token_works_on_the_registry(wharf):
     token, alice = await new_user(wharf, "alice", scopes=("read:packages", "write:packages"))
     async with wharf.client.get("/v2/", headers={"Authorization": alice}) as response:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from proxy.http.keys import AUDIT, CONFIG
-from support.accounts import ALL_SCOPES, add_user, basic
+from support.accounts import ALL_SCOPES, add_token, add_user, basic
 from support.browser import screenshot
 from support.visitors import forms, signed_in, visitors
 
@@ -167,6 +168,18 @@ async def test_no_expiry_means_the_token_never_expires(wharf, visit):
     assert answer.status == 201
     status, own = await api(wharf, "GET", "/api/user/tokens", basic("alice", secret))
     assert next(t for t in own if t["note"] == "forever")["expires_at"] is None
+
+
+async def test_a_session_of_a_short_lived_token_cannot_mint_a_lasting_one(wharf, visit):
+    add_user(wharf.database, "alice")
+    _, secret = add_token(wharf.database, "alice", ALL_SCOPES, expires_at=time.time() + 7 * 86400)
+    alice = visit()
+    await alice.sign_in("alice", secret)
+    for expires in ("none", "30"):
+        answer = await create(alice, note="lasting", expires=expires)
+        assert answer.status == 422 and "outlive" in answer.words and SECRET.search(answer.text) is None
+    answer = await create(alice, note="shorter", expires="6")
+    assert answer.status == 201 and SECRET.search(answer.text)
 
 
 async def test_revoking_asks_then_ends_the_token_on_the_registry_and_the_api(wharf, visit):

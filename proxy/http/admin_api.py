@@ -232,7 +232,7 @@ async def _create_token(request: web.Request, caller: Principal, user: str, *,
         raise ApiError(403, f"the token in use lacks {', '.join(sorted(set(scopes) - within))}: a token "
                             f"cannot create one with more scopes than its own")
     token, secret = await _run(request, _accounts(request).create_token, user, scopes, days, note,
-                               actor=caller.user, remote=request.remote)
+                               actor=caller.user, remote=request.remote, not_after=caller.expires_at)
     await _changed(request)
     now = token.created_at
     return _json({**token_json(token, now), "token": secret}, status=201)

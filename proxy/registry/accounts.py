@@ -280,16 +280,24 @@ class Accounts:
     # tokens ------------------------------------------------------------------------------------
     def create_token(self, user: str, scopes: Iterable[str] | str, expires_days: int | None = None,
                      note: str = "", *, actor: str | None = CLI,
-                     remote: str | None = None) -> tuple[TokenInfo, str]:
-        """A new token for ``user``: its facts and its secret (shown once, never stored)."""
+                     remote: str | None = None, not_after: float | None = None) -> tuple[TokenInfo, str]:
+        """A new token for ``user``: its facts and its secret (shown once, never stored).
+
+        ``not_after``: when the token creating this one expires; the new one may not outlive it (a
+        leaked short-lived token cannot mint a lasting one)."""
         chosen = parse_scopes(scopes)
         if expires_days is not None and (isinstance(expires_days, bool) or not isinstance(expires_days, int)
                                          or not 1 <= expires_days <= MAX_EXPIRY_DAYS):
             raise AccountError(f"expiry must be a whole number of days from 1 to {MAX_EXPIRY_DAYS}")
         if not isinstance(note, str) or len(note) > MAX_NOTE_LENGTH:
             raise AccountError(f"a note is text of at most {MAX_NOTE_LENGTH} characters")
-        secret = new_secret()
         now = self.clock()
+        if not_after is not None and (expires_days is None or now + expires_days * 86400 > not_after):
+            days_left = max(0, int((not_after - now) // 86400))
+            raise AccountError("a token cannot outlive the token that creates it, which expires in "
+                               + (f"{days_left} day(s): choose at most {days_left}" if days_left else
+                                  "less than a day: sign in with a longer-lived token to create one"))
+        secret = new_secret()
         with self.db.session() as session:
             owner = self._user(session, user)
             token = Token(user_id=owner.id, secret_hash=secret_hash(secret), hint=secret[:_HINT_LENGTH],

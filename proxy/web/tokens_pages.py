@@ -144,7 +144,7 @@ async def create_token_page(request: web.Request, viewer: Principal, owner: str,
                            f"create one with more scopes than its own", 403)
     try:
         token, secret = await run(request, accounts_of(request).create_token, owner, scopes, days, note,
-                                  actor=viewer.user, remote=request.remote)
+                                  actor=viewer.user, remote=request.remote, not_after=viewer.expires_at)
     except NotFound:
         raise  # no such user: the 404 page
     except AccountError as error:

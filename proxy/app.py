@@ -27,6 +27,7 @@ from proxy.registry.accounts import Accounts
 from proxy.registry.audit import AuditLog, audit_path
 from proxy.registry.gc import collect
 from proxy.registry.guard import AccessGuard
+from proxy.registry.history import CacheHistory
 from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Identity, LoginThrottle, jwt_key
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
@@ -125,6 +126,17 @@ def create_app(config: Config) -> web.Application:
     metrics.registry.register(mirror_status)  # read from the store at scrape time, whoever synced
     # ---------------------------------------------------------------------------------------------
     # the web pages and the operator's tools (issue 11): wire new services here --------------------
+    # the dashboard's history: one sampler per store, started once the exchange of workers is known
+    history = app[keys.CACHE_HISTORY] = CacheHistory(metrics, meta, blobs, budget, config.web)
+
+    async def sample_history(app: web.Application) -> None:
+        await history.start(app.get(keys.METRICS_EXCHANGE))
+
+    async def stop_history(app: web.Application) -> None:
+        await history.stop()  # on shutdown: before the store closes
+
+    app.on_startup.append(sample_history)
+    app.on_shutdown.append(stop_history)
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:

@@ -30,7 +30,7 @@ def test_the_migrated_schema_is_the_models(database_url):
         tables = set(inspect(database.engine).get_table_names())
         assert set(Base.metadata.tables) | {"alembic_version"} == tables
         with database.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     finally:
         database.close()
 

@@ -20,6 +20,7 @@ from proxy.http.dispatch import V2Resource
 from proxy.http.errors import error_response, http_exception_response
 from proxy.http.keys import API_VERSION, CAUSE, CLIENT_LIMITS, METRICS, OUTCOME_STATUS, REQUEST_ID, STARTED
 from proxy.http.ratelimit import client_limit_middleware
+from proxy.web import setup_web
 from proxy.logs import REQUEST_ID as REQUEST_ID_VAR
 
 log = logging.getLogger("wharf.http")
@@ -120,3 +121,4 @@ def setup_routes(app: web.Application) -> None:
     setup_packages_api(app)
     setup_mirror_api(app)
     setup_stats_api(app)
+    setup_web(app)  # the pages (proxy.web): last, so its 404 page answers only what nothing else does

@@ -13,6 +13,7 @@ Rules the schema holds:
 - a package is one repository; a deleted package keeps its row (``deleted_at``) until its
   retention ends, and a new push to the same name makes a new package (the old one can no longer
   be restored), hence the unique name only among live packages;
+- a web session is stored as the SHA-256 of its id, never the id itself, nor any token secret;
 - ``revision`` is one counter bumped by every change that can alter an access decision (a token
   revoked, a role, a visibility, a deletion): every worker and replica polls it and drops what it
   remembered when it moves.
@@ -144,6 +145,20 @@ class Version(Base):
     deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     download_count: Mapped[int] = mapped_column(Integer, default=0)
     __table_args__ = (UniqueConstraint("package_id", "digest"),)
+
+
+class WebSession(Base):
+    """A signed-in browser (``proxy.web.sessions``): only the SHA-256 of its random id is kept, with
+    the user and the token it signed in with (never the token's secret); it ends at ``expires_at``,
+    on sign-out, and with its token (revoked, expired or deleted)."""
+
+    __tablename__ = "web_sessions"
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))  # the forms' token for this session
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class Revision(Base):

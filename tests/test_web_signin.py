@@ -1,0 +1,123 @@
+"""Signing in and out of the pages, the HTML error pages and the headers every page carries, at the
+HTTP level (the browser tests are tests/test_web_browser.py)."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+
+from support.accounts import add_token, add_user
+
+from proxy.web import SECURITY_HEADERS
+
+
+class Browser:
+    """A cookie-keeping HTTP client with no Authorization header: what a browser sends."""
+
+    def __init__(self, wharf) -> None:
+        self.wharf = wharf
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def get(self, path: str, **kwargs) -> tuple[int, str, aiohttp.ClientResponse]:
+        async with self.session.get(self.wharf.url + path, allow_redirects=False, **kwargs) as resp:
+            return resp.status, await resp.text(), resp
+
+    async def post(self, path: str, data: dict, **kwargs) -> tuple[int, str, aiohttp.ClientResponse]:
+        async with self.session.post(self.wharf.url + path, data=data, allow_redirects=False, **kwargs) as resp:
+            return resp.status, await resp.text(), resp
+
+    async def signin(self, user: str, token: str) -> aiohttp.ClientResponse:
+        _, html, _ = await self.get("/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+        status, _, resp = await self.post("/signin", {"csrf": csrf, "user": user, "token": token})
+        assert status == 303, status
+        return resp
+
+    def cookie(self, name: str) -> str | None:
+        for cookie in self.session.cookie_jar:
+            if cookie.key == name:
+                return cookie.value
+        return None
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]*)"', html).group(1)
+
+
+@pytest.fixture
+async def wharf(make_wharf):
+    wharf = await make_wharf(auth=None)
+    add_user(wharf.database, "alice")
+    return wharf
+
+
+@pytest.fixture
+async def browser_client(wharf):
+    client = Browser(wharf)
+    yield client
+    await client.close()
+
+
+async def test_sign_in_shows_who_is_signed_in_and_sign_out_ends_it(wharf, browser_client):
+    _, secret = add_token(wharf.database, "alice")
+    status, html, _ = await browser_client.get("/signin")
+    assert status == 200 and "<h1>Sign in</h1>" in html and "Signed in as" not in html
+    resp = await browser_client.signin("alice", secret)
+    assert resp.headers["Location"] == "/packages?done=signed_in"
+    status, html, _ = await browser_client.get("/signin")
+    assert "Signed in as <strong>alice</strong>" in html
+    status, _, resp = await browser_client.post("/signout", {"csrf": csrf_of(html)})
+    assert status == 303
+    status, html, _ = await browser_client.get("/signin")
+    assert "Signed in as" not in html
+
+
+async def test_a_wrong_token_is_refused_and_not_echoed(wharf, browser_client):
+    _, secret = add_token(wharf.database, "alice")
+    wrong = secret[:-4] + "AAAA"
+    _, html, _ = await browser_client.get("/signin")
+    status, html, _ = await browser_client.post("/signin", {"csrf": csrf_of(html), "user": "alice", "token": wrong})
+    assert status == 403
+    assert "do not match" in html and wrong not in html
+    assert browser_client.cookie("wharf_session") is None
+
+
+async def test_unknown_paths_are_an_html_404_with_the_security_headers(wharf, browser_client):
+    status, html, resp = await browser_client.get("/no/such/page")
+    assert status == 404 and resp.content_type == "text/html"
+    assert "<h1>Not found</h1>" in html
+    for name, value in SECURITY_HEADERS.items():
+        assert resp.headers[name] == value
+    assert "'unsafe-inline'" not in resp.headers["Content-Security-Policy"]
+    # the registry and the API keep their own errors
+    status, body, resp = await browser_client.get("/v2/no/such/thing/tags/list/x")
+    assert resp.content_type == "application/json"
+    status, _, resp = await browser_client.get("/api/nothing")
+    assert status == 404 and resp.content_type == "application/json"
+
+
+async def test_a_wrong_method_is_an_html_405(wharf, browser_client):
+    async with browser_client.session.delete(wharf.url + "/signin") as resp:
+        assert resp.status == 405 and resp.content_type == "text/html"
+        assert "Method not allowed" in await resp.text()
+        assert "GET" in resp.headers["Allow"]
+
+
+async def test_static_files_are_served(wharf, browser_client):
+    status, css, resp = await browser_client.get("/static/wharf.css")
+    assert status == 200 and resp.content_type == "text/css" and ":root" in css
+    status, js, resp = await browser_client.get("/static/wharf.js")
+    assert status == 200 and "clipboard" in js
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_no_pages_when_the_web_is_off(make_wharf):
+    wharf = await make_wharf(auth=None, web={"enabled": False})
+    async with aiohttp.ClientSession() as session:
+        async with session.get(wharf.url + "/signin") as resp:
+            assert resp.status == 404 and resp.content_type == "application/json"

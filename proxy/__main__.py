@@ -13,6 +13,7 @@ script (names kept as the issue wrote them)::
     wharf packages visibility REPOSITORY private|internal|public
     wharf packages list [--owner NAME]
     wharf mirror sync|status|export|import|inventory …   (``proxy.mirror.commands``)
+    wharf cache list|purge|warm …                         (``proxy.cache_commands``)
 
 They act on the server's database (SQLite in the store, or ``database.url``) while it runs.
 Exit status: 0 done, 1 refused (the reason on stderr), 2 a bad config.
@@ -440,8 +441,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_mirror_commands(sub, lambda p: p.add_argument(
         "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
+    from proxy.cache_commands import add_cache_commands
+
+    add_cache_commands(sub, lambda p: p.add_argument(
+        "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     args = parser.parse_args(argv)
-    if args.command == "mirror":
+    if args.command in ("mirror", "cache"):
         return args.run(args)
     if args.command in ("users", "orgs", "tokens"):
         return _accounts_command(args)

@@ -23,6 +23,7 @@ from proxy.mirror.schedule import run_schedule
 from proxy.mirror.status import SyncStatus
 from proxy.mirror.sync import MirrorSync
 from proxy.registry.addressing import Addressing, LocalNamespaces
+from proxy.registry.cache_control import CacheControl
 from proxy.registry.accounts import Accounts
 from proxy.registry.audit import AuditLog, audit_path
 from proxy.registry.gc import collect
@@ -37,6 +38,7 @@ from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
 from proxy.storage.blobs import TMP_GRACE_SECONDS, BlobStore
 from proxy.storage.budget import Budget
+from proxy.storage.cache_index import CacheIndex
 from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
@@ -137,6 +139,26 @@ def create_app(config: Config) -> web.Application:
 
     app.on_startup.append(sample_history)
     app.on_shutdown.append(stop_history)
+    cache_index = app[keys.CACHE_INDEX] = CacheIndex(root, blobs, meta)  # hears of every tag meta records
+    app[keys.CACHE_CONTROL] = CacheControl(
+        cache_index, blobs, meta, shared, invalidation, app[keys.ADDRESSING],
+        frozenset(u.name for u in config.upstreams if config.is_offline(u.name)), frozenset(config.upstream_names()),
+        lambda: MirrorSync(pullthrough, app[keys.ADDRESSING], blobs, app[keys.MIRROR_RECORDS], mirror_status, config))
+
+    async def cache_index_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        """Index at start (in a thread, not waited for), flush counted pulls periodically and at the end."""
+        indexing = asyncio.ensure_future(cache_index.ready())
+        flusher = asyncio.ensure_future(_periodic(config.cache.access_flush_interval, cache_index.flush))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            with contextlib.suppress(Exception):
+                await indexing
+            await asyncio.to_thread(cache_index.flush_blocking)
+            cache_index.close()
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
@@ -197,5 +219,6 @@ def create_app(config: Config) -> web.Application:
                 exchange.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(cache_index_lifecycle)  # after lifecycle: it ends first, while the metadata is open
     setup_routes(app)
     return app

@@ -47,6 +47,7 @@ MIRROR_STATUS = web.AppKey("mirror_status", object)    # proxy.mirror.status.Syn
 WEB_SESSIONS = web.AppKey("web_sessions", object)  # proxy.web.sessions: signed-in browsers
 CACHE_INDEX = web.AppKey("cache_index", object)    # what the cache holds, per upstream repository and tag
 CACHE_HISTORY = web.AppKey("cache_history", object)  # the dashboard's samples of Wharf's own counters
+CACHE_CONTROL = web.AppKey("cache_control", object)  # proxy.registry.cache_control.CacheControl: list, purge, warm
 LOGIN_THROTTLE = web.AppKey("login_throttle", LoginThrottle)
 
 API_VERSION = "registry/2.0"  # the Docker-Distribution-API-Version every /v2/ answer carries

@@ -453,6 +453,79 @@ STATS_PATHS: dict[str, Any] = {
 }
 
 
+# the cache's API (proxy.http.cache_api) ------------------------------------------------------------
+_NULLABLE_TIME = {**_STAMP, "nullable": True}
+_CACHED_TAG = {"type": "object",
+               "required": ["tag", "digest", "media_type", "size", "public", "cached_at", "last_pulled", "pulls"],
+               "properties": {"tag": {"type": "string"}, "digest": {"type": "string"},
+                              "media_type": {"type": "string"},
+                              "size": {"type": "integer", "minimum": 0,
+                                       "description": "the manifest and what it references in the store, once each"},
+                              "public": {"type": "boolean"}, "cached_at": _NULLABLE_TIME,
+                              "last_pulled": _NULLABLE_TIME, "pulls": {"type": "integer", "minimum": 0}}}
+_CACHED_REPOSITORY = {"type": "object",
+                      "required": ["name", "upstream", "repository", "size", "last_pulled", "pulls", "tags"],
+                      "properties": {"name": {"type": "string", "description": "<upstream>/<repository>"},
+                                     "upstream": {"type": "string"}, "repository": {"type": "string"},
+                                     "size": {"type": "integer", "minimum": 0,
+                                              "description": "content shared by its tags counted once"},
+                                     "last_pulled": _NULLABLE_TIME, "pulls": {"type": "integer", "minimum": 0},
+                                     "tags": {"type": "array", "items": _CACHED_TAG}}}
+_CACHED_REF = {"type": "object", "required": ["name", "tag", "digest"],
+               "properties": {"name": {"type": "string"}, "tag": {"type": "string"}, "digest": {"type": "string"},
+                              "size": {"type": "integer"}}}
+
+
+def _cache_operation(op_id: str, summary: str, parameters: list, answer: dict, body: dict | None = None,
+                     extra: dict | None = None) -> dict:
+    operation = _account_operation(op_id, summary, parameters, {"200": answer, **(extra or {})}, body)
+    if body is None:
+        operation["responses"]["422"] = _account_error("A query parameter names no upstream or cached repository")
+    return {**operation, "tags": ["cache"]}
+
+
+CACHE_PATHS: dict[str, Any] = {
+    "/api/cache/repositories": {
+        "get": _cache_operation(
+            "cache/list-repositories", "What the cache holds: repositories, tags, sizes, pulls (server admins)",
+            [{"name": "upstream", "in": "query", "schema": {"type": "string"}},
+             {"name": "repo", "in": "query", "schema": {"type": "string"},
+              "description": "a repository as clients name it (with its upstream's prefix)"}],
+            _json("The cached repositories", {"type": "object", "required": ["repositories"],
+                                              "properties": {"repositories": {"type": "array",
+                                                                              "items": _CACHED_REPOSITORY}}})),
+    },
+    "/api/cache/purge": {
+        "post": _cache_operation(
+            "cache/purge", "Drop cached tags and what only they need (server admins, delete:packages)", [],
+            _json("What was dropped (or would be, with dry_run)", {
+                "type": "object", "required": ["dry_run", "tags", "kept", "removed", "freed_bytes", "in_use"],
+                "properties": {"dry_run": {"type": "boolean"}, "tags": {"type": "array", "items": _CACHED_REF},
+                               "kept": {"type": "array", "items": _CACHED_REF,
+                                        "description": "tags a mirror list or an import keeps: left alone"},
+                               "removed": {"type": "integer"}, "freed_bytes": {"type": "integer"},
+                               "in_use": {"type": "integer", "description": "being read: left for the budget"},
+                               "still_needed": {"type": "integer"}}}),
+            {"type": "object", "properties": {
+                "ref": {"type": "string", "description": "NAME:TAG or NAME@DIGEST"},
+                "repo": {"type": "string"}, "upstream": {"type": "string"},
+                "older_than": {"type": "string", "example": "30d"}, "dry_run": {"type": "boolean"}}}),
+    },
+    "/api/cache/warm": {
+        "post": _cache_operation(
+            "cache/warm", "Fetch images into the cache ahead of a rollout (server admins, write:packages)", [],
+            _json("How the warm-up went, per image", {
+                "type": "object", "required": ["ok", "images", "seconds"],
+                "properties": {"ok": {"type": "boolean"}, "seconds": {"type": "number"},
+                               "images": {"type": "array", "items": {"type": "object"}}}}),
+            {"type": "object", "required": ["images"], "properties": {
+                "images": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "platforms": {"type": "array", "items": {"type": "string"}}}},
+            {"409": _account_error("Another warm-up runs")}),
+    },
+}
+
+
 def document(server_url: str | None = None) -> dict[str, Any]:
     """The whole document; ``server_url`` (how the caller reached Wharf) becomes its server."""
     doc: dict[str, Any] = {
@@ -460,7 +533,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         "info": {"title": "Wharf API", "version": "1",
                  "description": "GitHub-style packages endpoints of Wharf's embedded registry, its "
                                 "accounts API, and the status of mirror syncs."},
-        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS, **MIRROR_PATHS, **STATS_PATHS},
+        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS, **MIRROR_PATHS, **CACHE_PATHS, **STATS_PATHS},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic",

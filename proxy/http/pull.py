@@ -14,7 +14,7 @@ from aiohttp import web
 
 from proxy.errors import (DigestInvalid, OCIError, PaginationNumberInvalid, RangeInvalid, SizeInvalid, Unauthorized,
                           Unavailable, UpstreamInvalid)
-from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_STATUS, CAUSE, CONFIG, ERROR_CODE, METRICS,
+from proxy.http.keys import (API_VERSION, ADDRESSING, BODY_BYTES, CACHE_INDEX, CACHE_STATUS, CAUSE, CONFIG, ERROR_CODE, METRICS,
                              IDENTITY, OUTCOME_STATUS, PACKAGES, REGISTRY, REPLAYS, SENDFILE_POOL, UPSTREAM)
 from proxy.http.identity import caller_of
 from proxy.http.sendfile import SendfileResponse, direct_socket, send_region
@@ -69,6 +69,11 @@ async def manifest(request: web.Request) -> web.Response:
     accept = parse_accept(request.headers.getall("Accept", []))
     result = await request.app[REGISTRY].manifest(target, reference, accept, await client_of(request), head)
     request[CACHE_STATUS] = result.cache_status
+    on_pull = None
+    if target.upstream is not None and not is_digest(reference):  # a cached tag's pull: counted in memory
+        note_pull, scope = request.app[CACHE_INDEX].note_pull, target.scope
+        note_pull(scope, reference)
+        on_pull = lambda: note_pull(scope, reference)  # noqa: E731
     headers = _common_headers(request)
     digest = str(result.digest)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
@@ -86,7 +91,7 @@ async def manifest(request: web.Request) -> web.Response:
         request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), headers, result.body,
                                       result.shared_until or result.readers_until, "manifest",
                                       "manifest" if is_digest(reference) else "tag",
-                                      (target.scope, reference), target.upstream, on_hit, reader)
+                                      (target.scope, reference), target.upstream, on_hit, reader, on_pull)
     if head:
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)

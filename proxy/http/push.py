@@ -17,11 +17,12 @@ from aiohttp import web
 
 from proxy.errors import (BlobUploadInvalid, DigestInvalid, ManifestTooLarge, NameInvalid, NameUnknown,
                           RangeInvalid)
-from proxy.http.keys import ADDRESSING, REGISTRY
+from proxy.http.keys import ADDRESSING, CACHE_INDEX, CONFIG, REGISTRY
 from proxy.http.pull import client_of, page_size
 from proxy.oci.digest import Digest
 from proxy.oci.media import MAX_MANIFEST_BYTES
 from proxy.registry.base import Chunk, Target, UploadState
+from proxy.registry.cache_control import cached_catalog
 
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[ =])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?", re.ASCII)
 
@@ -195,9 +196,14 @@ async def delete_blob(request: web.Request) -> web.Response:
 
 
 async def catalog(request: web.Request) -> web.Response:
-    """``GET /v2/_catalog``: the local repositories, paged with ``n`` / ``last`` and ``Link``."""
+    """``GET /v2/_catalog``: the local repositories the caller may read and the cached upstream
+    repositories it may pull (``cache_control.cached_catalog``), paged with ``n`` / ``last`` and ``Link``."""
     n = page_size(request)
-    page = await request.app[REGISTRY].catalog(n, request.query.get("last"), await client_of(request))
+    last = request.query.get("last")
+    client = await client_of(request)
+    local = await request.app[REGISTRY].catalog(n, last, client)
+    page = await cached_catalog(request.app[CACHE_INDEX], local, client.principal,
+                                request.app[CONFIG].access.pull_through, n, last)
     headers = {}
     if page.next_query:
         headers["Link"] = f'</v2/_catalog?{page.next_query}>; rel="next"'

@@ -31,6 +31,7 @@ class Replay:
     ref: tuple[str, str]  # (scope, tag or digest) the answer is for
     upstream: str | None = None  # for the access log
     on_hit: Callable[[], None] | None = None  # what a replayed GET must also do (count a download)
+    on_pull: Callable[[], None] | None = None  # what a replayed GET or HEAD must also do (count a cached tag's pull)
     # None: the answer holds for every client; else the Authorization headers it was given to,
     # each with when that credential expires (None: never)
     readers: dict[str, float | None] | None = None
@@ -78,7 +79,8 @@ class ReplayTable:
     def remember(self, raw_path: str, accept: Sequence[str], headers: dict[str, str], body: bytes,
                  until: float, route: str, cache_kind: str, ref: tuple[str, str],
                  upstream: str | None = None, on_hit: Callable[[], None] | None = None,
-                 reader: tuple[str, float | None] | None = None) -> None:
+                 reader: tuple[str, float | None] | None = None,
+                 on_pull: Callable[[], None] | None = None) -> None:
         """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent;
         ``ref`` is the (scope, tag or digest) it answers for."""
         if len(body) > _MAX_BODY or until <= time.time():
@@ -91,7 +93,8 @@ class ReplayTable:
             readers = dict(known.readers) if known is not None and known.readers is not None \
                 and known.body == body and len(known.readers) < _MAX_READERS else {}
             readers[reader[0]] = reader[1]
-        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream, on_hit, readers)
+        entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream, on_hit, on_pull,
+                       readers)
         self._drop(key)
         self._entries[key] = entry
         self._by_ref.setdefault(ref, set()).add(key)

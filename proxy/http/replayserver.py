@@ -138,6 +138,8 @@ class ReplayingRequestHandler(GuardedRequestHandler):
         transport.write(stamped if head else stamped + entry.body)
         if entry.on_hit is not None and not head:
             entry.on_hit()
+        if entry.on_pull is not None:
+            entry.on_pull()
         self._keep_alive_from_now()
         seconds = time.perf_counter() - started
         self._metrics.observe_request(entry.route + "_head" if head else entry.route, message.method, 200, seconds)

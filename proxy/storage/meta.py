@@ -12,7 +12,7 @@ import bisect
 import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from proxy.storage.space import FullAwareCache
 
@@ -51,6 +51,12 @@ class MetaStore:
     def __init__(self, directory: Path) -> None:
         self._disk = FullAwareCache(str(directory), eviction_policy="none", size_limit=2**40)  # full: StoreFull
         self._front: dict[str, Any] = {}
+        self._tag_listeners: list[Callable[[str, str], None]] = []
+
+    def subscribe_tags(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(scope, tag)`` after a tag's record is written or deleted (the cache index
+        marks it; any thread; it must be quick and never raise)."""
+        self._tag_listeners.append(listener)
 
     def close(self) -> None:
         self._disk.close()
@@ -103,9 +109,23 @@ class MetaStore:
 
     def set_tag(self, scope: str, tag: str, record: TagRecord) -> None:
         self._set(f"tag:{scope}:{tag}", asdict(record))
+        for listener in self._tag_listeners:
+            listener(scope, tag)
 
     def delete_tag(self, scope: str, tag: str) -> None:
         self._delete(f"tag:{scope}:{tag}")
+        for listener in self._tag_listeners:
+            listener(scope, tag)
+
+    def upstream_tags(self) -> Iterator[tuple[str, str]]:
+        """Every (scope, tag) of an upstream repository with a record (blocking; reads the metadata
+        in batches, in key order: memory stays flat)."""
+        for key in self._disk.iterkeys():
+            if not isinstance(key, str) or not key.startswith("tag:") or key.startswith("tag:/"):
+                continue
+            scope, _, tag = key[4:].rpartition(":")
+            if scope:
+                yield scope, tag
 
     # visibility ------------------------------------------------------------------------------
     def visibility(self, digest: str, fresh: bool = False) -> Visibility:

@@ -152,14 +152,14 @@ async def test_fills_in_flight_with_progress_names_only_for_who_may_pull(fake_up
 
 
 async def test_evictions_of_a_privately_cached_image_name_it_to_admins_only(auth_registry_upstream, make_wharf,
-                                                                           repo_name, registry_upstream):
+                                                                           repo_name, registry_upstream, tmp_path):
     secret_repo = f"{repo_name}-payroll"
     private = make_image("evicted-private", (30_000, 30_000))
     await push_image(auth_registry_upstream.url, secret_repo, private, tag="v1", auth=auth_registry_upstream.auth)
     public = make_image("evicted-public", (30_000,))
     await push_image(registry_upstream, repo_name, public, tag="v1")
     wharf = await make_wharf(auth_registry_upstream.url, registry_upstream, auth=None,
-                             storage={"max_cache_bytes": 40_000})
+                             storage={"root": str(tmp_path / "store"), "max_cache_bytes": 40_000})
     bob = _user(wharf, "bob")
     await _pull(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
     await _pull(wharf, registry_upstream, repo_name, "v1", public)

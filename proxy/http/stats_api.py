@@ -15,8 +15,8 @@ and from upstream, upstream requests sent and saved, evictions. Times are second
 Rules (who sees what):
 - the figures, the store, the quotas and the counts are for everyone, anonymous callers too;
 - image names (largest and most pulled images, fills in flight, recent evictions) only where the
-  caller may pull them: a cached upstream image learned without a client's credential (public),
-  a local package the caller may read (``Packages.list_all`` decides); server admins see all;
+  caller may pull them: cached upstream content learned without a client's credential (public);
+  server admins see all. Local packages are not cached content: none of these lists names one;
 - a fill or an eviction the caller may not see stays in the list, its size and progress shown,
   its names and digest not (``hidden``); images the caller may not see are left out.
 """
@@ -30,7 +30,7 @@ from aiohttp import web
 
 from proxy.http.admin_api import api_handler
 from proxy.http.identity import caller_of
-from proxy.http.keys import CACHE_HISTORY, CACHE_INDEX, CONFIG, PACKAGES, REGISTRY, UPSTREAMS
+from proxy.http.keys import CACHE_HISTORY, CACHE_INDEX, CONFIG, REGISTRY, UPSTREAMS
 from proxy.registry.access import Principal
 from proxy.registry.history import difference, figures
 
@@ -46,7 +46,6 @@ async def cache_stats(app: web.Application, principal: Principal) -> dict[str, A
     now, samples, evictions, fills = await asyncio.gather(
         history.current(), history.samples(), history.evictions(),
         asyncio.to_thread(app[REGISTRY].fills.in_flight))
-    readable = _Readable(app, principal)
     oldest = samples[0] if samples else now
     window = {"since": oldest["at"], **figures(difference(now["counters"], oldest["counters"]))}
     return {
@@ -56,8 +55,8 @@ async def cache_stats(app: web.Application, principal: Principal) -> dict[str, A
         "upstreams": [await _upstream(name, upstream) for name, upstream in sorted(app[UPSTREAMS].items())],
         "fills": [_fill(fill, principal) for fill in fills],
         "evictions": [_eviction(entry, principal) for entry in evictions],
-        "largest": await _top(app, "size", readable),
-        "most_pulled": await _top(app, "pulls", readable),
+        "largest": await _top(app, "size", principal),
+        "most_pulled": await _top(app, "pulls", principal),
         "history": [_point(sample) for sample in [*samples, now]],
     }
 
@@ -98,39 +97,27 @@ def _eviction(entry: dict, principal: Principal) -> dict[str, Any]:
     """An evicted blob: its repositories for admins; for others only when it was confirmed without
     a client's credential in one repository alone (with several, which of them is public is unknown)."""
     repositories = list(entry.get("repositories") or [])
-    shown = principal.admin or (bool(entry.get("public")) and len(repositories) == 1)
+    shown = principal.admin or (bool(entry.get("public")) and len(repositories) == 1
+                                and not repositories[0].startswith("/"))  # never a local package's
     return {"digest": entry.get("digest") if shown else None, "size": int(entry.get("size") or 0),
             "at": entry.get("at"), "repositories": repositories if shown else [], "hidden": not shown}
 
 
-class _Readable:
-    """Which images the caller may pull: admins all, others public cached images and the local
-    packages they may read (asked of ``Packages`` once, when a local image comes up)."""
-
-    def __init__(self, app: web.Application, principal: Principal) -> None:
-        self._app = app
-        self._principal = principal
-        self._packages: set[str] | None = None
-
-    async def __call__(self, image) -> bool:
-        if self._principal.admin:
-            return True
-        if getattr(image, "upstream", None):
-            return bool(getattr(image, "public", False))
-        if self._packages is None:
-            views = await self._app[PACKAGES].list_all(self._principal)
-            self._packages = {view.repository for view in views}
-        return image.repo in self._packages
+def _may_pull(principal: Principal, image) -> bool:
+    """A cached image's name is shown to admins, and to others when it was cached without a client's
+    credential. (The index holds cached upstream tags only: local packages are not cached content,
+    so no package name is ever listed here.)"""
+    return principal.admin or bool(image.public)
 
 
-async def _top(app: web.Application, by: str, readable: _Readable) -> list[dict[str, Any]]:
+async def _top(app: web.Application, by: str, principal: Principal) -> list[dict[str, Any]]:
     """The largest or most pulled cached images the caller may pull (the cache index's, when wired)."""
     index = app.get(CACHE_INDEX)
     if index is None:
         return []
     shown = []
     for image in await index.top(by, TOP * 5):
-        if await readable(image):
+        if _may_pull(principal, image):
             shown.append({"upstream": image.upstream, "repository": image.repo, "tag": image.tag,
                           "digest": str(image.digest), "size": image.size, "pulls": image.pulls,
                           "last_pulled": image.last_pulled})

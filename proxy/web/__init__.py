@@ -37,6 +37,7 @@ HERE = Path(__file__).parent
 # each page module has ``add_routes(app)``; helpers add their module's name here
 PAGE_MODULES = (
     "signin",
+    "dashboard",
     # "home" (/), "tokens_pages", "admin_pages", "dashboard" (/cache) join here as they land
 )
 MACHINE_PREFIXES = ("/v2/", "/api/")

@@ -9,6 +9,11 @@
      "largest": [image], "most_pulled": [image],
      "history": [{"at", "hits", "misses", "bytes_from_cache", ..., "cached_bytes", "budget_bytes"}]}
 
+With several workers (or replicas) on one store, any of them answers alike: the counters are every
+live worker's (``CacheHistory``), the fills are every fill led on the store (``FillGroup.in_flight``),
+the evictions and the store's totals are the store's, a quota is the newest reading any worker or
+replica shared; only the circuit is the answering worker's own (each keeps its own).
+
 Figures are ``proxy.registry.history.figures``: hits, misses, hit ratio, bytes served from the cache
 and from upstream, upstream requests sent and saved, evictions. Times are seconds since the epoch.
 

@@ -14,6 +14,8 @@ script (names kept as the issue wrote them)::
     wharf packages list [--owner NAME]
     wharf mirror sync|status|export|import|inventory …   (``proxy.mirror.commands``)
     wharf cache list|purge|warm …                         (``proxy.cache_commands``)
+    wharf client-config containerd|podman|docker [--host HOST]   wharf config check FILE
+                                                          (``proxy.config_commands``)
 
 They act on the server's database (SQLite in the store, or ``database.url``) while it runs.
 Exit status: 0 done, 1 refused (the reason on stderr), 2 a bad config.
@@ -445,8 +447,12 @@ def main(argv: list[str] | None = None) -> int:
 
     add_cache_commands(sub, lambda p: p.add_argument(
         "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
+    from proxy.config_commands import add_config_commands
+
+    add_config_commands(sub, lambda p: p.add_argument(
+        "--config", help="YAML config file (default: the embedded config/wharf.yaml)"))
     args = parser.parse_args(argv)
-    if args.command in ("mirror", "cache"):
+    if args.command in ("mirror", "cache", "client-config", "config"):
         return args.run(args)
     if args.command in ("users", "orgs", "tokens"):
         return _accounts_command(args)

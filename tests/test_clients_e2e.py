@@ -194,34 +194,42 @@ def _dockerd_major(binary: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-@pytest.fixture(scope="module")
-def dockerd(clients_dir: Path, containerd: Path) -> Iterator[DockerD]:
-    """dockerd on the module's containerd, vfs storage, no networking; Wharf must later listen on
-    ``mirror_port`` (dockerd reads its mirrors only at start)."""
+def start_dockerd(work: Path, containerd: Path, home: Path, registry_settings: dict) -> tuple[Daemon, str]:
+    """dockerd on ``containerd``, vfs storage, no networking, its state under ``work``, with
+    ``registry_settings`` (``registry-mirrors``, ``insecure-registries``) in its daemon.json;
+    (the daemon, its DOCKER_HOST) once it answers. Blocks while it starts."""
     binary = require_binary("dockerd")
     require_binary("docker")
-    work = clients_dir / "docker"
     for sub in ("root", "exec"):
         (work / sub).mkdir(parents=True)
     socket_path = work / "docker.sock"
-    mirror_port = free_port()
     settings = {
         "data-root": str(work / "root"), "exec-root": str(work / "exec"),
         "pidfile": str(work / "docker.pid"), "hosts": [f"unix://{socket_path}"],
         "containerd": str(containerd), "storage-driver": "vfs",
         "iptables": False, "ip6tables": False, "bridge": "none", "shutdown-timeout": 1,
-        "registry-mirrors": [f"http://127.0.0.1:{mirror_port}"],
-        "insecure-registries": [f"127.0.0.1:{mirror_port}"],
+        **registry_settings,
     }
     if _dockerd_major(binary) < 23:  # 20.10 keeps a trust key, by default in /etc/docker/key.json
         settings["deprecated-key-path"] = str(work / "key.json")
     config = work / "daemon.json"
     config.write_text(json.dumps(settings, indent=2))
-    daemon = start_daemon("dockerd", [binary, "--config-file", str(config)], work,
-                          client_env(clients_dir / "home"))
+    daemon = start_daemon("dockerd", [binary, "--config-file", str(config)], work, client_env(home))
+    wait_for_socket(daemon, socket_path, b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n", b"OK")
+    return daemon, f"unix://{socket_path}"
+
+
+@pytest.fixture(scope="module")
+def dockerd(clients_dir: Path, containerd: Path) -> Iterator[DockerD]:
+    """dockerd on the module's containerd, vfs storage, no networking; Wharf must later listen on
+    ``mirror_port`` (dockerd reads its mirrors only at start)."""
+    mirror_port = free_port()
+    daemon, host = start_dockerd(clients_dir / "docker", containerd, clients_dir / "home", {
+        "registry-mirrors": [f"http://127.0.0.1:{mirror_port}"],
+        "insecure-registries": [f"127.0.0.1:{mirror_port}"],
+    })
     try:
-        wait_for_socket(daemon, socket_path, b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n", b"OK")
-        yield DockerD(f"unix://{socket_path}", mirror_port, daemon)
+        yield DockerD(host, mirror_port, daemon)
     finally:
         daemon.stop()
 

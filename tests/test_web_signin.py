@@ -3,50 +3,13 @@ HTTP level (the browser tests are tests/test_web_browser.py)."""
 
 from __future__ import annotations
 
-import re
-
 import aiohttp
 import pytest
 
 from support.accounts import add_token, add_user
+from support.web import WebClient, csrf_of
 
 from proxy.web import SECURITY_HEADERS
-
-
-class Browser:
-    """A cookie-keeping HTTP client with no Authorization header: what a browser sends."""
-
-    def __init__(self, wharf) -> None:
-        self.wharf = wharf
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-
-    async def get(self, path: str, **kwargs) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.session.get(self.wharf.url + path, allow_redirects=False, **kwargs) as resp:
-            return resp.status, await resp.text(), resp
-
-    async def post(self, path: str, data: dict, **kwargs) -> tuple[int, str, aiohttp.ClientResponse]:
-        async with self.session.post(self.wharf.url + path, data=data, allow_redirects=False, **kwargs) as resp:
-            return resp.status, await resp.text(), resp
-
-    async def signin(self, user: str, token: str) -> aiohttp.ClientResponse:
-        _, html, _ = await self.get("/signin")
-        csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
-        status, _, resp = await self.post("/signin", {"csrf": csrf, "user": user, "token": token})
-        assert status == 303, status
-        return resp
-
-    def cookie(self, name: str) -> str | None:
-        for cookie in self.session.cookie_jar:
-            if cookie.key == name:
-                return cookie.value
-        return None
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf" value="([^"]*)"', html).group(1)
 
 
 @pytest.fixture
@@ -58,7 +21,7 @@ async def wharf(make_wharf):
 
 @pytest.fixture
 async def browser_client(wharf):
-    client = Browser(wharf)
+    client = WebClient(wharf.url)
     yield client
     await client.close()
 
@@ -71,7 +34,7 @@ async def test_sign_in_shows_who_is_signed_in_and_sign_out_ends_it(wharf, browse
     assert resp.headers["Location"] == "/packages?done=signed_in"
     status, html, _ = await browser_client.get("/signin")
     assert "Signed in as <strong>alice</strong>" in html
-    status, _, resp = await browser_client.post("/signout", {"csrf": csrf_of(html)})
+    status, _, resp = await browser_client.post("/signout", {"csrf": csrf_of(html, "/signout")})
     assert status == 303
     status, html, _ = await browser_client.get("/signin")
     assert "Signed in as" not in html
@@ -81,7 +44,8 @@ async def test_a_wrong_token_is_refused_and_not_echoed(wharf, browser_client):
     _, secret = add_token(wharf.database, "alice")
     wrong = secret[:-4] + "AAAA"
     _, html, _ = await browser_client.get("/signin")
-    status, html, _ = await browser_client.post("/signin", {"csrf": csrf_of(html), "user": "alice", "token": wrong})
+    status, html, _ = await browser_client.post("/signin", {"csrf": csrf_of(html, "/signin"), "user": "alice",
+                                                            "token": wrong})
     assert status == 403
     assert "do not match" in html and wrong not in html
     assert browser_client.cookie("wharf_session") is None

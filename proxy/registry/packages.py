@@ -123,6 +123,15 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Found:
+    """A page of search results, their total, and the owners of everything the caller may read."""
+
+    items: tuple
+    total: int
+    owners: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class VisibilityChange:
     package: PackageView
     notice: str | None  # said when the package stops being public: copies pulled meanwhile exist
@@ -338,6 +347,28 @@ class Packages:
         """The live packages the caller may read, of ``owner`` or of every owner, by repository
         (for operators: unpaged)."""
         return await self._db.run(self._list_all, principal, owner)
+
+    # what the pages ask ---------------------------------------------------------------------------
+    async def search(self, principal: Principal, text: str | None = None, owner: str | None = None,
+                     visibility: str | None = None, page: int = 1, per_page: int = 30) -> Found:
+        """The live packages the caller may read (as ``list_packages`` decides) whose repository name
+        or description holds ``text`` (any case), of ``owner`` and ``visibility`` when given, most
+        recently updated first; with the owners of every package the caller may read."""
+        if visibility is not None and visibility not in VISIBILITIES:
+            raise InvalidRequest(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        return await self._db.run(self._search, principal, text, owner, visibility, page, per_page)
+
+    async def acts(self, principal: Principal, owner_kind: str | None, owner: str | None,
+                   name: str) -> frozenset[Action]:
+        """What the caller may do to a package they may read (not found otherwise), as ``access``
+        decides: the actions among pull, delete, restore and configure that would be allowed."""
+        return await self._db.run(self._acts, principal, owner_kind, owner, name)
+
+    async def referrers(self, principal: Principal, owner_kind: str | None, owner: str | None, name: str,
+                        digests: Iterable[str]) -> dict[str, tuple[dict, ...]]:
+        """The referrers (signatures, SBOMs: manifests whose ``subject`` is one of ``digests``) stored
+        in the package, as the referrers API lists them, per subject; for callers who may read it."""
+        return await self._db.run(self._referrers, principal, owner_kind, owner, name, tuple(digests))
 
     # blocking parts (database threads) ------------------------------------------------------------
     @property
@@ -678,6 +709,43 @@ class Packages:
                 if verdict(principal, Action.LIST, package.repository, namespace, _facts(s, package)) is None:
                     views.append(_package_view(s, package, namespace))
             return views
+
+    def _search(self, principal: Principal, text: str | None, owner: str | None, visibility: str | None,
+                page: int, per_page: int) -> Found:
+        needle = (text or "").strip().lower()
+        with self._db.session() as s:
+            packages = list(s.scalars(select(Package).where(Package.deleted_at.is_(None))
+                                      .order_by(Package.updated_at.desc(), Package.id.desc())))
+            namespaces: dict[str, NamespaceFacts] = {}
+            readable = []
+            for package in packages:
+                namespace = namespaces.get(package.namespace) or namespaces.setdefault(
+                    package.namespace, _namespace(s, package.namespace))
+                if verdict(principal, Action.LIST, package.repository, namespace, _facts(s, package)) is None:
+                    readable.append((package, namespace))
+            owners = tuple(sorted({package.namespace for package, _ in readable}))
+            found = [(p, n) for p, n in readable
+                     if (owner is None or p.namespace == owner) and (visibility is None or p.visibility == visibility)
+                     and (not needle or needle in p.repository.lower() or needle in (p.description or "").lower())]
+            start = (page - 1) * per_page
+            return Found(tuple(_package_view(s, p, n) for p, n in found[start:start + per_page]), len(found), owners)
+
+    def _acts(self, principal, owner_kind, owner, name) -> frozenset[Action]:
+        with self._db.session() as s:
+            package, namespace = self._locate(s, principal, owner_kind, owner, name, Action.LIST)
+            facts = _facts(s, package)
+            return frozenset(action for action in (Action.PULL, Action.DELETE, Action.RESTORE, Action.CONFIGURE)
+                             if verdict(principal, action, package.repository, namespace, facts) is None)
+
+    def _referrers(self, principal, owner_kind, owner, name, digests) -> dict[str, tuple[dict, ...]]:
+        with self._db.session() as s:
+            package, _ = self._locate(s, principal, owner_kind, owner, name, Action.LIST)
+            scope = f"/{package.repository}"
+            found = {}
+            for digest in digests:
+                stored = self._meta.document(f"referrers:{scope}:{digest}") or []
+                found[digest] = tuple(d for d in stored if isinstance(d, dict) and isinstance(d.get("digest"), str))
+            return found
 
     def _refuse_much_downloaded(self, package: Package, version: Version, pending) -> None:
         limit = self._config.delete_download_limit

@@ -37,6 +37,9 @@ HERE = Path(__file__).parent
 # each page module has ``add_routes(app)``; helpers add their module's name here
 PAGE_MODULES = (
     "signin",
+    "packages_pages",
+    "home",
+    "tokens_pages", "admin_pages",
     "dashboard",
     # "home" (/), "tokens_pages", "admin_pages", "dashboard" (/cache) join here as they land
 )
@@ -66,8 +69,7 @@ def setup_web(app: web.Application) -> None:
     if not config.web.enabled:
         return
     environment = aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"),
-                                       autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-                                       undefined=jinja2.StrictUndefined)
+                                       autoescape=jinja2.select_autoescape(default=True, default_for_string=True))
     environment.filters.update(filters.FILTERS)
     app[WEB_SESSIONS] = WebSessions(app[DATABASE], app[ACCOUNTS], config.web.session_hours)
     app.middlewares.append(pages_middleware)

@@ -27,6 +27,8 @@ NOTICES = {
     "version_deleted": "The version was deleted. It can be restored for a while from the deleted versions.",
     "version_restored": "The version was restored.",
     "visibility_changed": "The package's visibility was changed.",
+    "visibility_not_public": ("The package is no longer public. Copies pulled while it was public may exist "
+                              "outside Wharf; this change does not reach them."),
     "token_created": "The token was created.",
     "token_revoked": "The token was revoked.",
     "user_created": "The user was created.",

@@ -138,3 +138,12 @@ async def test_one_sampler_counts_every_worker(fake_upstream, make_wharf, tmp_pa
     assert shown["by_kind"]["blob"]["misses"] == 2
     gaps = [b["at"] - a["at"] for a, b in zip(samples, samples[1:])]
     assert all(gap >= 0.9 for gap in gaps), f"two samplers wrote: {gaps}"
+
+
+async def test_a_long_history_sampled_often_is_sampled_less_often(make_wharf, registry_upstream):
+    from proxy.registry.history import MAX_SAMPLES
+
+    wharf = await make_wharf(registry_upstream, web={"sample_seconds": 1, "history_hours": 168})
+    assert wharf.app[CACHE_HISTORY].sample_seconds == 168 * 3600 / MAX_SAMPLES
+    resp = await wharf.client.get("/api/cache/stats")
+    assert (await resp.json())["sample_seconds"] == 168 * 3600 / MAX_SAMPLES

@@ -54,7 +54,7 @@ async def cache_stats(app: web.Application, principal: Principal) -> dict[str, A
     oldest = samples[0] if samples else now
     window = {"since": oldest["at"], **figures(difference(now["counters"], oldest["counters"]))}
     return {
-        "generated_at": now["at"], "history_hours": config.history_hours, "sample_seconds": config.sample_seconds,
+        "generated_at": now["at"], "history_hours": config.history_hours, "sample_seconds": history.sample_seconds,
         "totals": figures(now["counters"]), "window": window,
         "store": _store(now["store"]),
         "upstreams": [await _upstream(name, upstream) for name, upstream in sorted(app[UPSTREAMS].items())],

@@ -9,8 +9,10 @@ Rules:
 - the totals are Wharf's own, across restarts and workers: each worker's counters are read with
   the value last seen of that worker, and only what grew since is added (a worker that is new, or
   restarted, counts from zero), so a restart never makes a chart fall;
-- samples older than ``web.history_hours`` are dropped; the history lives in one metadata document
-  (it survives restarts, and every worker reads the same one);
+- samples older than ``web.history_hours`` are dropped, and at most ``MAX_SAMPLES`` are kept (a
+  long history sampled often is sampled less often instead); the history lives in one metadata
+  document (it survives restarts, and every worker reads the same one), read at most once a
+  ``_REREAD`` seconds per process for the pages;
 - ``current()`` is a sample taken now without storing it (the figures of a page loaded just
   after a pull), in any worker.
 
@@ -36,6 +38,8 @@ from proxy.storage.meta import MetaStore
 log = logging.getLogger("wharf.history")
 
 DOCUMENT = "cache-history"  # the metadata document: {"totals", "seen", "samples"}
+MAX_SAMPLES = 2000
+_REREAD = 1.0
 # cache outcomes answered from what Wharf holds, and those that needed an upstream answer
 HIT_RESULTS = frozenset({"hit", "stale", "revalidated", "coalesced", "negative", "offline"})
 MISS_RESULTS = frozenset({"miss", "offline_missing"})
@@ -134,18 +138,24 @@ class CacheHistory:
         self._meta = meta
         self._blobs = blobs
         self._budget = budget
-        self._every = config.sample_seconds
         self._keep = config.history_hours * 3600
+        self._every = max(config.sample_seconds, self._keep / MAX_SAMPLES)
+        self._read: tuple[float, dict] = (0.0, {})  # (monotonic time, document) last read for the pages
         self._exchange: MetricsExchange | None = None
         self._worker = uuid.uuid4().hex  # this process's id when it is the only worker
         self._task: asyncio.Task | None = None
         self._writing: asyncio.Future | None = None  # a sample being written in a thread
         self.sampling = False  # this process holds the history lock (for tests and the page)
 
+    @property
+    def sample_seconds(self) -> float:
+        """How often a sample is taken (``web.sample_seconds``, or less often: ``MAX_SAMPLES``)."""
+        return self._every
+
     # reading ------------------------------------------------------------------------------------
     async def samples(self) -> list[dict]:
         """The stored samples, oldest first: ``{"at", "counters", "store"}`` (counters are totals)."""
-        return list((await asyncio.to_thread(self._stored)).get("samples") or [])
+        return list((await asyncio.to_thread(self._recent)).get("samples") or [])
 
     async def current(self) -> dict:
         """A sample taken now (stored samples unchanged)."""
@@ -157,6 +167,14 @@ class CacheHistory:
 
     def _stored(self) -> dict:
         return self._meta.document(DOCUMENT, fresh=True) or {}
+
+    def _recent(self) -> dict:
+        """The stored document, read again when the last reading is older than ``_REREAD``."""
+        read_at, document = self._read
+        if time.monotonic() - read_at >= _REREAD:
+            document = self._stored()
+            self._read = (time.monotonic(), document)
+        return document
 
     def _readings(self) -> dict[str, dict[str, float]]:
         """Each live worker's counters by worker id; this process's own read live."""
@@ -171,7 +189,7 @@ class CacheHistory:
                 "kept_bytes": self._meta.store_bytes("kept"), "budget_bytes": int(self._budget.max_cached_bytes)}
 
     def _take_now(self) -> dict:
-        totals, _ = advance(self._stored(), self._readings())
+        totals, _ = advance(self._recent(), self._readings())
         return {"at": time.time(), "counters": totals, "store": self._store_totals()}
 
     # sampling -----------------------------------------------------------------------------------
@@ -183,7 +201,7 @@ class CacheHistory:
         point = {"at": now, "counters": totals, "store": self._store_totals()}
         cutoff = now - self._keep
         kept = [s for s in state.get("samples") or [] if cutoff <= s.get("at", 0) <= now]
-        limit = int(self._keep / self._every) + 1  # a clock set back cannot grow it either
+        limit = min(MAX_SAMPLES, int(self._keep / self._every) + 1)  # a clock set back cannot grow it either
         samples = (kept + [point])[-limit:]
         self._meta.set_document(DOCUMENT, {"totals": totals, "seen": seen, "samples": samples})
         return point

@@ -11,7 +11,7 @@ from proxy.http.keys import CACHE_HISTORY, CONFIG
 from proxy.registry.history import figures
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 
-FAST = {"sample_seconds": 1}
+FAST = {"sample_seconds": 1, "history_hours": 0.5}  # 1800 samples at most: sampled every second
 
 
 async def _pull(wharf, upstream_url: str, repo: str, tag: str, image) -> None:

@@ -77,7 +77,7 @@ async def _until(condition, what: str, timeout: float = 30.0):
 async def test_the_page_shows_the_figures_and_charts_without_script(registry_upstream, make_wharf, repo_name):
     image = make_image("cache-page", (4000, 40_000))
     await push_image(registry_upstream, repo_name, image, tag="1.0")
-    wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1})
+    wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1, "history_hours": 0.5})
     await _pull(wharf, registry_upstream, repo_name, "1.0", image)
     await _pull(wharf, registry_upstream, repo_name, "1.0", image)
     visitor = Visitor(wharf)
@@ -180,7 +180,7 @@ async def test_the_dashboard_moves_after_a_pull_in_chromium(browser, registry_up
     await push_image(registry_upstream, repo_name, image, tag="1.0")
     other = make_image("cache-browser-2", (50_000,))
     await push_image(registry_upstream, f"{repo_name}-tools", other, tag="2.1")
-    wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1},
+    wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1, "history_hours": 0.5},
                              cache={"access_flush_interval": 0.2},
                              storage={"root": str(tmp_path / "store"), "max_cache_bytes": 300_000})
     await _pull(wharf, registry_upstream, repo_name, "1.0", image)

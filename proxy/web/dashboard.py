@@ -122,7 +122,8 @@ def charts(stats: dict) -> list[Chart]:
     store size against the budget."""
     history = stats["history"]
     hours = stats["history_hours"]
-    span = f"the last {hours:g} hours" if hours != 1 else "the last hour"
+    span = (f"the last {hours * 60:g} minutes" if hours < 1 else "the last hour" if hours == 1
+            else f"the last {hours:g} hours")
     steps = intervals(history, ("hits", "misses", "bytes_from_cache", "bytes_from_upstream",
                                 "upstream_requests", "upstream_requests_saved"))
     times = [at for at, _ in steps]

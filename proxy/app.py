@@ -28,6 +28,7 @@ from proxy.registry.accounts import Accounts
 from proxy.registry.audit import AuditLog, audit_path
 from proxy.registry.gc import collect
 from proxy.registry.guard import AccessGuard
+from proxy.registry.history import CacheHistory
 from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Identity, LoginThrottle, jwt_key
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
@@ -127,6 +128,17 @@ def create_app(config: Config) -> web.Application:
     metrics.registry.register(mirror_status)  # read from the store at scrape time, whoever synced
     # ---------------------------------------------------------------------------------------------
     # the web pages and the operator's tools (issue 11): wire new services here --------------------
+    # the dashboard's history: one sampler per store, started once the exchange of workers is known
+    history = app[keys.CACHE_HISTORY] = CacheHistory(metrics, meta, blobs, budget, config.web)
+
+    async def sample_history(app: web.Application) -> None:
+        await history.start(app.get(keys.METRICS_EXCHANGE))
+
+    async def stop_history(app: web.Application) -> None:
+        await history.stop()  # on shutdown: before the store closes
+
+    app.on_startup.append(sample_history)
+    app.on_shutdown.append(stop_history)
     cache_index = app[keys.CACHE_INDEX] = CacheIndex(root, blobs, meta)  # hears of every tag meta records
     app[keys.CACHE_CONTROL] = CacheControl(
         cache_index, blobs, meta, shared, invalidation, app[keys.ADDRESSING],

@@ -136,12 +136,14 @@ class MetricsExchange:
         self._path = directory / f"{uuid.uuid4().hex}.json"
         self._stale_after = stale_after
 
+    @property
+    def worker_id(self) -> str:
+        """The name this worker publishes under (its file's stem)."""
+        return self._path.stem
+
     def publish(self) -> None:
-        families = [{"name": f.name, "type": f.type, "help": f.documentation,
-                     "samples": [[s.name, s.labels, s.value] for s in f.samples if not s.name.endswith("_created")]}
-                    for f in self._metrics.registry.collect()]
         temp = self._path.with_suffix(".tmp")
-        temp.write_text(json.dumps(families))
+        temp.write_text(json.dumps(families_of(self._metrics)))
         os.replace(temp, self._path)
 
     def close(self) -> None:
@@ -151,20 +153,34 @@ class MetricsExchange:
         """The text exposition of every live worker's samples, merged."""
         self.publish()
         merged: dict[str, dict] = {}
+        for families in self.workers().values():
+            for family in families:
+                _merge_family(merged, family)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collected(merged))
+        return generate_latest(registry)
+
+
+    def workers(self) -> dict[str, list[dict]]:
+        """Every live worker's last published samples, by worker id (files gone stale are removed)."""
+        found: dict[str, list[dict]] = {}
         now = time.time()
         for path in self._directory.glob("*.json"):
             try:
                 if now - path.stat().st_mtime > self._stale_after:
                     path.unlink(missing_ok=True)
                     continue
-                families = json.loads(path.read_text())
+                found[path.stem] = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # replaced or removed meanwhile
-            for family in families:
-                _merge_family(merged, family)
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collected(merged))
-        return generate_latest(registry)
+        return found
+
+
+def families_of(metrics: Metrics) -> list[dict]:
+    """This process's samples as plain data: what a worker publishes, and what the dashboard reads."""
+    return [{"name": f.name, "type": f.type, "help": f.documentation,
+             "samples": [[s.name, s.labels, s.value] for s in f.samples if not s.name.endswith("_created")]}
+            for f in metrics.registry.collect()]
 
 
 def _merge_family(merged: dict[str, dict], family: dict) -> None:

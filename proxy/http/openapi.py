@@ -383,6 +383,76 @@ MIRROR_PATHS: dict[str, Any] = {
 }
 
 
+_INT = {"type": "integer", "minimum": 0}
+_NULLABLE_INT = {"type": "integer", "minimum": 0, "nullable": True}
+_FIGURES = {"type": "object",
+            "required": ["hits", "misses", "hit_ratio", "bytes_from_cache", "bytes_from_upstream",
+                         "upstream_requests", "upstream_requests_saved", "evictions", "evicted_bytes", "by_kind"],
+            "properties": {"hits": _INT, "misses": _INT,
+                           "hit_ratio": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True},
+                           "bytes_from_cache": _INT, "bytes_from_upstream": _INT, "upstream_requests": _INT,
+                           "upstream_requests_saved": _INT, "evictions": _INT, "evicted_bytes": _INT,
+                           "by_kind": {"type": "object", "additionalProperties": {
+                               "type": "object", "required": ["hits", "misses"],
+                               "properties": {"hits": _INT, "misses": _INT}}}}}
+_CACHED_IMAGE = {"type": "object",
+                 "required": ["upstream", "repository", "tag", "digest", "size", "pulls", "last_pulled"],
+                 "properties": {"upstream": _NULLABLE_STRING, "repository": {"type": "string"},
+                                "tag": _NULLABLE_STRING, "digest": {"type": "string"}, "size": _INT,
+                                "pulls": _INT, "last_pulled": _NULLABLE_STAMP}}
+_CACHE_STATS = {
+    "type": "object",
+    "required": ["generated_at", "history_hours", "sample_seconds", "totals", "window", "store", "upstreams",
+                 "fills", "evictions", "largest", "most_pulled", "history"],
+    "properties": {
+        "generated_at": {"type": "number"}, "history_hours": {"type": "number"},
+        "sample_seconds": {"type": "number"}, "totals": _FIGURES,
+        "window": {"allOf": [_FIGURES, {"type": "object", "required": ["since"],
+                                        "properties": {"since": {"type": "number"}}}]},
+        "store": {"type": "object", "required": ["cached_bytes", "pushed_bytes", "kept_bytes", "budget_bytes",
+                                                 "budget_used"],
+                  "properties": {"cached_bytes": {"type": "integer"}, "pushed_bytes": {"type": "integer"},
+                                 "kept_bytes": {"type": "integer"}, "budget_bytes": _INT,
+                                 "budget_used": {"type": "number", "nullable": True}}},
+        "upstreams": {"type": "array", "items": {
+            "type": "object", "required": ["name", "limit", "remaining", "resets_at", "blocked_until", "circuit"],
+            "properties": {"name": {"type": "string"}, "limit": _NULLABLE_INT, "remaining": _NULLABLE_INT,
+                           "resets_at": _NULLABLE_STAMP, "blocked_until": _NULLABLE_STAMP,
+                           "circuit": {"type": "string", "enum": ["closed", "half_open", "open"]}}}},
+        "fills": {"type": "array", "items": {
+            "type": "object", "required": ["upstream", "repository", "digest", "bytes", "size", "started_at", "hidden"],
+            "properties": {"upstream": _NULLABLE_STRING, "repository": _NULLABLE_STRING, "digest": _NULLABLE_STRING,
+                           "bytes": _INT, "size": _NULLABLE_INT, "started_at": _NULLABLE_STAMP,
+                           "hidden": {"type": "boolean", "description": "names withheld from this caller"}}}},
+        "evictions": {"type": "array", "items": {
+            "type": "object", "required": ["digest", "size", "at", "repositories", "hidden"],
+            "properties": {"digest": _NULLABLE_STRING, "size": _INT, "at": {"type": "number"},
+                           "repositories": {"type": "array", "items": {"type": "string"}},
+                           "hidden": {"type": "boolean"}}}},
+        "largest": {"type": "array", "items": _CACHED_IMAGE},
+        "most_pulled": {"type": "array", "items": _CACHED_IMAGE},
+        "history": {"type": "array", "items": {
+            "type": "object",
+            "required": ["at", "hits", "misses", "bytes_from_cache", "bytes_from_upstream", "upstream_requests",
+                         "upstream_requests_saved", "evictions", "evicted_bytes", "cached_bytes", "budget_bytes"],
+            "properties": {"at": {"type": "number"}, "hits": _INT, "misses": _INT, "bytes_from_cache": _INT,
+                           "bytes_from_upstream": _INT, "upstream_requests": _INT,
+                           "upstream_requests_saved": _INT, "evictions": _INT, "evicted_bytes": _INT,
+                           "cached_bytes": {"type": "integer"}, "budget_bytes": _INT}}},
+    },
+}
+STATS_PATHS: dict[str, Any] = {
+    "/api/cache/stats": {
+        "get": {"operationId": "cache/stats", "tags": ["cache"], "parameters": [],
+                "summary": "How the cache is doing: figures, history, quotas, fills, evictions, top images "
+                           "(image names only those the caller may pull)",
+                "responses": {"200": _json("The cache's figures and lists", _CACHE_STATS),
+                              "401": _account_error("The credentials presented are wrong"),
+                              "429": _account_error("Too many failed sign-ins")}},
+    },
+}
+
+
 # the cache's API (proxy.http.cache_api) ------------------------------------------------------------
 _NULLABLE_TIME = {**_STAMP, "nullable": True}
 _CACHED_TAG = {"type": "object",
@@ -463,7 +533,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         "info": {"title": "Wharf API", "version": "1",
                  "description": "GitHub-style packages endpoints of Wharf's embedded registry, its "
                                 "accounts API, and the status of mirror syncs."},
-        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS, **MIRROR_PATHS, **CACHE_PATHS},
+        "paths": {**PACKAGE_PATHS, **ADMIN_PATHS, **MIRROR_PATHS, **CACHE_PATHS, **STATS_PATHS},
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic",

@@ -73,7 +73,8 @@ class BlobCache:
             fill = self.fills.start(
                 digest, lambda f, temp, size_file: self._run_fill(f, temp, size_file, upstream, target,
                                                                   credential, public),
-                self._cache.fill_timeout)
+                self._cache.fill_timeout, about={"upstream": upstream.name, "repository": target.repo,
+                                                 "public": public})
             try:
                 await asyncio.shield(fill.started)
             except BlobUnknown:

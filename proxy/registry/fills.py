@@ -8,17 +8,22 @@ Rules:
 - readers follow the temporary file as it grows (Range included), so the first byte reaches
   every client before the fill completes;
 - the blob enters the store only after its digest and size verify; if verification fails,
-  every reader gets ``FillFailed`` and the handler aborts the connection instead of finishing it.
+  every reader gets ``FillFailed`` and the handler aborts the connection instead of finishing it;
+- the leader writes what the fill is for (upstream, repository, whether it was asked without a
+  client's credential) next to its temporary file, so every worker of the store can list the
+  fills in flight with their progress (``in_flight``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 from proxy.errors import OCIError, Unavailable
 from proxy.oci.digest import Digest
@@ -28,6 +33,7 @@ from proxy.storage.blobs import BlobStore, Growth
 log = logging.getLogger("wharf.fill")
 _POLL = 0.005
 _BATCH_WAIT = 0.05
+_ABOUT = ".about"
 
 
 class FillFailed(Exception):
@@ -159,9 +165,11 @@ class FillGroup:
     def __len__(self) -> int:
         return len(self._fills)
 
-    def start(self, digest: Digest, run: Callable[[Fill, Path, Path], Awaitable[None]], timeout: float) -> Fill:
+    def start(self, digest: Digest, run: Callable[[Fill, Path, Path], Awaitable[None]], timeout: float,
+              about: Mapping[str, Any] | None = None) -> Fill:
         """Lead the fill with ``run(fill, temp_path, size_path)`` if no process does; else follow it.
 
+        ``about`` (JSON-able: upstream, repository, public) is published while we lead it.
         Must be called with no await between ``get()`` returning None and this call.
         """
         fill = Fill(digest)
@@ -169,15 +177,22 @@ class FillGroup:
         self._fills[key] = fill
         temp_path, size_path, lock_path = self._blobs.fill_paths(digest)
         lock = self._blobs.try_lock(lock_path)
+        about_path = temp_path.with_suffix(_ABOUT)
 
         async def lead() -> None:
+            about_fd = None
             try:
                 final = self._blobs.path(digest)
                 if final.exists():  # another worker finished it between our look and our lock
                     fill.finish(final)
                     return
+                if about is not None:
+                    about_fd = _publish(about_path, {**about, "digest": key, "started_at": time.time()})
                 await run(fill, temp_path, size_path)
             finally:
+                if about_fd is not None:
+                    about_path.unlink(missing_ok=True)
+                    os.close(about_fd)
                 size_path.unlink(missing_ok=True)
                 lock_path.unlink(missing_ok=True)  # before unlocking: a newcomer makes a fresh one
                 self._blobs.unlock(lock)
@@ -254,9 +269,67 @@ class FillGroup:
                 raise Unavailable(f"the worker filling {fill.digest} failed")
             await asyncio.sleep(_POLL)
 
+    def in_flight(self) -> list[dict]:
+        """The fills led by any process of the store now: what each is for, bytes so far, and the size
+        upstream announced (None until it answers, or when it named none). Lists the store's
+        temporary directory: call it off the event loop."""
+        found = []
+        for about_path in self._blobs.tmp_dir.glob(f"fill-*{_ABOUT}"):
+            try:
+                about = json.loads(about_path.read_text())
+            except (OSError, ValueError):
+                continue  # finished meanwhile, or half written
+            if not isinstance(about, dict) or not _held(about_path):
+                continue  # not ours, or left by a process that died (the tmp clean-up removes it)
+            part = about_path.with_suffix(".part")
+            try:
+                written = part.stat().st_size
+            except FileNotFoundError:
+                written = 0
+            try:
+                announced: int | None = int(about_path.with_suffix(".size").read_text() or "-1")
+            except (FileNotFoundError, ValueError):
+                announced = None
+            found.append({**about, "bytes": written,
+                          "size": announced if announced is not None and announced >= 0 else None})
+        return sorted(found, key=lambda fill: fill.get("started_at", 0))
+
     def _leader_gone(self, lock_path: Path) -> bool:
         fd = self._blobs.try_lock(lock_path)
         if fd is None:
             return False
         self._blobs.unlock(fd)
         return True
+
+
+def _publish(path: Path, about: dict) -> int | None:
+    """Write ``about`` to ``path`` and hold a flock on it while the fill runs (the fd holds it):
+    readers tell a live fill's file from a dead process's, and the tmp clean-up spares it. A
+    failure (disk full) only leaves the fill unlisted: None."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps(about).encode())
+    except OSError:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        return None
+    return fd
+
+
+def _held(path: Path) -> bool:
+    """Does a live process hold a flock on this file (without creating it)?"""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

@@ -12,6 +12,10 @@ eviction in a worker thread and returns (the store may exceed the budget until i
 the count at start-up runs in a thread too (until it is done, the totals are those the metadata
 kept from the last run). In a process, one eviction runs at a time; a request for another while it
 runs makes it look again when it is done.
+
+The last ``RECENT_EVICTIONS`` blobs evicted are kept, newest first, in the metadata document
+``recent-evictions`` (for the cache dashboard): digest, size, when, and the repositories it was
+confirmed in (``public``: confirmed without a client's credential).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections import deque
 
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest
@@ -27,6 +33,8 @@ from proxy.storage.meta import MetaStore
 
 log = logging.getLogger("wharf.budget")
 _LOW_WATER = 0.9
+RECENT_EVICTIONS = 50
+_RECENT_DOCUMENT = "recent-evictions"
 
 
 class Budget:
@@ -150,6 +158,7 @@ class Budget:
                             key=lambda item: item[0])
         cached = sum(size for _, _, size in candidates)  # the truth on disk, whatever the count said
         freed = 0
+        evicted: deque[tuple[Digest, int, float]] = deque(maxlen=RECENT_EVICTIONS)
         for _, digest, size in candidates:
             if cached - freed <= target:
                 break
@@ -161,7 +170,24 @@ class Budget:
                 freed += removed
                 self._metrics.evictions.inc()
                 self._metrics.evicted_bytes.inc(removed)
+                evicted.append((digest, removed, time.time()))
         self._meta.set_store_bytes("cached", cached - freed)
+        if evicted:
+            self._note_evicted(evicted)
         if freed:
             log.info("evicted %d bytes to stay under the %d byte budget", freed, self.max_cached_bytes)
         return freed
+
+    def _note_evicted(self, evicted: deque[tuple[Digest, int, float]]) -> None:
+        """Put the blobs just evicted in front of the recent evictions (one evictor runs at a time)."""
+        entries = []
+        for digest, size, when in reversed(evicted):
+            seen = self._meta.visibility(str(digest))
+            entries.append({"digest": str(digest), "size": size, "at": when,
+                            "repositories": sorted(seen.repos), "public": seen.public})
+        earlier = self._meta.document(_RECENT_DOCUMENT, fresh=True) or []
+        self._meta.set_document(_RECENT_DOCUMENT, (entries + list(earlier))[:RECENT_EVICTIONS])
+
+    def recent_evictions(self) -> list[dict]:
+        """The last blobs evicted, newest first (reads the metadata: call it off the event loop)."""
+        return list(self._meta.document(_RECENT_DOCUMENT, fresh=True) or [])

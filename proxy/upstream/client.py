@@ -109,6 +109,16 @@ class Upstream:
                     pass
         return self._rate
 
+    async def quota(self) -> RateLimit:
+        """What upstream last said of its quota, another worker's or replica's reading if newer."""
+        await self._adopt_shared_rate()
+        return self.rate
+
+    @property
+    def circuit_state(self) -> str:
+        """This process's circuit to upstream: closed, half_open or open (``circuit.py``)."""
+        return self._circuit.state
+
     # public API: the remote registry's manifests, blobs and lists, as domain objects ---------
     async def get_manifest(self, repo: str, reference: str, credential: Credential | None,
                            accept: str = UPSTREAM_ACCEPT) -> UpstreamManifest:

@@ -40,7 +40,7 @@ PAGE_MODULES = (
     "packages_pages",
     "home",
     "tokens_pages", "admin_pages",
-    # "dashboard" (/cache) joins here as it lands
+    "dashboard",
 )
 MACHINE_PREFIXES = ("/v2/", "/api/")
 MACHINE_PATHS = frozenset({"/v2", "/token", "/metrics", "/healthz", "/readyz"})

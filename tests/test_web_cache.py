@@ -1,0 +1,220 @@
+"""The cache dashboard page, ``/cache``: its figures after real pulls, charts readable without
+script (SVG with title and description, and a table), fills with progress bars, names only for
+who may pull them; and in headless Chromium, the dashboard moving after a pull."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import re
+import time
+
+import aiohttp
+
+from support.accounts import add_token, add_user
+from support.browser import screenshot
+from support.fake_upstream import Fault
+from support.images import MANIFEST_ACCEPT, basic_auth_header, make_image, push_image
+
+from proxy.web import SECURITY_HEADERS
+
+ALICE = basic_auth_header(("alice", "alice-pw"))
+
+
+class Visitor:
+    """A cookie-keeping HTTP client with no Authorization header, as a browser is."""
+
+    def __init__(self, wharf) -> None:
+        self.wharf = wharf
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+    async def get(self, path: str) -> tuple[int, str, aiohttp.ClientResponse]:
+        async with self.session.get(self.wharf.url + path, allow_redirects=False) as resp:
+            return resp.status, await resp.text(), resp
+
+    async def signin(self, user: str, token: str) -> None:
+        _, page, _ = await self.get("/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        async with self.session.post(self.wharf.url + "/signin", allow_redirects=False,
+                                     data={"csrf": csrf, "user": user, "token": token}) as resp:
+            assert resp.status == 303
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+def _figure(page: str, figure_id: str) -> str:
+    """The big number of one figure tile."""
+    block = re.search(rf'<div id="{figure_id}">(.*?)</div>', page, re.S).group(1)
+    return html.unescape(re.search(r'<dd class="big">(.*?)</dd>', block, re.S).group(1)).strip()
+
+
+def _table(page: str, table_id: str) -> str:
+    """One table of the page, whole."""
+    return re.search(rf'<table [^>]*id="{table_id}">(.*?)</table>', page, re.S).group(1)
+
+
+async def _pull(wharf, upstream_url: str, repo: str, tag: str, image, headers: dict | None = None) -> None:
+    name = f"{wharf.upstream_name(upstream_url)}/{repo}"
+    resp = await wharf.client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT, **(headers or {})})
+    assert resp.status == 200 and await resp.read() == image.manifest
+    for layer in image.layers:
+        resp = await wharf.client.get(f"/v2/{name}/blobs/{layer.digest}", headers=headers or {})
+        assert resp.status == 200 and await resp.read() == layer.data
+
+
+async def _until(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_the_page_shows_the_figures_and_charts_without_script(registry_upstream, make_wharf, repo_name):
+    image = make_image("cache-page", (4000, 40_000))
+    await push_image(registry_upstream, repo_name, image, tag="1.0")
+    wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1, "history_hours": 0.5})
+    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    visitor = Visitor(wharf)
+    try:
+        status, page, resp = await visitor.get("/cache")
+    finally:
+        await visitor.close()
+    assert status == 200 and resp.content_type == "text/html"
+    for name, value in SECURITY_HEADERS.items():
+        assert resp.headers[name] == value
+    assert "<script>" not in page and " style=" not in page  # the policy forbids inline script and style
+    assert _figure(page, "figure-hit-ratio") == "50%"
+    layer_bytes = sum(len(layer.data) for layer in image.layers)
+    assert _figure(page, "figure-bytes") == f"{layer_bytes / 1000:.1f} kB"
+    assert _figure(page, "figure-saved") == "3"
+    assert "3 hits, 3 misses" in page
+    assert '<meter min="0" max="53687091200"' in page
+    assert wharf.upstream_name(registry_upstream) in page and "closed" in page  # the upstream and its circuit
+    for chart in ("chart-hits", "chart-bytes", "chart-requests", "chart-store"):
+        figure = re.search(rf'<figure class="chart" id="{chart}">(.*?)</figure>', page, re.S).group(1)
+        assert 'role="img"' in figure and f'aria-labelledby="{chart}-t {chart}-d"' in figure
+        assert re.search(r"<title id=[^>]+>\w", figure) and re.search(r"<desc id=[^>]+>\w", figure)
+        assert "<table" in figure and "<th scope=\"col\">Time (UTC)</th>" in figure  # the numbers, without the chart
+        assert "<path d=\"M " in figure
+    assert "Fills in flight" in page and "Nothing is being downloaded" in page
+
+
+async def test_fills_show_progress_and_a_private_fill_no_name(fake_upstream, make_wharf):
+    fake = await fake_upstream()
+    fake.require_bearer(users={"alice": "alice-pw"}, private={"secret/payroll"})
+    private, public = os.urandom(300_000), os.urandom(300_000)
+    private_digest = fake.add_blob("secret/payroll", private)
+    public_digest = fake.add_blob("open/tools", public)
+    for repo, digest in (("secret/payroll", private_digest), ("open/tools", public_digest)):
+        fake.fault(fake.blob_path(repo, digest), Fault(bytes_per_second=100_000))
+    wharf = await make_wharf(fake.url, auth=None)
+    prefix = wharf.upstream_name(fake.url)
+
+    async def get(repo: str, digest: str, headers: dict) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{wharf.url}/v2/{prefix}/{repo}/blobs/{digest}", headers=headers) as resp:
+                assert resp.status == 200
+                await resp.read()
+
+    pulls = [asyncio.ensure_future(get("secret/payroll", private_digest, ALICE)),
+             asyncio.ensure_future(get("open/tools", public_digest, {}))]
+    visitor = Visitor(wharf)
+    try:
+        async def two_bars():
+            _, page, _ = await visitor.get("/cache")
+            bars = re.findall(r'<progress max="300000" value="(\d+)">', page)
+            return page if len(bars) == 2 and all(0 < int(b) < 300_000 for b in bars) else None
+
+        page = await _until(two_bars, "two fills with progress bars")
+    finally:
+        await visitor.close()
+        await asyncio.gather(*pulls)
+    assert f"{prefix}/open/tools" in page
+    assert "payroll" not in page and private_digest[7:19] not in page
+    assert "an image you may not see" in page
+    assert _figure(page, "figure-fills") == "2"
+
+
+async def test_privately_cached_names_only_for_admins(auth_registry_upstream, make_wharf, repo_name, tmp_path):
+    secret_repo = f"{repo_name}-payroll"
+    private = make_image("page-private", (30_000, 30_000))
+    await push_image(auth_registry_upstream.url, secret_repo, private, tag="v1", auth=auth_registry_upstream.auth)
+    wharf = await make_wharf(auth_registry_upstream.url, auth=None,
+                             storage={"root": str(tmp_path / "store"), "max_cache_bytes": 40_000},
+                             cache={"access_flush_interval": 0.2})
+    add_user(wharf.database, "bob")
+    _, bob_token = add_token(wharf.database, "bob")
+    await _pull(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
+    admin, bob, anonymous = Visitor(wharf), Visitor(wharf), Visitor(wharf)
+    try:
+        await admin.signin(*wharf.admin)
+        await bob.signin("bob", bob_token)
+
+        async def listed_and_evicted():
+            _, page, _ = await admin.get("/cache")
+            return page if page.count(secret_repo) >= 3 else None  # most pulled, largest, evictions
+
+        admin_page = await _until(listed_and_evicted, "the private image in the lists and the evictions")
+        for table in ("largest", "most-pulled", "evictions"):
+            assert secret_repo in _table(admin_page, table)
+        for visitor in (anonymous, bob):
+            status, page, _ = await visitor.get("/cache")
+            assert status == 200
+            assert secret_repo not in page, "a privately cached image's name leaked onto the page"
+            assert "not shown to you" in page  # the eviction is there, its names are not
+            assert _figure(page, "figure-evictions") == _figure(admin_page, "figure-evictions")
+    finally:
+        for visitor in (admin, bob, anonymous):
+            await visitor.close()
+
+
+async def test_the_dashboard_moves_after_a_pull_in_chromium(browser, registry_upstream, make_wharf, repo_name,
+                                                            tmp_path):
+    image = make_image("cache-browser", (8000, 120_000))
+    await push_image(registry_upstream, repo_name, image, tag="1.0")
+    other = make_image("cache-browser-2", (50_000,))
+    await push_image(registry_upstream, f"{repo_name}-tools", other, tag="2.1")
+    wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1, "history_hours": 0.5},
+                             cache={"access_flush_interval": 0.2},
+                             storage={"root": str(tmp_path / "store"), "max_cache_bytes": 300_000})
+    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    page = await browser.new_page()
+    await page.goto(wharf.url + "/cache")
+    assert await page.title() == "Cache · Wharf"
+    before = await page.locator("#figure-hit-ratio dd.big").inner_text()
+    served_before = await page.locator("#figure-bytes dd.big").inner_text()
+    assert before == "0%" and served_before == "0 B"
+
+    await _pull(wharf, registry_upstream, repo_name, "1.0", image)  # from the cache this time
+    await page.get_by_role("link", name="Reload").click()
+    await page.wait_for_load_state()
+    assert await page.locator("#figure-hit-ratio dd.big").inner_text() == "50%"
+    layer_bytes = sum(len(layer.data) for layer in image.layers)
+    assert await page.locator("#figure-bytes dd.big").inner_text() == f"{layer_bytes / 1000:.1f} kB"
+    assert await page.get_by_role("img", name="Hit ratio").count() == 1  # the chart, by its title
+
+    # some history for the screenshot: a few more pulls, a second apart
+    for round_ in range(6):
+        await _pull(wharf, registry_upstream, f"{repo_name}-tools" if round_ % 2 else repo_name,
+                    "2.1" if round_ % 2 else "1.0", other if round_ % 2 else image)
+        await asyncio.sleep(1.0)
+
+    big = make_image("cache-browser-3", (150_000,))  # over the 300 kB budget: something is evicted
+    await push_image(registry_upstream, f"{repo_name}-big", big, tag="3")
+    await _pull(wharf, registry_upstream, f"{repo_name}-big", "3", big)
+
+    async def listed():
+        await page.reload()
+        return (await page.locator("#most-pulled tbody tr").count() == 3
+                and await page.locator("#evictions tbody tr").count() >= 1)
+
+    await _until(listed, "the three images in the most pulled list, and an eviction")
+    assert repo_name in await page.locator("#most-pulled").inner_text()
+    await page.set_viewport_size({"width": 1200, "height": 900})
+    await screenshot(page, "cache")

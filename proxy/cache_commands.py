@@ -110,7 +110,7 @@ async def _purge(config: Config, args) -> int:
 
 async def _warm(config: Config, refs: list[str], platforms: list[str] | None) -> int:
     from proxy.mirror.sync import SyncBusy
-    from proxy.mirror.sync_command import LiveDisplay, PlainLines, _summary
+    from proxy.mirror.sync_command import progress, summary
     from proxy.registry.cache_control import CacheRequestInvalid
 
     async with opened_wharf(config) as app:
@@ -121,15 +121,12 @@ async def _warm(config: Config, refs: list[str], platforms: list[str] | None) ->
             print(f"wharf: {exc}", file=sys.stderr)
             return 2
         try:
-            if sys.stderr.isatty():
-                with LiveDisplay(len(warm_list.images)) as display:
-                    report = await control.warm(warm_list, display)
-            else:
-                report = await control.warm(warm_list, PlainLines())
+            with progress(len(warm_list.images)) as observer:
+                report = await control.warm(warm_list, observer)
         except SyncBusy as exc:
             print(f"wharf: another warm-up runs ({exc})", file=sys.stderr)
             return 1
-    for line in _summary(report):
+    for line in summary(report):
         print(line.replace(f"mirror list {report.list_name}", "warm-up", 1), flush=True)
     return 1 if report.failed else 0
 

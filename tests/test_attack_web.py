@@ -25,6 +25,8 @@ from proxy.http.keys import AUDIT
 from proxy.logs import JsonFormatter
 from proxy.storage.database import Token, WebSession
 
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"

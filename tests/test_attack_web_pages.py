@@ -17,6 +17,8 @@ header in every generated command."""
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import re
 import time
@@ -32,6 +34,8 @@ from support.web import WebClient, csrf_of
 
 from proxy.storage.database import Org, OrgMember, Package, Token, User, Version, WebSession
 from proxy.web import is_page
+
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
 
 HEADERS = ("Content-Security-Policy", "X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy")
 

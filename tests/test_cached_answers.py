@@ -116,7 +116,7 @@ async def test_remembered_answers_drop_when_a_namespace_becomes_local(fake_upstr
 
 
 async def test_a_change_reaches_the_answers_other_workers_remember(fake_upstream, make_wharf, tmp_path):
-    from proxy.http.keys import ADDRESSING, REPLAYS
+    from proxy.http.keys import ADDRESSING, IDENTITY, REPLAYS
 
     fake = await fake_upstream()
     image = make_image("two-workers-remember", (200,))
@@ -124,6 +124,9 @@ async def test_a_change_reaches_the_answers_other_workers_remember(fake_upstream
     common = {"storage": {"root": str(tmp_path / "store")}, "workers": 2, "fast_paths": ALL_ON,
               "named_upstreams": {"docker.io": fake.url}, "default_upstream": "docker.io"}
     first, second = await make_wharf(**common), await make_wharf(**common)
+    # the second's start added its admin account: the first hears of it now, not mid-test (a new
+    # database revision drops every remembered answer)
+    await first.app[IDENTITY].poll()
     path = "/v2/team/app/manifests/latest"
     for _ in range(3):
         assert (await first.client.get(path, headers={"Accept": DOCKER_V2})).status == 200

@@ -23,6 +23,8 @@ UPSTREAMS = [
     {"name": "plain.test", "url": "http://127.0.0.1:5999"},
 ]
 
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
+
 
 def _config(**overrides):
     data = {"listen": "127.0.0.1:5000", "upstreams": UPSTREAMS, "default_upstream": "docker.io"}

@@ -54,7 +54,7 @@ from test_clients_e2e import (  # noqa: F401  (clients_dir and containerd are fi
     summary,
 )
 
-pytestmark = pytest.mark.clients
+pytestmark = [pytest.mark.clients, pytest.mark.once]
 
 
 async def _mirroring_wharf(make_wharf, registry_upstream: str, repo_name: str):

@@ -4,6 +4,8 @@ invalid config exits 2 with its error on one line."""
 
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 
 import yaml
@@ -20,6 +22,8 @@ SECRETS = {
     "postgres": "pg-pass-Vt05",
     "userinfo": "url-pass-Us11",
 }
+
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
 
 
 def _check(tmp_path, config: dict | str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 
 import aiohttp
 
 from support.accounts import add_token, add_user, basic
-from support.fake_upstream import Fault
-from support.images import MANIFEST_ACCEPT, basic_auth_header, make_image, push_image
+from support.pulls import private_fill_and_public_fill, pull_through, until
+from support.images import basic_auth_header, make_image, push_image
 
 ALICE = basic_auth_header(("alice", "alice-pw"))
 
@@ -26,23 +25,8 @@ async def _stats(wharf, headers: dict[str, str] | None = None) -> dict:
             return await resp.json()
 
 
-async def _pull(wharf, upstream_url: str, repo: str, tag: str, image, headers: dict | None = None) -> None:
-    name = f"{wharf.upstream_name(upstream_url)}/{repo}"
-    resp = await wharf.client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT, **(headers or {})})
-    assert resp.status == 200 and await resp.read() == image.manifest
-    for layer in image.layers:
-        resp = await wharf.client.get(f"/v2/{name}/blobs/{layer.digest}", headers=headers or {})
-        assert resp.status == 200 and await resp.read() == layer.data
 
 
-async def _until(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def _user(wharf, name: str) -> dict[str, str]:
@@ -64,7 +48,7 @@ async def test_figures_move_after_real_pulls(registry_upstream, make_wharf, repo
     assert [u["name"] for u in before["upstreams"]] == [wharf.upstream_name(registry_upstream)]
     assert before["upstreams"][0]["circuit"] == "closed"
 
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)
     first = await _stats(wharf)
     assert first["totals"]["hits"] == 0 and first["totals"]["misses"] == 3  # the tag and two blobs
     assert first["totals"]["hit_ratio"] == 0
@@ -72,7 +56,7 @@ async def test_figures_move_after_real_pulls(registry_upstream, make_wharf, repo
     assert first["totals"]["bytes_from_cache"] == 0
     assert first["totals"]["upstream_requests"] >= 3
 
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)
     second = await _stats(wharf)
     totals = second["totals"]
     assert totals["hits"] == 3 and totals["misses"] == 3 and totals["hit_ratio"] == 0.5
@@ -92,39 +76,15 @@ async def test_quota_and_its_reset_are_shown(fake_upstream, make_wharf):
     fake.add_image("team/app", image, tag="1.0")
     fake.set_ratelimit(limit=100, remaining=42, window=3600)
     wharf = await make_wharf(fake.url, auth=None)
-    await _pull(wharf, fake.url, "team/app", "1.0", image)
+    await pull_through(wharf, fake.url, "team/app", "1.0", image)
     upstream, = (await _stats(wharf))["upstreams"]
     assert upstream["limit"] == 100 and upstream["remaining"] == 41  # the manifest GET spent one
     assert 3500 < upstream["resets_at"] - time.time() <= 3600
     assert upstream["blocked_until"] is None
 
 
-async def _private_fill_and_public_fill(fake_upstream, make_wharf):
-    """A fake upstream with a private repository (pulled with alice's credential) and a public
-    one, each with a slow blob; both fills started. (wharf, fake, private blob, public blob)."""
-    fake = await fake_upstream()
-    fake.require_bearer(users={"alice": "alice-pw"}, private={"secret/payroll"})
-    private, public = os.urandom(300_000), os.urandom(300_000)
-    private_digest = fake.add_blob("secret/payroll", private)
-    public_digest = fake.add_blob("open/tools", public)
-    for repo, digest in (("secret/payroll", private_digest), ("open/tools", public_digest)):
-        fake.fault(fake.blob_path(repo, digest), Fault(bytes_per_second=100_000))
-    wharf = await make_wharf(fake.url, auth=None)
-    prefix = wharf.upstream_name(fake.url)
-
-    async def get(repo: str, digest: str, headers: dict) -> bytes:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{wharf.url}/v2/{prefix}/{repo}/blobs/{digest}", headers=headers) as resp:
-                assert resp.status == 200
-                return await resp.read()
-
-    pulls = [asyncio.ensure_future(get("secret/payroll", private_digest, ALICE)),
-             asyncio.ensure_future(get("open/tools", public_digest, {}))]
-    return wharf, pulls, private_digest, public_digest
-
-
 async def test_fills_in_flight_with_progress_names_only_for_who_may_pull(fake_upstream, make_wharf):
-    wharf, pulls, private_digest, public_digest = await _private_fill_and_public_fill(fake_upstream, make_wharf)
+    wharf, pulls, private_digest, public_digest = await private_fill_and_public_fill(fake_upstream, make_wharf)
     bob = _user(wharf, "bob")
 
     async def two_fills_under_way():
@@ -132,7 +92,7 @@ async def test_fills_in_flight_with_progress_names_only_for_who_may_pull(fake_up
         fills = stats["fills"]
         return stats if len(fills) == 2 and all(f["size"] and 0 < f["bytes"] < f["size"] for f in fills) else None
 
-    admin_view = await _until(two_fills_under_way, "two fills with progress")
+    admin_view = await until(two_fills_under_way, "two fills with progress")
     anonymous_text = json.dumps(await _stats(wharf))
     bob_text = json.dumps(await _stats(wharf, bob))
     try:
@@ -162,8 +122,8 @@ async def test_a_privately_cached_image_is_named_to_admins_only(auth_registry_up
                              storage={"root": str(tmp_path / "store"), "max_cache_bytes": 40_000},
                              cache={"access_flush_interval": 0.2})
     bob = _user(wharf, "bob")
-    await _pull(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
-    await _pull(wharf, registry_upstream, repo_name, "v1", public)
+    await pull_through(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
+    await pull_through(wharf, registry_upstream, repo_name, "v1", public)
 
     async def evicted():
         stats = await _stats(wharf, wharf.admin_headers)
@@ -171,7 +131,7 @@ async def test_a_privately_cached_image_is_named_to_admins_only(auth_registry_up
         return stats if stats["totals"]["evictions"] >= 2 and len(stats["evictions"]) >= 2 \
             and {secret_repo, repo_name} <= listed else None
 
-    admin_view = await _until(evicted, "evictions under the 40 kB budget, both images in the lists")
+    admin_view = await until(evicted, "evictions under the 40 kB budget, both images in the lists")
     private_scope = f"{wharf.upstream_name(auth_registry_upstream.url)}/{secret_repo}"
     admin_text = json.dumps(admin_view)
     assert private_scope in admin_text

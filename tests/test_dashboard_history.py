@@ -5,33 +5,17 @@ of the store when several workers run."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from proxy.http.keys import CACHE_HISTORY, CONFIG
 from proxy.registry.history import figures
-from support.images import MANIFEST_ACCEPT, make_image, push_image
+from support.pulls import pull_through, until
+from support.images import make_image, push_image
 
 FAST = {"sample_seconds": 1, "history_hours": 0.5}  # 1800 samples at most: sampled every second
 
 
-async def _pull(wharf, upstream_url: str, repo: str, tag: str, image) -> None:
-    name = f"{wharf.upstream_name(upstream_url)}/{repo}"
-    resp = await wharf.client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT})
-    assert resp.status == 200 and await resp.read() == image.manifest
-    for layer in image.layers:
-        resp = await wharf.client.get(f"/v2/{name}/blobs/{layer.digest}")
-        assert resp.status == 200 and await resp.read() == layer.data
 
 
-async def _until(condition, what: str, timeout: float = 30.0):
-    """Poll ``condition()`` (async) until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def _latest(samples: list[dict]) -> dict:
@@ -45,15 +29,15 @@ async def test_samples_accumulate_what_pulls_did(registry_upstream, make_wharf, 
     history = wharf.app[CACHE_HISTORY]
     layer_bytes = sum(len(layer.data) for layer in image.layers)
 
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)  # misses: from upstream
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)  # hits: from the store
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)  # misses: from upstream
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)  # hits: from the store
 
     async def counted():
         samples = await history.samples()
         shown = _latest(samples)
         return samples if shown.get("bytes_from_cache", 0) >= layer_bytes else None
 
-    samples = await _until(counted, "a sample with the second pull in it")
+    samples = await until(counted, "a sample with the second pull in it")
     shown = _latest(samples)
     assert shown["bytes_from_upstream"] >= layer_bytes and shown["bytes_from_cache"] >= layer_bytes
     assert shown["by_kind"]["blob"] == {"hits": 2, "misses": 2}
@@ -71,8 +55,8 @@ async def test_history_survives_a_restart_and_keeps_counting(registry_upstream, 
     await push_image(registry_upstream, repo_name, image, tag="1.0")
     options = {"storage": {"root": str(tmp_path / "store")}, "web": FAST}
     first = await make_wharf(registry_upstream, **options)
-    await _pull(first, registry_upstream, repo_name, "1.0", image)
-    await _pull(first, registry_upstream, repo_name, "1.0", image)
+    await pull_through(first, registry_upstream, repo_name, "1.0", image)
+    await pull_through(first, registry_upstream, repo_name, "1.0", image)
 
     async def with_hits(wharf, at_least: int):
         async def check():
@@ -80,15 +64,15 @@ async def test_history_survives_a_restart_and_keeps_counting(registry_upstream, 
             return samples if _latest(samples).get("hits", 0) >= at_least else None
         return check
 
-    before = await _until(await with_hits(first, 2), "a sample of the first process")
+    before = await until(await with_hits(first, 2), "a sample of the first process")
     hits_before = _latest(before)["hits"]
     await first.client.close()  # the process stops
 
     second = await make_wharf(registry_upstream, **options)
     kept = await second.app[CACHE_HISTORY].samples()
     assert [s["at"] for s in kept[:len(before)]] == [s["at"] for s in before], "the samples were lost"
-    await _pull(second, registry_upstream, repo_name, "1.0", image)  # all hits now
-    after = await _until(await with_hits(second, hits_before + 2), "a sample of the restarted process")
+    await pull_through(second, registry_upstream, repo_name, "1.0", image)  # all hits now
+    after = await until(await with_hits(second, hits_before + 2), "a sample of the restarted process")
     assert len(after) > len(before)
     assert _latest(after)["hits"] >= hits_before + 2, "counting started again from zero"
     assert _latest(after)["bytes_from_cache"] > _latest(before)["bytes_from_cache"]
@@ -98,13 +82,13 @@ async def test_history_keeps_only_the_last_history_hours(registry_upstream, make
     keep = 0.001 * 3600  # 3.6 s
     wharf = await make_wharf(registry_upstream, web={"sample_seconds": 1, "history_hours": 0.001})
     history = wharf.app[CACHE_HISTORY]
-    first = await _until(history.samples, "a first sample")
+    first = await until(history.samples, "a first sample")
 
     async def first_dropped():
         samples = await history.samples()
         return samples if samples and samples[0]["at"] > first[0]["at"] else None
 
-    samples = await _until(first_dropped, "the first sample to age out")
+    samples = await until(first_dropped, "the first sample to age out")
     newest = samples[-1]["at"]
     assert all(newest - s["at"] <= keep for s in samples)
     assert len(samples) <= keep / 1 + 1
@@ -121,18 +105,18 @@ async def test_one_sampler_counts_every_worker(fake_upstream, make_wharf, tmp_pa
     async def one_sampling():
         return sum(h.sampling for h in histories) == 1
 
-    await _until(one_sampling, "one worker to take the sampler")
+    await until(one_sampling, "one worker to take the sampler")
     await asyncio.sleep(1.5)  # both had their chance to take the lock again
     assert [h.sampling for h in histories].count(True) == 1
     idle = workers[[h.sampling for h in histories].index(False)]
-    await _pull(idle, fake.url, "team/app", "1.0", image)  # through the worker that does not sample
+    await pull_through(idle, fake.url, "team/app", "1.0", image)  # through the worker that does not sample
     layer_bytes = sum(len(layer.data) for layer in image.layers)
 
     async def counted():
         samples = await histories[0].samples()
         return samples if _latest(samples).get("bytes_from_upstream", 0) >= layer_bytes else None
 
-    samples = await _until(counted, "the other worker's pull in a sample")
+    samples = await until(counted, "the other worker's pull in a sample")
     shown = _latest(samples)
     assert shown["bytes_from_upstream"] == layer_bytes, "a worker's bytes were counted twice or not at all"
     assert shown["by_kind"]["blob"]["misses"] == 2

@@ -4,6 +4,8 @@ the pages read without JavaScript. ``WHARF_SCREENSHOTS=1`` writes docs/screensho
 
 from __future__ import annotations
 
+import pytest
+
 import uuid
 
 import aiohttp
@@ -11,6 +13,8 @@ import aiohttp
 from support.accounts import add_token, add_user, basic
 from support.browser import screenshot
 from support.images import MANIFEST_ACCEPT, make_image, make_index, push_image
+
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
 
 
 async def _pull_status(wharf, repository: str, reference: str) -> int:

@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import html
-import os
 import re
-import time
 
 import aiohttp
 
 from support.accounts import add_token, add_user
 from support.browser import screenshot
-from support.fake_upstream import Fault
-from support.images import MANIFEST_ACCEPT, basic_auth_header, make_image, push_image
+from support.pulls import private_fill_and_public_fill, pull_through, until
+from support.images import basic_auth_header, make_image, push_image
 
+from proxy.http.keys import CONFIG
 from proxy.web import SECURITY_HEADERS
 
 ALICE = basic_auth_header(("alice", "alice-pw"))
@@ -55,31 +54,16 @@ def _table(page: str, table_id: str) -> str:
     return re.search(rf'<table [^>]*id="{table_id}">(.*?)</table>', page, re.S).group(1)
 
 
-async def _pull(wharf, upstream_url: str, repo: str, tag: str, image, headers: dict | None = None) -> None:
-    name = f"{wharf.upstream_name(upstream_url)}/{repo}"
-    resp = await wharf.client.get(f"/v2/{name}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT, **(headers or {})})
-    assert resp.status == 200 and await resp.read() == image.manifest
-    for layer in image.layers:
-        resp = await wharf.client.get(f"/v2/{name}/blobs/{layer.digest}", headers=headers or {})
-        assert resp.status == 200 and await resp.read() == layer.data
 
 
-async def _until(condition, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_the_page_shows_the_figures_and_charts_without_script(registry_upstream, make_wharf, repo_name):
     image = make_image("cache-page", (4000, 40_000))
     await push_image(registry_upstream, repo_name, image, tag="1.0")
     wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1, "history_hours": 0.5})
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)
     visitor = Visitor(wharf)
     try:
         status, page, resp = await visitor.get("/cache")
@@ -106,24 +90,8 @@ async def test_the_page_shows_the_figures_and_charts_without_script(registry_ups
 
 
 async def test_fills_show_progress_and_a_private_fill_no_name(fake_upstream, make_wharf):
-    fake = await fake_upstream()
-    fake.require_bearer(users={"alice": "alice-pw"}, private={"secret/payroll"})
-    private, public = os.urandom(300_000), os.urandom(300_000)
-    private_digest = fake.add_blob("secret/payroll", private)
-    public_digest = fake.add_blob("open/tools", public)
-    for repo, digest in (("secret/payroll", private_digest), ("open/tools", public_digest)):
-        fake.fault(fake.blob_path(repo, digest), Fault(bytes_per_second=100_000))
-    wharf = await make_wharf(fake.url, auth=None)
-    prefix = wharf.upstream_name(fake.url)
-
-    async def get(repo: str, digest: str, headers: dict) -> None:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{wharf.url}/v2/{prefix}/{repo}/blobs/{digest}", headers=headers) as resp:
-                assert resp.status == 200
-                await resp.read()
-
-    pulls = [asyncio.ensure_future(get("secret/payroll", private_digest, ALICE)),
-             asyncio.ensure_future(get("open/tools", public_digest, {}))]
+    wharf, pulls, private_digest, public_digest = await private_fill_and_public_fill(fake_upstream, make_wharf)
+    prefix = wharf.app[CONFIG].upstreams[0].name  # the fake upstream's
     visitor = Visitor(wharf)
     try:
         async def two_bars():
@@ -131,7 +99,7 @@ async def test_fills_show_progress_and_a_private_fill_no_name(fake_upstream, mak
             bars = re.findall(r'<progress max="300000" value="(\d+)">', page)
             return page if len(bars) == 2 and all(0 < int(b) < 300_000 for b in bars) else None
 
-        page = await _until(two_bars, "two fills with progress bars")
+        page = await until(two_bars, "two fills with progress bars")
     finally:
         await visitor.close()
         await asyncio.gather(*pulls)
@@ -150,7 +118,7 @@ async def test_privately_cached_names_only_for_admins(auth_registry_upstream, ma
                              cache={"access_flush_interval": 0.2})
     add_user(wharf.database, "bob")
     _, bob_token = add_token(wharf.database, "bob")
-    await _pull(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
+    await pull_through(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
     admin, bob, anonymous = Visitor(wharf), Visitor(wharf), Visitor(wharf)
     try:
         await admin.signin(*wharf.admin)
@@ -160,7 +128,7 @@ async def test_privately_cached_names_only_for_admins(auth_registry_upstream, ma
             _, page, _ = await admin.get("/cache")
             return page if page.count(secret_repo) >= 3 else None  # most pulled, largest, evictions
 
-        admin_page = await _until(listed_and_evicted, "the private image in the lists and the evictions")
+        admin_page = await until(listed_and_evicted, "the private image in the lists and the evictions")
         for table in ("largest", "most-pulled", "evictions"):
             assert secret_repo in _table(admin_page, table)
         for visitor in (anonymous, bob):
@@ -183,7 +151,7 @@ async def test_the_dashboard_moves_after_a_pull_in_chromium(browser, registry_up
     wharf = await make_wharf(registry_upstream, auth=None, web={"sample_seconds": 1, "history_hours": 0.5},
                              cache={"access_flush_interval": 0.2},
                              storage={"root": str(tmp_path / "store"), "max_cache_bytes": 300_000})
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)
     page = await browser.new_page()
     await page.goto(wharf.url + "/cache")
     assert await page.title() == "Cache · Wharf"
@@ -191,7 +159,7 @@ async def test_the_dashboard_moves_after_a_pull_in_chromium(browser, registry_up
     served_before = await page.locator("#figure-bytes dd.big").inner_text()
     assert before == "0%" and served_before == "0 B"
 
-    await _pull(wharf, registry_upstream, repo_name, "1.0", image)  # from the cache this time
+    await pull_through(wharf, registry_upstream, repo_name, "1.0", image)  # from the cache this time
     await page.get_by_role("link", name="Reload").click()
     await page.wait_for_load_state()
     assert await page.locator("#figure-hit-ratio dd.big").inner_text() == "50%"
@@ -201,20 +169,20 @@ async def test_the_dashboard_moves_after_a_pull_in_chromium(browser, registry_up
 
     # some history for the screenshot: a few more pulls, a second apart
     for round_ in range(6):
-        await _pull(wharf, registry_upstream, f"{repo_name}-tools" if round_ % 2 else repo_name,
+        await pull_through(wharf, registry_upstream, f"{repo_name}-tools" if round_ % 2 else repo_name,
                     "2.1" if round_ % 2 else "1.0", other if round_ % 2 else image)
         await asyncio.sleep(1.0)
 
     big = make_image("cache-browser-3", (150_000,))  # over the 300 kB budget: something is evicted
     await push_image(registry_upstream, f"{repo_name}-big", big, tag="3")
-    await _pull(wharf, registry_upstream, f"{repo_name}-big", "3", big)
+    await pull_through(wharf, registry_upstream, f"{repo_name}-big", "3", big)
 
     async def listed():
         await page.reload()
         return (await page.locator("#most-pulled tbody tr").count() == 3
                 and await page.locator("#evictions tbody tr").count() >= 1)
 
-    await _until(listed, "the three images in the most pulled list, and an eviction")
+    await until(listed, "the three images in the most pulled list, and an eviction")
     assert repo_name in await page.locator("#most-pulled").inner_text()
     await page.set_viewport_size({"width": 1200, "height": 900})
     await screenshot(page, "cache")

@@ -4,6 +4,8 @@ page is reached at (public_url, else the request's host) — with copy buttons t
 
 from __future__ import annotations
 
+import pytest
+
 import html
 import json
 import re
@@ -15,6 +17,8 @@ from playwright.async_api import expect
 from proxy.clientconfig import CLIENTS, client_files
 from proxy.http.keys import CONFIG, MIRROR_STATUS
 from support.browser import screenshot
+
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
 
 UPSTREAMS = {"docker.io": "https://registry-1.docker.io", "ghcr.io": "https://ghcr.io", "quay.io": "https://quay.io"}
 FILE_BLOCK = re.compile(r'<div class="client-file" data-path="([^"]+)">.*?<pre class="file"><code>(.*?)</code></pre>'

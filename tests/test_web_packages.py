@@ -22,6 +22,8 @@ LABELS = {"org.opencontainers.image.source": "https://example.com/alice/app",
           "org.opencontainers.image.description": "The app that does the thing",
           "org.opencontainers.image.licenses": "Apache-2.0"}
 
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"

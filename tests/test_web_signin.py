@@ -11,6 +11,8 @@ from support.web import WebClient, csrf_of
 
 from proxy.web import SECURITY_HEADERS
 
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
+
 
 @pytest.fixture
 async def wharf(make_wharf):

@@ -16,6 +16,8 @@ from support.accounts import ALL_SCOPES, add_token, add_user, basic
 from support.browser import screenshot
 from support.visitors import forms, signed_in, visitors
 
+pytestmark = pytest.mark.once  # pages and generated files: no fast path in them (pyproject.toml)
+
 SECRET = re.compile(r"wharf_pat_[0-9A-Za-z]{42}")
 
 

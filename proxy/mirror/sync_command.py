@@ -8,6 +8,7 @@ was already there, what failed and why. Exit status 1 when anything failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -90,7 +91,18 @@ class LiveDisplay:
             self.progress.advance(self._bytes, size)
 
 
-def _summary(report: SyncReport) -> list[str]:
+@contextlib.contextmanager
+def progress(images: int):
+    """The observer a sync of ``images`` images reports to: the live display on a terminal,
+    else one line per image."""
+    if sys.stderr.isatty():
+        with LiveDisplay(images) as display:
+            yield display
+    else:
+        yield PlainLines()
+
+
+def summary(report: SyncReport) -> list[str]:
     images = report.images
     fetched_blobs = sum(i.fetched_blobs for i in images)
     fetched_bytes = sum(i.fetched_bytes for i in images)
@@ -119,16 +131,13 @@ async def _sync(config: Config, paths: list[str]) -> int:
         syncer = mirror_sync_of(app)
         for mirror_list in lists:
             try:
-                if sys.stderr.isatty():
-                    with LiveDisplay(len(mirror_list.images)) as display:
-                        report = await syncer.sync(mirror_list, display)
-                else:
-                    report = await syncer.sync(mirror_list, PlainLines())
+                with progress(len(mirror_list.images)) as observer:
+                    report = await syncer.sync(mirror_list, observer)
             except SyncBusy as exc:
                 print(f"wharf: {exc}", file=sys.stderr)
                 failed = True
                 continue
-            for line in _summary(report):
+            for line in summary(report):
                 print(line, flush=True)
             failed = failed or bool(report.failed)
     return 1 if failed else 0

@@ -28,7 +28,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 from proxy.errors import OCIError, Unavailable
 from proxy.oci.digest import Digest
 from proxy.registry.tasks import BackgroundTasks
-from proxy.storage.blobs import BlobStore, Growth
+from proxy.storage.blobs import BlobStore, Growth, held_by_a_process
 
 log = logging.getLogger("wharf.fill")
 _POLL = 0.005
@@ -279,7 +279,7 @@ class FillGroup:
                 about = json.loads(about_path.read_text())
             except (OSError, ValueError):
                 continue  # finished meanwhile, or half written
-            if not isinstance(about, dict) or not _held(about_path):
+            if not isinstance(about, dict) or not held_by_a_process(about_path):
                 continue  # not ours, or left by a process that died (the tmp clean-up removes it)
             part = about_path.with_suffix(".part")
             try:
@@ -318,18 +318,3 @@ def _publish(path: Path, about: dict) -> int | None:
         path.unlink(missing_ok=True)
         return None
     return fd
-
-
-def _held(path: Path) -> bool:
-    """Does a live process hold a flock on this file (without creating it)?"""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)

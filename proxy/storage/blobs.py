@@ -314,14 +314,20 @@ class BlobStore:
 
     @staticmethod
     def _in_use(path: str) -> bool:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return held_by_a_process(path)
+
+
+def held_by_a_process(path: str | os.PathLike) -> bool:
+    """Whether a live process holds a flock on this file (a writer's temp file, a fill's note);
+    the file is never created."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)

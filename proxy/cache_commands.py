@@ -51,7 +51,7 @@ async def _list(config: Config, upstream: str | None, repo: str | None, as_json:
 
     async with opened_wharf(config) as app:
         try:
-            repos = await _control(app).repositories(upstream, repo)
+            repos, _ = await _control(app).repositories(upstream, repo)
         except CacheRequestInvalid as exc:
             print(f"wharf: {exc}", file=sys.stderr)
             return 2

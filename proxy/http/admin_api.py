@@ -103,7 +103,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, f"the body is larger than {MAX_BODY} bytes")
     try:
         body = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise ApiError(422, "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(422, "the body must be a JSON object")

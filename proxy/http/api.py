@@ -99,7 +99,7 @@ def _int(request: web.Request, key: str, default: int, lowest: int, highest: int
     return value
 
 
-def _paging(request: web.Request) -> tuple[int, int]:
+def paging(request: web.Request) -> tuple[int, int]:
     return (_int(request, "page", 1, 1, 1_000_000), _int(request, "per_page", 30, 1, MAX_PER_PAGE))
 
 
@@ -194,8 +194,8 @@ def role_json(grant: RoleGrant) -> dict:
     return {grant.kind: grant.name, "role": grant.role}
 
 
-def _paged(request: web.Request, items: list, total: int, page: int, per_page: int) -> web.Response:
-    """The items, with GitHub's ``Link`` header when there is more than one page."""
+def paged(request: web.Request, items: list, total: int, page: int, per_page: int) -> web.Response:
+    """The items (a list, or an object holding them), with GitHub's ``Link`` header when there is more than one page."""
     last = max(1, -(-total // per_page))
     links = []
     query = {k: v for k, v in request.query.items() if k not in ("page", "per_page")}
@@ -222,11 +222,11 @@ async def list_packages(request: web.Request) -> web.Response:
         raise InvalidRequest("package_type is required")
     if package_type != "container":
         raise InvalidRequest("package_type must be container (the only type kept here)")
-    page, per_page = _paging(request)
+    page, per_page = paging(request)
     found = await request.app[PACKAGES].list_packages(principal, kind, owner, request.query.get("visibility"),
                                                       page, per_page)
     base = _base(request)
-    return _paged(request, [package_json(base, p) for p in found.items], found.total, page, per_page)
+    return paged(request, [package_json(base, p) for p in found.items], found.total, page, per_page)
 
 
 @_answer_errors
@@ -269,13 +269,13 @@ async def set_visibility(request: web.Request) -> web.Response:
 async def list_versions(request: web.Request) -> web.Response:
     principal = await _principal(request)
     address = _address(request)
-    page, per_page = _paging(request)
+    page, per_page = paging(request)
     packages = request.app[PACKAGES]
     state = request.query.get("state", "active")
     found = await packages.list_versions(principal, *address, state, page, per_page)
     package = await packages.get_package(principal, *address)
     base = _base(request)
-    return _paged(request, [version_json(base, package, v) for v in found.items], found.total, page, per_page)
+    return paged(request, [version_json(base, package, v) for v in found.items], found.total, page, per_page)
 
 
 @_answer_errors

@@ -20,10 +20,12 @@ from typing import Any
 from aiohttp import web
 
 from proxy.http.admin_api import ApiError, _body, api_handler, server_admin
+from proxy.http.api import paged, paging
 from proxy.http.keys import CACHE_CONTROL
 from proxy.mirror.sync import SyncBusy
 from proxy.registry.access import DELETE_PACKAGES, WRITE_PACKAGES, Principal
 from proxy.registry.audit import iso_time
+from proxy.registry.packages import InvalidRequest
 from proxy.registry.cache_control import CacheControl, CacheRequestInvalid, parse_duration, warm_outcome
 from proxy.storage.cache_index import CachedImage, CachedRepository
 
@@ -69,10 +71,13 @@ async def cached_repositories(request: web.Request) -> web.Response:
     await server_admin(request)
     query = {name: request.query.get(name) or None for name in ("upstream", "repo")}
     try:
-        repos = await _control(request).repositories(query["upstream"], query["repo"])
-    except CacheRequestInvalid as exc:
+        page, per_page = paging(request)
+        repos, total = await _control(request).repositories(query["upstream"], query["repo"],
+                                                            (page - 1) * per_page, per_page)
+    except (CacheRequestInvalid, InvalidRequest) as exc:
         raise ApiError(422, str(exc)) from None
-    return web.json_response({"repositories": [repository_json(r) for r in repos]})
+    return paged(request, {"repositories": [repository_json(r) for r in repos], "total_count": total},
+                 total, page, per_page)
 
 
 @api_handler

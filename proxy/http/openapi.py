@@ -490,10 +490,11 @@ CACHE_PATHS: dict[str, Any] = {
             "cache/list-repositories", "What the cache holds: repositories, tags, sizes, pulls (server admins)",
             [{"name": "upstream", "in": "query", "schema": {"type": "string"}},
              {"name": "repo", "in": "query", "schema": {"type": "string"},
-              "description": "a repository as clients name it (with its upstream's prefix)"}],
-            _json("The cached repositories", {"type": "object", "required": ["repositories"],
-                                              "properties": {"repositories": {"type": "array",
-                                                                              "items": _CACHED_REPOSITORY}}})),
+              "description": "a repository as clients name it (with its upstream's prefix)"}, *_PAGE],
+            _json("A page of the cached repositories (a Link header names the others)",
+                  {"type": "object", "required": ["repositories", "total_count"],
+                   "properties": {"repositories": {"type": "array", "items": _CACHED_REPOSITORY},
+                                  "total_count": {"type": "integer", "minimum": 0}}})),
     },
     "/api/cache/purge": {
         "post": _cache_operation(

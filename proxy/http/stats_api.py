@@ -37,6 +37,7 @@ from proxy.http.admin_api import api_handler
 from proxy.http.identity import caller_of
 from proxy.http.keys import CACHE_HISTORY, CACHE_INDEX, CONFIG, REGISTRY, UPSTREAMS
 from proxy.registry.access import Principal
+from proxy.registry.cache_control import may_list_cached
 from proxy.registry.history import difference, figures
 
 TOP = 10  # images per list
@@ -51,6 +52,8 @@ async def cache_stats(app: web.Application, principal: Principal) -> dict[str, A
     now, samples, evictions, fills = await asyncio.gather(
         history.current(), history.samples(), history.evictions(),
         asyncio.to_thread(app[REGISTRY].fills.in_flight))
+    # names of publicly cached content: for whoever may pull through Wharf (access.pull_through)
+    public_names = may_list_cached(principal, app[CONFIG].access.pull_through)
     oldest = samples[0] if samples else now
     window = {"since": oldest["at"], **figures(difference(now["counters"], oldest["counters"]))}
     return {
@@ -58,10 +61,10 @@ async def cache_stats(app: web.Application, principal: Principal) -> dict[str, A
         "totals": figures(now["counters"]), "window": window,
         "store": _store(now["store"]),
         "upstreams": [await _upstream(name, upstream) for name, upstream in sorted(app[UPSTREAMS].items())],
-        "fills": [_fill(fill, principal) for fill in fills],
-        "evictions": [_eviction(entry, principal) for entry in evictions],
-        "largest": await _top(app, "size", principal),
-        "most_pulled": await _top(app, "pulls", principal),
+        "fills": [_fill(fill, principal, public_names) for fill in fills],
+        "evictions": [_eviction(entry, principal, public_names) for entry in evictions],
+        "largest": await _top(app, "size", principal, public_names),
+        "most_pulled": await _top(app, "pulls", principal, public_names),
         "history": [_point(sample) for sample in [*samples, now]],
     }
 
@@ -90,39 +93,40 @@ async def _upstream(name: str, upstream) -> dict[str, Any]:
             "circuit": upstream.circuit_state}
 
 
-def _fill(fill: dict, principal: Principal) -> dict[str, Any]:
-    """A fill in flight: its names only for admins and fills asked without a client's credential."""
-    shown = principal.admin or bool(fill.get("public"))
+def _fill(fill: dict, principal: Principal, public_names: bool) -> dict[str, Any]:
+    """A fill in flight: its names only for admins and, to those who may pull through Wharf,
+    fills asked without a client's credential."""
+    shown = principal.admin or (public_names and bool(fill.get("public")))
     return {"upstream": fill.get("upstream"), "repository": fill.get("repository") if shown else None,
             "digest": fill.get("digest") if shown else None, "bytes": int(fill.get("bytes") or 0),
             "size": fill.get("size"), "started_at": fill.get("started_at"), "hidden": not shown}
 
 
-def _eviction(entry: dict, principal: Principal) -> dict[str, Any]:
+def _eviction(entry: dict, principal: Principal, public_names: bool) -> dict[str, Any]:
     """An evicted blob: its repositories for admins; for others only when it was confirmed without
     a client's credential in one repository alone (with several, which of them is public is unknown)."""
     repositories = list(entry.get("repositories") or [])
-    shown = principal.admin or (bool(entry.get("public")) and len(repositories) == 1
+    shown = principal.admin or (public_names and bool(entry.get("public")) and len(repositories) == 1
                                 and not repositories[0].startswith("/"))  # never a local package's
     return {"digest": entry.get("digest") if shown else None, "size": int(entry.get("size") or 0),
             "at": entry.get("at"), "repositories": repositories if shown else [], "hidden": not shown}
 
 
-def _may_pull(principal: Principal, image) -> bool:
+def _may_pull(principal: Principal, image, public_names: bool) -> bool:
     """A cached image's name is shown to admins, and to others when it was cached without a client's
     credential. (The index holds cached upstream tags only: local packages are not cached content,
     so no package name is ever listed here.)"""
-    return principal.admin or bool(image.public)
+    return principal.admin or (public_names and bool(image.public))
 
 
-async def _top(app: web.Application, by: str, principal: Principal) -> list[dict[str, Any]]:
+async def _top(app: web.Application, by: str, principal: Principal, public_names: bool) -> list[dict[str, Any]]:
     """The largest or most pulled cached images the caller may pull (the cache index's, when wired)."""
     index = app.get(CACHE_INDEX)
     if index is None:
         return []
     shown = []
     for image in await index.top(by, TOP * 5):
-        if _may_pull(principal, image):
+        if _may_pull(principal, image, public_names):
             shown.append({"upstream": image.upstream, "repository": image.repo, "tag": image.tag,
                           "digest": str(image.digest), "size": image.size, "pulls": image.pulls,
                           "last_pulled": image.last_pulled})

@@ -153,14 +153,17 @@ class CacheControl:
         return name
 
     # list -------------------------------------------------------------------------------------
-    async def repositories(self, upstream: str | None = None, repo: str | None = None):
-        """What the cache holds, per repository (narrowed to an upstream or a repository)."""
+    async def repositories(self, upstream: str | None = None, repo: str | None = None, offset: int = 0,
+                           limit: int | None = None):
+        """What the cache holds, per repository (narrowed to an upstream or a repository; a page
+        from ``offset`` of at most ``limit``): (the repositories, how many there are in all)."""
         name = self.repository(repo).scope if repo is not None else None
         if upstream is not None:
             self.upstream(upstream)
         await self.index.ready()
         await self.index.flush()  # what this process counted so far
-        return await self.index.repositories(upstream, name)
+        return (await self.index.repositories(upstream, name, offset, limit),
+                await self.index.repository_count(upstream, name))
 
     # purge ------------------------------------------------------------------------------------
     async def select(self, ref: str | None = None, repo: str | None = None, upstream: str | None = None,
@@ -208,18 +211,23 @@ class CacheControl:
             await asyncio.to_thread(self._drop_records, leaving)
             for scope, tag in leaving:
                 await self._shared.delete(f"fresh:{scope}:{tag}")
-            if len(leaving) <= _ONE_BY_ONE:  # this process at once, the other processes by the stamp
-                for scope, tag in leaving:
-                    self._invalidation.tag_changed(scope, tag)
-            else:  # many: forget every answer remembered by name (cheap, and never wrong)
-                self._invalidation.names_changed()
+            self._forget_answers(leaving)  # this process at once, the other processes by the stamp
         removed_manifests = await asyncio.to_thread(self._sweep, leaving, report, dry_run)
-        if not dry_run:
+        if not dry_run and removed_manifests:  # replayed answers by digest stop too
             scopes = {image.scope for image in report.tags}
-            for digest in removed_manifests:  # replayed answers by digest stop too
-                for scope in scopes:
-                    self._invalidation.tag_changed(scope, digest)
+            if len(removed_manifests) * len(scopes) <= _ONE_BY_ONE:
+                self._forget_answers({(scope, digest) for digest in removed_manifests for scope in scopes})
+            else:
+                self._invalidation.names_changed()
         return report
+
+    def _forget_answers(self, changed: set[tuple[str, str]]) -> None:
+        """Every remembered answer for these (scope, tag or digest), one stamp for all; past
+        ``_ONE_BY_ONE`` every answer remembered by name (cheap, and never wrong)."""
+        if len(changed) <= _ONE_BY_ONE:
+            self._invalidation.tags_changed(changed)
+        else:
+            self._invalidation.names_changed()
 
     def _drop_records(self, leaving: set[tuple[str, str]]) -> None:
         """The tags' records and index rows go (blocking)."""
@@ -230,9 +238,10 @@ class CacheControl:
     def _sweep(self, leaving: set[tuple[str, str]], report: PurgeReport, dry_run: bool) -> list[str]:
         """Remove what only the leaving tags referenced (blocking: a worker thread). The manifests removed."""
         content = self._content_of(report)
+        needed_by_incomplete = self._content_of_incomplete(leaving)
         manifests = []
         for digest, size in sorted(content.items()):
-            if self._still_needed(digest, leaving):
+            if digest in needed_by_incomplete or self._still_needed(digest, leaving):
                 report.still_needed += 1
                 continue
             key = Digest.parse(digest)
@@ -265,6 +274,15 @@ class CacheControl:
             content, _ = image_content(self._blobs, self._meta, image.digest, image.media_type)
             found.update(content)
         return found
+
+    def _content_of_incomplete(self, leaving: set[tuple[str, str]]) -> set[str]:
+        """What the remaining tags whose content rows are incomplete reference, read from the store
+        now (their rows cannot be trusted to name it; blocking)."""
+        needed: set[str] = set()
+        for scope, tag, digest, media_type in self.index.incomplete_tags():
+            if (scope, tag) not in leaving:
+                needed.update(image_content(self._blobs, self._meta, digest, media_type)[0])
+        return needed
 
     def _still_needed(self, digest: str, leaving: set[tuple[str, str]]) -> bool:
         """Whether anything the purge leaves references ``digest`` (blocking)."""

@@ -43,6 +43,13 @@ class Invalidation:
             subscriber.drop_tag(scope, tag)
         self._publish()
 
+    def tags_changed(self, changed) -> None:
+        """Each ``(scope, tag)`` of ``changed`` answers differently: forget them; one stamp for all."""
+        for scope, tag in changed:
+            for subscriber in self._subscribers:
+                subscriber.drop_tag(scope, tag)
+        self._publish()
+
     def names_changed(self) -> None:
         """Which names are local or upstream changed: forget every remembered answer by name."""
         self._drop_all()

@@ -36,7 +36,7 @@ from typing import Iterable, Iterator
 
 from proxy.errors import OCIError
 from proxy.oci.digest import Digest
-from proxy.oci.media import parse_manifest
+from proxy.oci.media import MAX_MANIFEST_BYTES, parse_manifest
 from proxy.storage.blobs import BlobStore
 from proxy.storage.meta import MetaStore
 
@@ -151,7 +151,8 @@ def _image(row: sqlite3.Row | tuple) -> CachedImage:
 def image_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: str | None
                   ) -> tuple[dict[str, int], bool]:
     """What a manifest holds in the store: {digest: size} of itself, its child manifests and their
-    blobs, each once; and whether all it references was there (blocking: reads the store)."""
+    blobs, each once; and whether all it references was there (blocking: reads the store). Only
+    what is stored as a manifest, at most MAX_MANIFEST_BYTES, is ever read."""
     found: dict[str, int] = {}
     complete = True
     pending: list[tuple[str, str | None, int]] = [(digest, media_type, 0)]
@@ -163,6 +164,13 @@ def image_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: st
             parsed_digest = Digest.parse(key)
         except OCIError:
             complete = False
+            continue
+        size = blobs.size(parsed_digest)
+        if size is None:
+            complete = False
+            continue
+        if size > MAX_MANIFEST_BYTES or (depth and meta.manifest_type(key) is None):
+            found[key] = size  # not stored as a manifest (an index may name a layer as its child): never read
             continue
         body = blobs.read_bytes(parsed_digest)
         if body is None:
@@ -445,10 +453,21 @@ class CacheIndex:
             args.append(tag)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(args)
 
-    def repositories_blocking(self, upstream: str | None = None, name: str | None = None
-                              ) -> list[CachedRepository]:
+    def repositories_blocking(self, upstream: str | None = None, name: str | None = None,
+                              offset: int = 0, limit: int | None = None) -> list[CachedRepository]:
+        """The repositories (by name) from ``offset``, at most ``limit`` of them, with their tags."""
+        if not offset and limit is None:
+            images = self.images_blocking(upstream, name)
+        else:
+            where, args = self._filter(upstream, name, None)
+            names = [row[0] for row in self._query(f"SELECT DISTINCT name FROM tags{where} ORDER BY name "
+                                                   f"LIMIT ? OFFSET ?", (*args, -1 if limit is None else limit,
+                                                                         offset))]
+            images = []
+            for repository in names:
+                images += self.images_blocking(upstream, repository)
         repos: dict[str, CachedRepository] = {}
-        for image in self.images_blocking(upstream, name):
+        for image in images:
             repo = repos.get(image.name)
             if repo is None:
                 repo = repos[image.name] = CachedRepository(image.upstream, image.repo)
@@ -459,9 +478,16 @@ class CacheIndex:
             repo.size = int(row[0][0])
         return list(repos.values())
 
-    async def repositories(self, upstream: str | None = None, name: str | None = None) -> list[CachedRepository]:
-        """Cached repositories with their tags; shared content counted once per repository."""
-        return await asyncio.to_thread(self.repositories_blocking, upstream, name)
+    async def repositories(self, upstream: str | None = None, name: str | None = None, offset: int = 0,
+                           limit: int | None = None) -> list[CachedRepository]:
+        """Cached repositories with their tags (a page: from ``offset``, at most ``limit``); shared
+        content counted once per repository."""
+        return await asyncio.to_thread(self.repositories_blocking, upstream, name, offset, limit)
+
+    async def repository_count(self, upstream: str | None = None, name: str | None = None) -> int:
+        where, args = self._filter(upstream, name, None)
+        rows = await asyncio.to_thread(self._query, f"SELECT COUNT(DISTINCT name) FROM tags{where}", args)
+        return int(rows[0][0])
 
     async def public_names(self, after: str | None, limit: int | None) -> list[str]:
         """Names of cached repositories with a public tag, sorted, after ``after``, at most ``limit``."""
@@ -492,6 +518,12 @@ class CacheIndex:
             if (scope, tag) not in leaving:
                 return True
         return False
+
+    def incomplete_tags(self) -> list[tuple[str, str, str, str | None]]:
+        """(scope, tag, digest, media type) of the tags whose content was not all stored when they
+        were indexed: their content rows may lack what they reference (blocking)."""
+        return [tuple(row) for row in self._query(
+            "SELECT name, tag, digest, media_type FROM tags WHERE complete = 0", ())]
 
     def pending(self) -> Iterator[tuple[str, str]]:
         """What this process counted or marked and has not written yet (for tests and shutdown)."""

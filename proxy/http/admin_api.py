@@ -155,17 +155,17 @@ def token_json(token: TokenInfo, now: float) -> dict[str, Any]:
             "revoked_at": _time(token.revoked_at)}
 
 
-def _accounts(request: web.Request) -> Accounts:
+def accounts_of(request: web.Request) -> Accounts:
     return request.app[ACCOUNTS]  # type: ignore[return-value]
 
 
-async def _run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def run_in_database(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``fn`` in the database's threads (never on the event loop)."""
     return await request.app[DATABASE].run(lambda: fn(*args, **kwargs))
 
 
-async def _changed(request: web.Request) -> None:
-    """This process acts on its own change at once (other processes at their next poll)."""
+async def access_changed(request: web.Request) -> None:
+    """Access facts changed: this process acts on it at once (other processes at their next poll)."""
     await request.app[IDENTITY].changed()
 
 
@@ -173,7 +173,7 @@ async def _changed(request: web.Request) -> None:
 @_api
 async def list_users(request: web.Request) -> web.Response:
     await server_admin(request)
-    return _json([user_json(u) for u in await _run(request, _accounts(request).list_users)])
+    return _json([user_json(u) for u in await run_in_database(request, accounts_of(request).list_users)])
 
 
 @_api
@@ -182,15 +182,15 @@ async def add_user(request: web.Request) -> web.Response:
     body = await _body(request)
     name = _field(body, "name", str, what="the user's name, a string")
     admin = _field(body, "admin", bool, False, what="true or false")
-    user = await _run(request, _accounts(request).add_user, name, admin, actor=caller.user, remote=request.remote)
-    await _changed(request)
+    user = await run_in_database(request, accounts_of(request).add_user, name, admin, actor=caller.user, remote=request.remote)
+    await access_changed(request)
     return _json(user_json(user), status=201)
 
 
 @_api
 async def list_orgs(request: web.Request) -> web.Response:
     await server_admin(request)
-    return _json([org_json(o) for o in await _run(request, _accounts(request).list_orgs)])
+    return _json([org_json(o) for o in await run_in_database(request, accounts_of(request).list_orgs)])
 
 
 @_api
@@ -199,8 +199,8 @@ async def add_org(request: web.Request) -> web.Response:
     body = await _body(request)
     name = _field(body, "name", str, what="the organisation's name, a string")
     owner = _field(body, "owner", str, what="the name of the user who owns it, a string")
-    org = await _run(request, _accounts(request).add_org, name, owner, actor=caller.user, remote=request.remote)
-    await _changed(request)
+    org = await run_in_database(request, accounts_of(request).add_org, name, owner, actor=caller.user, remote=request.remote)
+    await access_changed(request)
     return _json(org_json(org), status=201)
 
 
@@ -210,8 +210,8 @@ async def set_member(request: web.Request) -> web.Response:
     body = await _body(request)
     role = _field(body, "role", str, "member", what="owner or member")
     org, user = request.match_info["org"], request.match_info["user"]
-    await _run(request, _accounts(request).add_member, org, user, role, actor=caller.user, remote=request.remote)
-    await _changed(request)
+    await run_in_database(request, accounts_of(request).add_member, org, user, role, actor=caller.user, remote=request.remote)
+    await access_changed(request)
     return _json({"org": org, "user": user, "role": role})
 
 
@@ -231,9 +231,9 @@ async def _create_token(request: web.Request, caller: Principal, user: str, *,
     if within is not None and not set(scopes) <= within:
         raise ApiError(403, f"the token in use lacks {', '.join(sorted(set(scopes) - within))}: a token "
                             f"cannot create one with more scopes than its own")
-    token, secret = await _run(request, _accounts(request).create_token, user, scopes, days, note,
+    token, secret = await run_in_database(request, accounts_of(request).create_token, user, scopes, days, note,
                                actor=caller.user, remote=request.remote, not_after=caller.expires_at)
-    await _changed(request)
+    await access_changed(request)
     now = token.created_at
     return _json({**token_json(token, now), "token": secret}, status=201)
 
@@ -242,13 +242,13 @@ async def _list_tokens(request: web.Request, user: str) -> web.Response:
     import time
 
     now = time.time()
-    return _json([token_json(t, now) for t in await _run(request, _accounts(request).list_tokens, user)])
+    return _json([token_json(t, now) for t in await run_in_database(request, accounts_of(request).list_tokens, user)])
 
 
 async def _revoke(request: web.Request, caller: Principal, owner: str | None) -> web.Response:
-    await _run(request, _accounts(request).revoke_token, _token_id(request), user=owner, actor=caller.user,
+    await run_in_database(request, accounts_of(request).revoke_token, _token_id(request), user=owner, actor=caller.user,
                remote=request.remote)
-    await _changed(request)
+    await access_changed(request)
     return web.Response(status=204)
 
 

@@ -17,7 +17,8 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 
-from proxy.http.keys import DATABASE, IDENTITY, PACKAGES
+from proxy.http.admin_api import access_changed
+from proxy.http.keys import DATABASE, PACKAGES
 from proxy.registry.access import VISIBILITIES, Action, Principal
 from proxy.registry.packages import PackageView, VersionView
 from proxy.web.errors import PageError
@@ -162,17 +163,12 @@ async def version(request: web.Request) -> web.Response:
 
 
 # the forms ------------------------------------------------------------------------------------------
-async def _changed(request: web.Request) -> None:
-    """Access facts changed: this process acts on it now (other workers follow the database revision)."""
-    await request.app[IDENTITY].changed()
-
-
 async def delete_version(request: web.Request) -> web.StreamResponse:
     await posted_form(request)
     viewer = await viewer_of(request)
     address = await _address(request)
     await request.app[PACKAGES].delete_version(viewer, *address, _version_id(request), remote=request.remote)
-    await _changed(request)
+    await access_changed(request)
     raise see_other(request, await _versions_path(request, viewer, address), "version_deleted")
 
 
@@ -181,7 +177,7 @@ async def restore_version(request: web.Request) -> web.StreamResponse:
     viewer = await viewer_of(request)
     address = await _address(request)
     await request.app[PACKAGES].restore_version(viewer, *address, _version_id(request), remote=request.remote)
-    await _changed(request)
+    await access_changed(request)
     raise see_other(request, await _versions_path(request, viewer, address), "version_restored")
 
 
@@ -198,7 +194,7 @@ async def set_visibility(request: web.Request) -> web.StreamResponse:
     if wanted not in VISIBILITIES:
         raise PageError(422, f"visibility must be one of {', '.join(VISIBILITIES)}.")
     change = await request.app[PACKAGES].set_visibility(viewer, *address, wanted, remote=request.remote)
-    await _changed(request)
+    await access_changed(request)
     raise see_other(request, package_path(change.package),
                     "visibility_not_public" if change.notice else "visibility_changed")
 

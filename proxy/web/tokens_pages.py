@@ -28,9 +28,9 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from proxy.http.keys import ACCOUNTS, DATABASE, IDENTITY
+from proxy.http import admin_api
 from proxy.registry.access import SCOPES, Principal
-from proxy.registry.accounts import AccountError, Accounts, NotFound, TokenInfo, parse_scopes
+from proxy.registry.accounts import AccountError, NotFound, TokenInfo, parse_scopes
 from proxy.web.errors import PageError
 from proxy.web.render import page, see_other
 from proxy.web.sessions import posted_form, viewer_of
@@ -63,18 +63,9 @@ async def signed_in_viewer(request: web.Request) -> Principal:
 
 
 # the accounts service, off the event loop ---------------------------------------------------
-def accounts_of(request: web.Request) -> Accounts:
-    return request.app[ACCOUNTS]  # type: ignore[return-value]
-
-
-async def run(request: web.Request, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn`` in the database's threads (never on the event loop)."""
-    return await request.app[DATABASE].run(lambda: fn(*args, **kwargs))
-
-
-async def changed(request: web.Request) -> None:
-    """This process acts on its own change at once (the others at their next poll)."""
-    await request.app[IDENTITY].changed()
+accounts_of = admin_api.accounts_of
+run = admin_api.run_in_database  # in the database's threads, never on the event loop
+changed = admin_api.access_changed  # this process acts on its own change at once
 
 
 def token_id(request: web.Request) -> int:

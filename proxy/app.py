@@ -160,6 +160,8 @@ def create_app(config: Config) -> web.Application:
             await asyncio.to_thread(cache_index.flush_blocking)
             cache_index.close()
     # ---------------------------------------------------------------------------------------------
+    # fleet scale (issue 12): wire new services here ----------------------------------------------
+    # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
         app[keys.METRICS_EXCHANGE] = exchange

@@ -126,6 +126,9 @@ async def blob(request: web.Request) -> web.StreamResponse:
     headers = _common_headers(request)
     headers.update({"Content-Type": result.media_type, "Docker-Content-Digest": str(digest),
                     "ETag": f'"{digest}"', "Accept-Ranges": "bytes"})
+    if result.redirect is not None and not head:
+        headers["Location"] = result.redirect
+        return web.Response(status=307, headers=headers)
     if result.path is not None:
         return await _send_file(request, result, headers)
     if head or result.segments is None:

@@ -57,6 +57,8 @@ class BlobResult:
     reading: Callable[[], ContextManager[None]] | None = None
     cache_status: str = "hit"
     media_type: str = "application/octet-stream"
+    # a GET is answered with a 307 to this URL (object storage's presigned URL: bytes bypass Wharf)
+    redirect: str | None = None
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/wharf
+RUN python3 -m venv /opt/wharf
 
 WORKDIR /src
 # README* is optional: pyproject.toml names README.md, copy it when it exists.

@@ -1,7 +1,7 @@
 """Write containerd's certs.d/<registry>/hosts.toml for every upstream on this node, then wait.
 
 The files are those ``wharf client-config containerd`` prints (proxy.clientconfig), for the
-upstreams in /etc/wharf-node/upstreams.json and Wharf at NODE_WHARF_HOST (host:port) or, when
+upstreams in upstreams.json beside this script and Wharf at NODE_WHARF_HOST (host:port) or, when
 that is empty, the Service address Kubernetes injects (<SERVICE>_SERVICE_HOST / _SERVICE_PORT).
 Each file is replaced atomically; on SIGTERM the files written are removed when CLEANUP is "true".
 """
@@ -16,7 +16,7 @@ from proxy.clientconfig import client_files
 from proxy.config import config_from_dict
 
 CERTS_D = "/etc/containerd/certs.d/"
-TARGET = Path("/host/certs.d")
+TARGET = Path(os.environ.get("HOSTS_DIR", "/host/certs.d"))  # the node's certs.d, mounted
 
 
 def wharf_host() -> str:
@@ -30,7 +30,7 @@ def wharf_host() -> str:
 
 
 def main() -> int:
-    upstreams = json.loads(Path("/etc/wharf-node/upstreams.json").read_text())
+    upstreams = json.loads(Path(__file__).with_name("upstreams.json").read_text())
     url = f"{os.environ['WHARF_SCHEME']}://{wharf_host()}"
     config = config_from_dict({"upstreams": upstreams, "public_url": url})
     written = []

@@ -179,7 +179,9 @@ turned into password_file (a mounted Secret key) or password_env (WHARF_UPSTREAM
 {{- end }}
 {{- $_ := set $storage "s3" $s3 }}
 {{- else }}
+{{- /* disk: Wharf's default, left out of the file (so does config/wharf.yaml) */}}
 {{- $_ := unset $storage "s3" }}
+{{- $_ := unset $storage "backend" }}
 {{- end }}
 {{- $_ := set $cfg "storage" $storage }}
 {{- if and $cfg.default_upstream (not (has (toString $cfg.default_upstream) $names)) }}

@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from support.images import make_image, push_image
 from support.servers import free_port
 
 pytestmark = pytest.mark.once  # the image, not the request paths
@@ -62,14 +64,19 @@ def docker():
 
 
 @pytest.fixture
-def container(docker):
+def container(docker, request):
     port = free_port()
+    upstream = request.getfixturevalue("registry_upstream") if "pulled" in request.node.name else None
     name = f"wharf-image-test-{port}"
     docker("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",
            "--health-interval", "1s", "--health-start-period", "1s",
            "-e", f"WHARF_LISTEN=127.0.0.1:{port}", "-e", "WHARF_DEFAULT_UPSTREAM=null",
+           "-e", f"WHARF_UPSTREAMS=[{{name: upstream.test, url: '{upstream or 'http://127.0.0.1:9'}'}}]",
            "--tmpfs", "/var/lib/wharf/data:uid=10001,gid=10001", IMAGE)
     try:
+        deadline = time.monotonic() + 60
+        while health(docker, name) != "healthy" and time.monotonic() < deadline:
+            time.sleep(0.5)
         yield name, port
     finally:
         docker("rm", "-f", name, check=False)
@@ -84,9 +91,6 @@ def health(docker, name: str) -> str:
 def test_the_image_runs_as_non_root_and_its_healthcheck_follows_the_listen_address(docker, container):
     name, port = container
     assert docker("inspect", "--format", "{{.Config.User}}", IMAGE) == "10001:10001"
-    deadline = time.monotonic() + 60
-    while health(docker, name) != "healthy" and time.monotonic() < deadline:
-        time.sleep(0.5)
     assert health(docker, name) == "healthy", docker("logs", name, check=False)
     try:  # the default config answers anonymous /v2/ with a token challenge, as registries do
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=10) as resp:
@@ -98,3 +102,40 @@ def test_the_image_runs_as_non_root_and_its_healthcheck_follows_the_listen_addre
     if status == 401:
         assert headers["WWW-Authenticate"].startswith("Bearer realm=")
     assert docker("exec", name, "id", "-u") == "10001"
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read()
+
+
+def anonymous_token(challenge: str, scope: str) -> str:
+    """The token flow a client runs after /v2/'s 401: GET the realm with service and scope."""
+    fields = dict(part.split("=", 1) for part in challenge.removeprefix("Bearer ").split(","))
+    fields = {k: v.strip('"') for k, v in fields.items()}
+    query = urllib.parse.urlencode({"service": fields.get("service", ""), "scope": scope})
+    status, _, body = get(f"{fields['realm']}?{query}")
+    assert status == 200, body
+    return json.loads(body)["token"]
+
+
+async def test_an_image_is_pulled_through_the_running_container(docker, container, registry_upstream):
+    name, port = container
+    image = make_image("container-image")
+    await push_image(registry_upstream, "team/app", image, "v1")
+    base = f"http://127.0.0.1:{port}/v2/upstream.test/team/app"
+    status, headers, _ = get(f"http://127.0.0.1:{port}/v2/")
+    headers_for = {}
+    if status == 401:
+        token = anonymous_token(headers["WWW-Authenticate"], "repository:upstream.test/team/app:pull")
+        headers_for = {"Authorization": f"Bearer {token}"}
+    status, headers, manifest = get(f"{base}/manifests/v1", {**headers_for, "Accept": image.media_type})
+    assert status == 200, manifest
+    assert manifest == image.manifest and headers["Docker-Content-Digest"] == image.digest
+    for blob in (image.config, *image.layers):
+        status, _, data = get(f"{base}/blobs/{blob.digest}", headers_for)
+        assert status == 200 and data == blob.data

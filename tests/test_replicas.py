@@ -126,10 +126,10 @@ async def test_sixty_cold_pulls_over_three_replicas_fetch_each_blob_once(registr
     served = [replicas.metric(i, "wharf_http_requests_total") for i in range(3)]
     assert all(count > 0 for count in served), f"nginx spread the pulls over every replica: {served}"
     blob_bytes = sum(len(data) for data in image.blobs.values())
-    upstream_bytes = replicas.cluster_metric("wharf_upstream_bytes")
+    upstream_bytes = replicas.cluster_metric("wharf_upstream_bytes_total")
     # every blob came from upstream once, cluster-wide; the manifest at most once per replica
     assert blob_bytes <= upstream_bytes <= blob_bytes + 3 * len(image.manifest), (upstream_bytes, blob_bytes)
-    blob_gets = replicas.cluster_metric("wharf_upstream_requests", method="GET")
+    blob_gets = replicas.cluster_metric("wharf_upstream_requests_total", method="GET")
     assert blob_gets <= len(image.blobs) + 3, blob_gets
 
 
@@ -227,10 +227,10 @@ async def test_redis_stopped_during_pulls_costs_no_5xx_and_single_flight_resumes
         assert time.monotonic() < deadline, "the replicas never used Redis again"
         await asyncio.sleep(0.2)
 
-    before = replicas.cluster_metric("wharf_upstream_bytes")
+    before = replicas.cluster_metric("wharf_upstream_bytes_total")
     await pulls_of("t3", 30)
     blob_bytes = sum(len(data) for data in images["t3"].blobs.values())
-    fetched = replicas.cluster_metric("wharf_upstream_bytes") - before
+    fetched = replicas.cluster_metric("wharf_upstream_bytes_total") - before
     assert blob_bytes <= fetched <= blob_bytes + 3 * len(images["t3"].manifest), (fetched, blob_bytes)
     assert not [s for c in clients for s in c.statuses if s >= 500]
     assert {s for c in clients for s in c.statuses} == {200}

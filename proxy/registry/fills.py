@@ -168,6 +168,13 @@ class Fill:
                         fd, opened_for = moved, self.writer
                         continue
                 if self.done.done() or progress.closed:
+                    if not trusted:  # what our file lacks is in the committed blob, once it verified
+                        await self._verified()
+                        moved = self._reopen(fd)
+                        if moved is not None:
+                            os.close(fd)
+                            fd, opened_for = moved, self.writer
+                            continue
                     break
                 if trusted or progress.written <= position and not getattr(progress, "superseded", False):
                     await progress.wait_for(position)

@@ -125,6 +125,23 @@ class Replicas:
         self.wharfs[index].process.wait()
         self.killed.append(index)
 
+    def fill_leader(self, digest: str) -> int | None:
+        """The replica holding the flock of ``digest``'s fill (read from ``/proc/locks``), or None."""
+        algorithm, hex_part = digest.split(":")
+        try:
+            inode = os.stat(self.root / "tmp" / f"fill-{algorithm}-{hex_part}.lock").st_ino
+        except FileNotFoundError:
+            return None
+        holders = set()
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+                holders.add(int(fields[4]))
+        for index, wharf in enumerate(self.wharfs):
+            if wharf.process.pid in holders and index not in self.killed:
+                return index
+        return None
+
     def temp_files(self) -> list[str]:
         return sorted(os.listdir(self.root / "tmp"))
 

@@ -313,7 +313,7 @@ class FillGroup:
                 announced = int(size_path.read_text() or "-1")
             except (FileNotFoundError, ValueError):
                 announced = None
-            if announced is not None:
+            if announced is not None and _has_bytes(temp_path):
                 fill.begin(progress, announced if announced >= 0 else None)
                 break
             lock = self._blobs.try_lock(lock_path)
@@ -377,6 +377,15 @@ class FillGroup:
             found.append({**about, "bytes": written,
                           "size": announced if announced is not None and announced >= 0 else None})
         return sorted(found, key=lambda fill: fill.get("started_at", 0))
+
+def _has_bytes(path: Path) -> bool:
+    """Whether the leader's file holds body bytes: only then do followers begin, for by then the
+    leader has recorded who may see the blob (a follower that began sooner would ask upstream)."""
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
+
 
 def _publish(path: Path, about: dict) -> int | None:
     """Write ``about`` to ``path`` and hold a flock on it while the fill runs (the fd holds it):

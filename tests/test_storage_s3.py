@@ -144,3 +144,20 @@ async def test_a_blob_above_part_size_is_uploaded_in_parts(make_wharf, registry_
     assert stored["ETag"].strip('"').endswith("-2")  # S3's mark of a two-part upload
     assert bucket.read(layer.digest) == layer.data
     assert bucket.uploads_in_progress() == []
+
+
+async def test_a_blob_evicted_from_the_store_leaves_the_bucket(make_wharf, registry_upstream, repo_name, bucket,
+                                                              tmp_path):
+    old = await _pushed(registry_upstream, f"{repo_name}-old", sizes=(8192,))
+    new = await _pushed(registry_upstream, f"{repo_name}-new", sizes=(8192,))
+    wharf = await make_wharf(registry_upstream, storage={**_storage(tmp_path / "one", **bucket.s3_config()),
+                                                         "max_cache_bytes": 12000})
+    upstream = wharf.upstream_name(registry_upstream)
+    evicted, kept = old.layers[0], new.layers[0]
+    assert await (await wharf.client.get(f"/v2/{upstream}/{repo_name}-old/blobs/{evicted.digest}")).read() \
+        == evicted.data
+    await bucket.wait_for(evicted.digest)
+    assert await (await wharf.client.get(f"/v2/{upstream}/{repo_name}-new/blobs/{kept.digest}")).read() == kept.data
+    await bucket.wait_for(kept.digest)  # the older blob went to make room: locally and in the bucket
+    await bucket.wait_gone(evicted.digest)
+    assert bucket.read(kept.digest) == kept.data

@@ -84,6 +84,15 @@ class Bucket:
             await asyncio.sleep(0.05)
         raise AssertionError(f"{digest} never reached the bucket")
 
+    async def wait_gone(self, digest: str, timeout: float = 15) -> None:
+        """Return once the object is no longer in the bucket (deleted through in the background)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self.head, digest) is None:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{digest} is still in the bucket")
+
     def uploads_in_progress(self) -> list:
         return self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
 

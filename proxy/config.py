@@ -153,7 +153,7 @@ class S3Config(_Frozen):
 
     bucket: str = ""
     prefix: str = ""                      # keys are <prefix>blobs/<algorithm>/<hex>
-    endpoint_url: str | None = None       # MinIO, Ceph RGW, moto; unset: AWS S3 of ``region``
+    endpoint_url: str | None = Field(default=None, repr=False)  # MinIO, Ceph RGW, moto; unset: AWS S3 of region
     region: str = "us-east-1"
     access_key_id_file: Path | None = None
     secret_access_key_file: Path | None = None

@@ -161,3 +161,22 @@ async def test_a_blob_evicted_from_the_store_leaves_the_bucket(make_wharf, regis
     await bucket.wait_for(kept.digest)  # the older blob went to make room: locally and in the bucket
     await bucket.wait_gone(evicted.digest)
     assert bucket.read(kept.digest) == kept.data
+
+
+def test_s3_settings_are_validated_and_keys_never_shown(tmp_path):
+    from proxy.config import ConfigError, config_from_dict
+    from proxy.config_commands import masked
+
+    key_id, secret = tmp_path / "id", tmp_path / "secret"
+    key_id.write_text("AKIA-TEST-ID\n")
+    secret.write_text("very-secret-key\n")
+    with pytest.raises(ConfigError, match="bucket is required"):
+        config_from_dict({"storage": {"backend": "s3"}})
+    with pytest.raises(ConfigError, match="secret_access_key_file"):
+        config_from_dict({"storage": {"backend": "s3", "s3": {"bucket": "b", "access_key_id_file": str(key_id)}}})
+    config = config_from_dict({"storage": {"backend": "s3", "s3": {
+        "bucket": "b", "endpoint_url": "http://user:pw@127.0.0.1:9000",
+        "access_key_id_file": str(key_id), "secret_access_key_file": str(secret)}}})
+    assert config.storage.s3.secret_access_key == "very-secret-key"
+    shown = repr(config) + str(masked(config))
+    assert "very-secret-key" not in shown and "AKIA-TEST-ID" not in shown and ":pw@" not in shown

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write a synthetic Wharf store of many small cached blobs, for the big-store benchmark (issue 12).
+"""Write a synthetic Wharf store of many small cached blobs (1 KiB), for the big-store benchmark (issue 12).
 
     python scripts/make_big_store.py STORE_ROOT                       # 1,000,000 blobs, 200,000 manifests, 100,000 tags
     python scripts/make_big_store.py STORE_ROOT --blobs 100000 --manifests 20000 --tags 10000
@@ -36,8 +36,11 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 
 
+BLOB_SIZE = 1024  # near a manifest's size, so 10 % of the bytes is 10 % of the files
+
+
 def blob_bytes(index: int) -> bytes:
-    return b"wharf big-store blob %d\n" % index
+    return (b"wharf big-store blob %d\n" % index).ljust(BLOB_SIZE, b".")
 
 
 def _digest(data: bytes) -> str:

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 from support.wharf_serve import WharfProcess, start_wharf
 
@@ -108,8 +107,17 @@ async def _lag_while(session: aiohttp.ClientSession, url: str, done) -> dict:
 
 
 def _rss_mib(wharf: WharfProcess) -> float:
-    process = psutil.Process(wharf.process.pid)
-    total = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+    """RSS of the server and its children (from /proc: the harness needs no psutil here)."""
+    pids, total = [wharf.process.pid], 0
+    while pids:
+        pid = pids.pop()
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                pids.extend(int(c) for c in children.read_text().split())
+        except OSError:
+            continue
+        total += int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
     return round(total / 2**20, 1)
 
 
@@ -158,6 +166,8 @@ async def measure(root: Path, work: Path, summary: dict, rounds: int) -> dict:
                 return "gc: {" in wharf.output()
 
             figures["gc"] = await _lag_while(session, wharf.url, collected)
+            report = re.search(r"gc: (\{.*\})", wharf.output())
+            figures["gc"]["pass_s"] = float(re.search(r"'seconds': ([\d.]+)", report.group(1)).group(1))
             figures["rss_mib_after_gc"] = _rss_mib(wharf)
         finally:
             wharf.stop()

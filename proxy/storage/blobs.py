@@ -285,11 +285,12 @@ class BlobStore:
 
     def flush_access_times(self) -> None:
         """Write remembered access times to the index and the files' mtimes (the LRU order survives
-        restarts and a rebuild of the index)."""
-        pending, self._last_access = self._last_access, {}
+        restarts and a rebuild of the index). Blocking: call it in a worker thread."""
+        remembered, self._last_access = self._last_access, {}
+        pending = list(remembered.items())  # one C-level copy: a pull on the loop may still add to it
         if pending:
-            self.index.touch(pending.items())
-        for key, when in pending.items():
+            self.index.touch(pending)
+        for key, when in pending:
             algorithm, _, hex_part = key.partition(":")
             try:
                 os.utime(self.blob_dir / algorithm / hex_part, (when, when))

@@ -47,7 +47,7 @@ def generate(root: Path, blobs: int, manifests: int, tags: int) -> dict:
         summary = json.loads(summary_path.read_text())
         if (summary["blobs"], summary["manifests"], summary["tags"]) == (blobs, manifests, tags):
             return summary
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)  # another shape, or a store a run changed: anew
     subprocess.run([sys.executable, str(PROJECT / "scripts" / "make_big_store.py"), str(root), "--blobs", str(blobs),
                     "--manifests", str(manifests), "--tags", str(tags), "--upstream", UPSTREAM], check=True,
                    stdout=subprocess.DEVNULL)
@@ -59,7 +59,7 @@ def _config(root: Path, port: int, budget: int, gc_seconds: float = 0) -> dict:
             "storage": {"root": str(root), "max_cache_bytes": budget, "min_free_bytes": 0},
             "upstreams": [{"name": UPSTREAM, "url": "http://127.0.0.1:9", "tag_ttl": 3600}],
             "gc": {"interval_seconds": gc_seconds},
-            "log": {"level": "info"}}
+            "log": {"level": "info", "access_log": False}}
 
 
 def _start(root: Path, work: Path, budget: int, gc_seconds: float = 0) -> tuple[WharfProcess, float]:

@@ -7,7 +7,8 @@ then runs ``wharf serve`` (one worker) on it and on a small store of the same sh
 - hit latency p50/p99 of a manifest GET by digest and a blob GET by digest (sequential, one client);
 - eviction of 10 % of the store (a budget 1 byte under the store's cached bytes, so the start-up
   finds it over and evicts down to 90 %), and a gc pass (every blob is cached: gc sweeps the whole index);
-- the event loop's lag during each, from a client: ``/healthz`` every 10 ms, the worst answer time;
+- the event loop's lag during each, from a client: ``/healthz`` every 10 ms, the worst answer time
+  (and the server's own probe, ``wharf_event_loop_lag_max_seconds``: the worst of the last 60 s);
 - RSS of the server after the hits, and after eviction and gc.
 Prints one JSON document and writes it to ``results/bigstore.json`` (``--out``).
 """
@@ -101,9 +102,11 @@ async def _lag_while(session: aiohttp.ClientSession, url: str, done) -> dict:
         if time.monotonic() - started > 1800:
             break
     times.sort()
+    server_max = await _metric(session, url, "wharf_event_loop_lag_max_seconds")  # its own probe, last 60 s
     return {"seconds": round(time.monotonic() - started, 2), "pings": len(times),
             "max_ms": round(times[-1] * 1000, 1) if times else None,
-            "p99_ms": round(times[int(len(times) * 0.99)] * 1000, 1) if times else None}
+            "p99_ms": round(times[int(len(times) * 0.99)] * 1000, 1) if times else None,
+            "server_lag_max_ms_last_60s": round(server_max * 1000, 1)}
 
 
 def _rss_mib(wharf: WharfProcess) -> float:

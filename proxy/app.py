@@ -215,7 +215,8 @@ def create_app(config: Config) -> web.Application:
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared,
                                                        offline=config.is_offline(upstream_config.name))
-        periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
+        periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, lambda: asyncio.to_thread(
+                        blobs.flush_access_times))),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),
                     asyncio.ensure_future(watch_loop_lag(metrics)),
                     asyncio.ensure_future(_periodic(TMP_GRACE_SECONDS, lambda: asyncio.to_thread(

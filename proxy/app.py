@@ -41,6 +41,7 @@ from proxy.storage.budget import Budget
 from proxy.storage.cache_index import FLUSH_SECONDS as INDEX_FLUSH_SECONDS, CacheIndex
 from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
+from proxy.storage.objects import BlobTier, ObjectStore
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
 from proxy.storage.uploads import UploadStore
@@ -161,6 +162,37 @@ def create_app(config: Config) -> web.Application:
             cache_index.close()
     # ---------------------------------------------------------------------------------------------
     # fleet scale (issue 12): wire new services here ----------------------------------------------
+    if config.storage.backend == "s3":
+        # the bucket is a tier under the local store: written through, read through, deleted through
+        objects = ObjectStore(config.storage.s3)
+        tier = BlobTier(objects, tasks.spawn, blobs.path, lambda digest: meta.visibility(str(digest)).public)
+        counted = blobs.on_added  # the budget's hook stays: wrapped, not replaced
+
+        def added_through(digest, size) -> None:
+            counted(digest, size)
+            tier.added(digest, size)
+
+        remove_locally = blobs.remove  # the one place eviction, gc and deletes leave the store
+
+        def remove_through(digest) -> int:
+            freed = remove_locally(digest)
+            if freed:
+                tier.removed(digest)
+            return freed
+
+        blobs.on_added, blobs.remove = added_through, remove_through
+        pullthrough.blob_cache.objects = objects
+
+        async def objects_lifecycle(app: web.Application) -> AsyncIterator[None]:
+            await objects.open()
+            tier.start()
+            try:
+                yield
+            finally:
+                await tasks.close()  # uploads in flight are cancelled (a multipart one aborted) before the client closes
+                await objects.close()
+
+        app.cleanup_ctx.append(objects_lifecycle)
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:
@@ -183,7 +215,8 @@ def create_app(config: Config) -> web.Application:
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared,
                                                        offline=config.is_offline(upstream_config.name))
-        periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, blobs.flush_access_times)),
+        periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, lambda: asyncio.to_thread(
+                        blobs.flush_access_times))),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),
                     asyncio.ensure_future(watch_loop_lag(metrics)),
                     asyncio.ensure_future(_periodic(TMP_GRACE_SECONDS, lambda: asyncio.to_thread(

@@ -143,15 +143,77 @@ class UpstreamConfig(_Frozen):
         return self.username is not None and self.password is not None
 
 
+class S3Config(_Frozen):
+    """Where blob bytes live in S3-compatible object storage (AWS S3, MinIO, Ceph RGW).
+
+    Credentials come from ``access_key_id_file`` and ``secret_access_key_file`` (read here, at
+    load time; never logged nor printed by ``wharf config check``), else from the usual AWS chain
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``~/.aws/credentials``, instance roles).
+    """
+
+    bucket: str = ""
+    prefix: str = ""                      # keys are <prefix>blobs/<algorithm>/<hex>
+    endpoint_url: str | None = Field(default=None, repr=False)  # MinIO, Ceph RGW, moto; unset: AWS S3 of region
+    region: str = "us-east-1"
+    access_key_id_file: Path | None = None
+    secret_access_key_file: Path | None = None
+    redirect: bool = False                # blob GETs answered 307 to a presigned URL: bytes bypass Wharf
+    presign_seconds: int = Field(default=600, ge=1, le=7 * 86400)
+    part_size: int = Field(default=64 * 2**20, ge=5 * 2**20, le=5 * 2**30)  # multipart above this size
+    # the keys read from the files above: kept out of repr and of every dump
+    access_key_id: str | None = Field(default=None, repr=False, exclude=True)
+    secret_access_key: str | None = Field(default=None, repr=False, exclude=True)
+
+    @field_validator("part_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        return f"{value}/" if value else ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_keys(cls, data: Any) -> Any:
+        """Read the key files once; naming one without the other is an error."""
+        if not isinstance(data, dict):
+            return data
+        id_file, secret_file = data.get("access_key_id_file"), data.get("secret_access_key_file")
+        if (id_file is None) != (secret_file is None):
+            raise ValueError("set both access_key_id_file and secret_access_key_file, or neither")
+        if id_file is None:
+            return data
+        data = dict(data)
+        for name, path in (("access_key_id", id_file), ("secret_access_key", secret_file)):
+            try:
+                data[name] = Path(path).read_text().strip()
+            except OSError as error:
+                raise ValueError(f"cannot read {path}: {error.strerror}") from None
+        return data
+
+
 class StorageConfig(_Frozen):
     root: Path = Path("./data")
     max_cache_bytes: int = Field(default=50 * 2**30, ge=0)
     min_free_bytes: int = Field(default=64 * 2**20, ge=0)  # new content is refused (507) below this much free
+    # disk: blobs on storage.root only; s3: storage.root keeps metadata and a local copy of the blobs,
+    # the bucket keeps every blob (written through, read through on a local miss, deleted through)
+    backend: Literal["disk", "s3"] = "disk"
+    s3: S3Config = S3Config()
 
     @field_validator("max_cache_bytes", "min_free_bytes", mode="before")
     @classmethod
     def _size(cls, value: Any) -> int:
         return parse_size(value)
+
+    @model_validator(mode="after")
+    def _bucket_named(self) -> "StorageConfig":
+        if self.backend == "s3" and not self.s3.bucket:
+            raise ValueError("storage.s3.bucket is required when storage.backend is s3")
+        return self
 
 
 class RedisConfig(_Frozen):

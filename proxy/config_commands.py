@@ -85,6 +85,7 @@ def masked(config: Config) -> dict[str, Any]:
     data["public_url"] = mask_url(data["public_url"])
     data["database"]["url"] = mask_url(data["database"]["url"])
     data["redis"]["url"] = mask_url(data["redis"]["url"])
+    data["storage"]["s3"]["endpoint_url"] = mask_url(data["storage"]["s3"]["endpoint_url"])
     return data
 
 

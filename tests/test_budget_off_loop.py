@@ -1,10 +1,10 @@
-"""The cache budget's store-wide work runs off the event loop: eviction and the start-up count.
+"""The cache budget's store-wide work runs off the event loop: eviction and the start-up build.
 
-A slow store is stood in for by a blob listing that blocks until the test lets it go (with a
-time limit, so the test ends either way). Without the fix the listing runs on the event loop,
-nothing else is answered until the time limit passes, and the tests fail on what they assert:
-that the fill's answer and ``/healthz`` came while the listing was still held, and that the
-listing ran in another thread.
+A slow store is stood in for by a blob listing (or, for eviction, the blob index's query of the
+oldest blobs) that blocks until the test lets it go (with a time limit, so the test ends either
+way). Run on the event loop, nothing else is answered until the time limit passes, and the tests
+fail on what they assert: that the fill's answer and ``/healthz`` came while the call was still
+held, and that it ran in another thread. Eviction never lists the store at all.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import threading
 
 from proxy.app import BLOBS, BUDGET
+from proxy.storage.blob_index import BlobIndex
 from proxy.storage.blobs import BlobStore
 
 REPO = "team/app"
@@ -34,7 +35,7 @@ class HeldListing:
         self._lock = threading.Lock()
         self.started = threading.Event()
 
-    def __call__(self, store: BlobStore):
+    def __call__(self, store, *args, **kwargs):
         with self._lock:
             self.threads.append(threading.current_thread())
             self.running += 1
@@ -42,13 +43,23 @@ class HeldListing:
         self.started.set()
         try:
             self.released_in_time.append(self._release.wait(_HOLD_LIMIT))
-            yield from self._original(store)
+            yield from self._original(store, *args, **kwargs)
         finally:
             with self._lock:
                 self.running -= 1
 
     def release(self) -> None:
         self._release.set()
+
+
+class HeldQuery(HeldListing):
+    """Replaces ``BlobIndex.oldest``: each query waits for ``release()`` (or the time limit)."""
+
+    def __init__(self, original) -> None:
+        super().__init__(lambda index, *args, **kwargs: iter(original(index, *args, **kwargs)))
+
+    def __call__(self, index, *args, **kwargs):
+        return list(super().__call__(index, *args, **kwargs))
 
 
 async def _eventually(condition, seconds: float = 10.0) -> bool:
@@ -70,15 +81,17 @@ async def test_an_eviction_runs_in_a_worker_thread_and_the_fill_does_not_wait_fo
     assert await _eventually(wharf.app[BUDGET].counted.is_set)  # the count at start is done
     await (await wharf.client.get(f"/v2/{name}/blobs/{old}")).read()
 
-    held = HeldListing(BlobStore.iter_blobs)
-    monkeypatch.setattr(BlobStore, "iter_blobs", lambda store: held(store))
+    listing = HeldListing(BlobStore.iter_blobs)
+    monkeypatch.setattr(BlobStore, "iter_blobs", lambda store: listing(store))
+    held = HeldQuery(BlobIndex.oldest)
+    monkeypatch.setattr(BlobIndex, "oldest", lambda index, *args, **kwargs: held(index, *args, **kwargs))
     resp = await wharf.client.get(f"/v2/{name}/blobs/{new}")  # 120 kB > 100 kB: an eviction starts
     assert resp.status == 200 and len(await resp.read()) == 60_000
     assert (await wharf.client.get("/healthz")).status == 200
     await (await wharf.client.get(f"/v2/{name}/blobs/{newer}")).read()  # over again: no second eviction now
     resp = await wharf.client.get(f"/v2/{name}/blobs/{old}")
     assert resp.status == 200 and len(await resp.read()) == 60_000, "cached content is served meanwhile"
-    assert held.started.is_set() and held.running == 1, "the eviction is still listing the store"
+    assert held.started.is_set() and held.running == 1, "the eviction is still reading the index"
     held.release()
     assert await _eventually(lambda: wharf.app[BUDGET].wait_idle(0))
 
@@ -86,16 +99,17 @@ async def test_an_eviction_runs_in_a_worker_thread_and_the_fill_does_not_wait_fo
         "the listing held the event loop: nothing was answered until its time limit"
     assert threading.current_thread() not in held.threads, "the store was listed on the event loop's thread"
     assert held.most_at_once == 1, "two evictions ran at once in one process"
+    assert not listing.started.is_set(), "the eviction listed the store"
     stored = sum(f.stat().st_size for f in (blobs.blob_dir / "sha256").iterdir())
     assert stored <= 90_000, f"{stored} bytes are stored after the eviction"
 
 
-async def test_the_count_at_start_runs_off_the_loop(make_wharf, fake_upstream, tmp_path, monkeypatch):
+async def test_the_index_is_built_at_start_off_the_loop(make_wharf, fake_upstream, tmp_path, monkeypatch):
     root = tmp_path / "store"
     data = os.urandom(50_000)
     blob = root / "blobs" / "sha256" / hashlib.sha256(data).hexdigest()
     blob.parent.mkdir(parents=True)
-    blob.write_bytes(data)  # on disk, not yet counted in the metadata
+    blob.write_bytes(data)  # on disk, not yet in the blob index (there is none)
     held = HeldListing(BlobStore.iter_blobs)
     monkeypatch.setattr(BlobStore, "iter_blobs", lambda store: held(store))
     fake = await fake_upstream()
@@ -105,7 +119,7 @@ async def test_the_count_at_start_runs_off_the_loop(make_wharf, fake_upstream, t
     held.release()
     budget = wharf.app[BUDGET]
     assert await _eventually(lambda: budget.cached_bytes == 50_000), budget.cached_bytes
-    assert held.released_in_time == [True], "the count at start held the event loop until its time limit"
+    assert held.released_in_time == [True], "the build at start held the event loop until its time limit"
     assert threading.current_thread() not in held.threads
     text = await (await wharf.client.get("/metrics")).text()
     assert 'wharf_store_bytes{kind="cached"} 50000.0' in text

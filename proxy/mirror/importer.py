@@ -185,7 +185,7 @@ class _Intake:
         if self._meta.keep(digest, self.holder) and not self._meta.is_pushed(digest):
             size = self._blobs.size(Digest.parse(digest))
             if size is not None:
-                self._budget.kept(size)
+                self._budget.kept(size, digest)
 
     def _chunks(self, entry: bundle.Entry):
         for chunk in entry.chunks():

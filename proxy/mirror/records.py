@@ -152,7 +152,7 @@ class MirrorRecords:
             if self._meta.keep(digest, holder) and not self._meta.is_pushed(digest):
                 size = self._blobs.size(Digest.parse(digest))
                 if size is not None:
-                    self._budget.kept(size)
+                    self._budget.kept(size, digest)
 
     def release(self, holder: str, digests: set[str]) -> None:
         """``holder`` no longer keeps ``digests`` (they left its list): evictable unless kept by another."""
@@ -160,7 +160,7 @@ class MirrorRecords:
             if self._meta.release(digest, holder) and not self._meta.is_pushed(digest):
                 size = self._blobs.size(Digest.parse(digest))
                 if size is not None:
-                    self._budget.released(size)
+                    self._budget.released(size, digest)
 
     def _record(self, holder: str, image: MirroredImage) -> None:
         self._meta.set_document(f"mirror-image:{holder}:{image.name}", image.as_dict())

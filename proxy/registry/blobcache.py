@@ -9,7 +9,13 @@ Rules:
 - who may see a blob is granted as its fill begins, for the followers, and withdrawn if its
   bytes never arrive;
 - a 404 is remembered per credential (the negative cache of ``UpstreamAccess``), unless a fill
-  of the digest is running.
+  of the digest is running;
+- with object storage (``storage.backend: s3``), a local miss asks the bucket before upstream: an
+  object there is brought in by the same fill machinery (followers stream it, its digest is
+  verified), and a public one is served without asking upstream; a bucket that fails to answer
+  is skipped (upstream is asked), never a 500;
+- with ``redirect: true``, a GET of a blob the bucket holds is a 307 to a presigned URL, only
+  once the client is authorized (a HEAD is answered here).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
 from proxy.storage.hashing import ThreadedHasher
 from proxy.storage.meta import MetaStore
+from proxy.storage.objects import ObjectStore, StoredObject
 from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
 
@@ -47,6 +54,7 @@ class BlobCache:
         self._access = access
         self._decisions = decisions
         self.fills = FillGroup(tasks, blobs)
+        self.objects: ObjectStore | None = None  # the bucket under the store (app.py attaches it)
 
     async def blob(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
                    head: bool) -> BlobResult:
@@ -54,8 +62,16 @@ class BlobCache:
         if size is not None:
             await self._access.authorize(upstream, target, digest, client, blob=True)
             self._decisions.count("blob", "hit")
+            if not head and self.objects is not None and self.objects.redirect:
+                redirected = await self._redirect(digest, size)
+                if redirected is not None:
+                    return redirected
             return BlobResult(digest, size, path=self._blobs.path(digest),
                               reading=lambda: self._blobs.reading(digest), cache_status="hit")
+        if self.objects is not None and self.fills.get(digest) is None:
+            stored = await self._in_bucket(digest)
+            if stored is not None:
+                return await self._from_bucket(upstream, target, digest, client, head, stored)
         credential, public = self._access.effective(upstream, client)
         if self.fills.get(digest) is None and await self._access.known_missing(upstream, target, str(digest), client):
             self._decisions.count("blob", "negative")
@@ -85,6 +101,58 @@ class BlobCache:
         if head:
             return BlobResult(digest, fill.size, cache_status=status)
         return BlobResult(digest, fill.size, segments=fill.segments, cache_status=status)
+
+    async def _in_bucket(self, digest: Digest) -> StoredObject | None:
+        try:
+            return await self.objects.head(digest)
+        except Unavailable:
+            return None  # the bucket is down: upstream is asked as if it had no copy
+
+    async def _redirect(self, digest: Digest, size: int) -> BlobResult | None:
+        """A 307 to the bucket for a blob it holds; None (serve it here) when it does not or is down."""
+        if await self._in_bucket(digest) is None:
+            return None
+        return BlobResult(digest, size, redirect=await self.objects.presign(digest), cache_status="hit")
+
+    async def _from_bucket(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
+                           head: bool, stored: StoredObject) -> BlobResult:
+        """Serve a blob the bucket holds: public ones without asking upstream, others once upstream
+        confirms the client may see it; a GET fills the local store from the bucket."""
+        if stored.public:
+            self._meta.grant(str(digest), target.scope, True)
+        await self._access.authorize(upstream, target, digest, client, blob=True)
+        self._decisions.count("blob", "hit")
+        if head:
+            return BlobResult(digest, stored.size, cache_status="hit")
+        if self.objects.redirect:
+            return BlobResult(digest, stored.size, redirect=await self.objects.presign(digest), cache_status="hit")
+        fill = self.fills.get(digest)  # no await between looking and starting: the single flight
+        if fill is None:
+            fill = self.fills.start(digest, lambda f, temp, size_file: self._run_bucket_fill(f, temp, size_file,
+                                                                                              stored.size),
+                                    self._cache.fill_timeout, about={"upstream": upstream.name,
+                                                                     "repository": target.repo, "public": stored.public,
+                                                                     "source": "object storage"})
+        await asyncio.shield(fill.started)
+        return BlobResult(digest, fill.size, segments=fill.segments, cache_status="hit")
+
+    async def _run_bucket_fill(self, fill: Fill, temp_path: Path, size_path: Path, size: int) -> None:
+        """Copy one blob from the bucket into the store, verified as an upstream fill is."""
+        writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
+                                        max_size=size, expected_size=size)
+        try:
+            hasher = ThreadedHasher(fill.digest.algorithm)
+            size_path.write_text(str(size))
+            fill.begin(writer, size)
+            async for chunk in self.objects.stream(fill.digest):
+                writer.write(chunk)
+                await hasher.update(chunk)
+            path = writer.commit(fill.digest, size, actual=await hasher.digest())
+        except BaseException:
+            if not writer.closed:
+                writer.abort()
+            raise
+        fill.finish(path)
 
     async def _head_upstream(self, upstream: Upstream, target: Target, digest: Digest,
                              client: Client) -> BlobResult:

@@ -9,6 +9,10 @@ Rules:
   every client before the fill completes;
 - the blob enters the store only after its digest and size verify; if verification fails,
   every reader gets ``FillFailed`` and the handler aborts the connection instead of finishing it;
+- a leader that dies mid-fill (killed, its host gone) frees its flock: the first follower to take
+  the lock leads from then on (takeover). It downloads afresh into a new temporary file at the same
+  name; readers finish what the dead leader's file holds, then go on in the new one, so they never
+  see an error for it. The new leader's download is verified like any other before commit;
 - the leader writes what the fill is for (upstream, repository, whether it was asked without a
   client's credential) next to its temporary file, so every worker of the store can list the
   fills in flight with their progress (``in_flight``).
@@ -41,7 +45,16 @@ class FillFailed(Exception):
 
 
 class RemoteProgress(Growth):
-    """How far another process's fill has written, learned by watching its temporary file."""
+    """How far another process's fill has written, learned by watching its temporary file.
+
+    ``inode`` is the file it describes; ``superseded`` says another leader took the fill over (a
+    new file), which wakes its waiters without pretending the fill ended.
+    """
+
+    def __init__(self, temp_path: Path) -> None:
+        super().__init__(temp_path)
+        self.inode: int | None = None
+        self.superseded = False
 
     def advance(self, size: int) -> None:
         if size > self.written:
@@ -51,6 +64,14 @@ class RemoteProgress(Growth):
     def close(self) -> None:
         self.closed = True
         self._notify()
+
+    def supersede(self) -> None:
+        self.superseded = True
+        self._notify()
+
+    async def wait_for(self, offset: int) -> None:
+        while self.written <= offset and not self.closed and not self.superseded:
+            await self._grown.wait()
 
 
 class Fill:
@@ -117,18 +138,21 @@ class Fill:
                 os.close(fd)
             return
         progress = self.writer
+        opened_for = progress  # the writer whose file ``fd`` is; a takeover brings another
         try:
             position = start
             first = True
             while end is None or position < end:
-                available = progress.written - position
+                progress = self.writer
+                trusted = progress is opened_for and not isinstance(progress, RemoteProgress)
+                available = progress.written - position if trusted else self._held(fd, position)
                 if available > 0 and not first and available < batch and not progress.closed \
                         and (end is None or position + available < end):
                     try:
                         await asyncio.wait_for(progress.wait_for(position + batch - 1), _BATCH_WAIT)
                     except asyncio.TimeoutError:
                         pass
-                    available = progress.written - position
+                    available = progress.written - position if trusted else self._held(fd, position)
                 if available > 0:
                     count = available if end is None else min(available, end - position)
                     if end is not None and position + count >= end:
@@ -137,12 +161,48 @@ class Fill:
                     position += count
                     first = False
                     continue
+                if not trusted:
+                    moved = self._reopen(fd)
+                    if moved is not None:  # our file was replaced (takeover) or committed: read on in the new one
+                        os.close(fd)
+                        fd, opened_for = moved, self.writer
+                        continue
                 if self.done.done() or progress.closed:
+                    if not trusted:  # what our file lacks is in the committed blob, once it verified
+                        await self._verified()
+                        moved = self._reopen(fd)
+                        if moved is not None:
+                            os.close(fd)
+                            fd, opened_for = moved, self.writer
+                            continue
                     break
-                await progress.wait_for(position)
+                if trusted or progress.written <= position and not getattr(progress, "superseded", False):
+                    await progress.wait_for(position)
+                else:
+                    await asyncio.sleep(_POLL)  # the file lags what the fill reports, or changes hands
             await self._verified()  # never report success before the digest verified
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _held(fd: int, position: int) -> int:
+        """Bytes after ``position`` in ``fd``'s file, when another process writes it (or wrote it and
+        died): the file itself says, and its bytes are the blob's whichever leader wrote them."""
+        return os.fstat(fd).st_size - position
+
+    def _reopen(self, fd: int) -> int | None:
+        """A descriptor of the fill's current file when it is not ``fd``'s (None: it is, or there is none)."""
+        current = self._complete_path() or getattr(self.writer, "temp_path", None)
+        if current is None:
+            return None
+        try:
+            new = os.open(current, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        if os.fstat(new).st_ino == os.fstat(fd).st_ino:
+            os.close(new)
+            return None
+        return new
 
     async def _verified(self) -> None:
         """Wait for the fill's verdict; raise FillFailed unless its content verified."""
@@ -179,13 +239,16 @@ class FillGroup:
         lock = self._blobs.try_lock(lock_path)
         about_path = temp_path.with_suffix(_ABOUT)
 
-        async def lead() -> None:
+        async def lead(lock: int) -> None:
             about_fd = None
             try:
                 final = self._blobs.path(digest)
                 if final.exists():  # another worker finished it between our look and our lock
                     fill.finish(final)
                     return
+                # a dead leader's file: its readers keep their descriptors, ours is a new file
+                temp_path.unlink(missing_ok=True)
+                size_path.unlink(missing_ok=True)
                 if about is not None:
                     about_fd = _publish(about_path, {**about, "digest": key, "started_at": time.time()})
                 await run(fill, temp_path, size_path)
@@ -197,7 +260,7 @@ class FillGroup:
                 lock_path.unlink(missing_ok=True)  # before unlocking: a newcomer makes a fresh one
                 self._blobs.unlock(lock)
 
-        work = lead() if lock is not None else self._follow(fill, temp_path, size_path, lock_path)
+        work = lead(lock) if lock is not None else self._follow(fill, temp_path, size_path, lock_path, lead)
         began = time.perf_counter()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("fill of %s started (%s)", digest, "leading" if lock is not None else "following another worker",
@@ -236,8 +299,10 @@ class FillGroup:
                          "bytes": getattr(fill.writer, "written", None),
                          "duration_ms": round((time.perf_counter() - began) * 1000, 3)})
 
-    async def _follow(self, fill: Fill, temp_path: Path, size_path: Path, lock_path: Path) -> None:
-        """Follow another process's fill of the same digest until its blob is committed."""
+    async def _follow(self, fill: Fill, temp_path: Path, size_path: Path, lock_path: Path,
+                      lead: Callable[[int], Awaitable[None]]) -> None:
+        """Follow another process's fill of the same digest until its blob is committed; when its
+        leader dies, take the fill over (``lead`` it here) if no other follower did first."""
         final = self._blobs.path(fill.digest)
         progress = RemoteProgress(temp_path)
         while not fill.started.done():
@@ -248,26 +313,45 @@ class FillGroup:
                 announced = int(size_path.read_text() or "-1")
             except (FileNotFoundError, ValueError):
                 announced = None
-            if announced is not None:
+            if announced is not None and _has_bytes(temp_path):
                 fill.begin(progress, announced if announced >= 0 else None)
                 break
-            if self._leader_gone(lock_path):
-                raise Unavailable(f"the worker filling {fill.digest} gave up; try again")
+            lock = self._blobs.try_lock(lock_path)
+            if lock is not None:  # the leader died before upstream answered: lead it here
+                await self._take_over(fill, lead, lock)
+                return
             await asyncio.sleep(_POLL)
         while True:
             try:
-                progress.advance(os.stat(temp_path).st_size)
+                found = os.stat(temp_path)
             except FileNotFoundError:
-                pass
+                found = None
+            if found is not None:
+                if progress.inode is None:
+                    progress.inode = found.st_ino
+                if found.st_ino != progress.inode:  # another follower took the fill over: a new file
+                    progress.supersede()
+                    progress = RemoteProgress(temp_path)
+                    progress.inode = found.st_ino
+                    fill.begin(progress, fill.size)
+                progress.advance(found.st_size)
             if final.exists():
                 progress.advance(final.stat().st_size)
                 fill.finish(final)
                 return
-            if self._leader_gone(lock_path):
-                if final.exists():
-                    continue
-                raise Unavailable(f"the worker filling {fill.digest} failed")
+            lock = self._blobs.try_lock(lock_path)
+            if lock is not None:
+                progress.supersede()
+                await self._take_over(fill, lead, lock)
+                return
             await asyncio.sleep(_POLL)
+
+    async def _take_over(self, fill: Fill, lead: Callable[[int], Awaitable[None]], lock: int) -> None:
+        """Lead a fill whose leader is gone (its flock came free): the readers here go on in our file."""
+        if not self._blobs.path(fill.digest).exists():
+            log.warning("the process filling %s is gone; this one takes the fill over", fill.digest,
+                        extra={"digest": str(fill.digest)})
+        await lead(lock)
 
     def in_flight(self) -> list[dict]:
         """The fills led by any process of the store now: what each is for, bytes so far, and the size
@@ -294,12 +378,13 @@ class FillGroup:
                           "size": announced if announced is not None and announced >= 0 else None})
         return sorted(found, key=lambda fill: fill.get("started_at", 0))
 
-    def _leader_gone(self, lock_path: Path) -> bool:
-        fd = self._blobs.try_lock(lock_path)
-        if fd is None:
-            return False
-        self._blobs.unlock(fd)
-        return True
+def _has_bytes(path: Path) -> bool:
+    """Whether the leader's file holds body bytes: only then do followers begin, for by then the
+    leader has recorded who may see the blob (a follower that began sooner would ask upstream)."""
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
 
 
 def _publish(path: Path, about: dict) -> int | None:

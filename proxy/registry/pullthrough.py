@@ -66,6 +66,7 @@ class PullThroughRegistry:
         self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)
         self._lists = UpstreamLists(blobs, meta, access, self._tag_policy, decisions)
         self.fills = self._blob_cache.fills
+        self.blob_cache = self._blob_cache  # app.py attaches object storage to it (issue 12)
         self._offline = OfflineRegistry(blobs, meta, decisions, offline)
         self._offline_names = offline  # a set membership check per request: the online path stays as fast
 

@@ -24,6 +24,7 @@ from typing import Iterator
 from proxy.errors import DigestInvalid, SizeInvalid
 from proxy.oci.digest import Digest
 from proxy.storage.appender import AlignedAppender
+from proxy.storage.blob_index import INDEX_FILE, BlobIndex
 from proxy.storage.space import StoreSpace, is_no_room
 
 
@@ -149,7 +150,12 @@ class BlobWriter(Growth):
 
 
 class BlobStore:
-    """Complete blobs by digest on disk, with a count of readers per digest for safe eviction."""
+    """Complete blobs by digest on disk, with a count of readers per digest for safe eviction.
+
+    Every blob stored or removed, and every access flushed, is written to the blob index
+    (``proxy.storage.blob_index``) in the same call, so the index never needs the store listed
+    except to build it once.
+    """
 
     def __init__(self, root: Path, space: StoreSpace | None = None) -> None:
         self.root = Path(root)
@@ -161,6 +167,7 @@ class BlobStore:
         self._readers: Counter[str] = Counter()
         self._readers_lock = threading.Lock()  # eviction runs in a thread: a read starts before or after a removal
         self._last_access: dict[str, float] = {}
+        self.index = BlobIndex(self.root / INDEX_FILE)
 
     def path(self, digest: Digest) -> Path:
         return self.blob_dir / digest.algorithm / digest.hex
@@ -234,7 +241,9 @@ class BlobStore:
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temp_path, final)
-        self._last_access[str(digest)] = time.time()
+        now = time.time()
+        self._last_access[str(digest)] = now
+        self.index.add(str(digest), size, now)  # cached until the budget's hook says pushed or kept
         self.on_added(digest, size)
         return final
 
@@ -251,7 +260,8 @@ class BlobStore:
                 size = os.stat(path).st_size
                 os.unlink(path)
             except FileNotFoundError:
-                return 0
+                size = 0
+            self.index.remove(str(digest))  # gone from disk: gone from the index, before a reader may start
         self._last_access.pop(str(digest), None)
         return size
 
@@ -274,9 +284,13 @@ class BlobStore:
         return bool(self._readers[str(digest)])
 
     def flush_access_times(self) -> None:
-        """Write remembered access times to the files' mtimes (the LRU order survives restarts)."""
-        pending, self._last_access = self._last_access, {}
-        for key, when in pending.items():
+        """Write remembered access times to the index and the files' mtimes (the LRU order survives
+        restarts and a rebuild of the index). Blocking: call it in a worker thread."""
+        remembered, self._last_access = self._last_access, {}
+        pending = list(remembered.items())  # one C-level copy: a pull on the loop may still add to it
+        if pending:
+            self.index.touch(pending)
+        for key, when in pending:
             algorithm, _, hex_part = key.partition(":")
             try:
                 os.utime(self.blob_dir / algorithm / hex_part, (when, when))

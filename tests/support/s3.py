@@ -1,0 +1,109 @@
+"""moto's S3 server (``moto_server``) as a child process, and a bucket per test.
+
+Blob bytes are checked through botocore's own client, as an operator would with ``aws s3``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from support.servers import ServerProcess, _start
+
+KEY_ID, SECRET = "wharf-test-key", "wharf-test-secret"  # moto accepts any pair
+
+
+def _moto_server() -> str:
+    beside = Path(sys.executable).parent / "moto_server"
+    found = str(beside) if beside.exists() else shutil.which("moto_server")
+    if found is None:
+        raise RuntimeError("moto_server not found: pip install 'moto[server]'")
+    return found
+
+
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def start_moto(workdir: Path) -> ServerProcess:
+    """``moto_server -H 127.0.0.1 -p PORT``: an S3 endpoint at ``server.url``."""
+    return _start("moto_server", workdir,
+                  lambda port: ([_moto_server(), "-H", "127.0.0.1", "-p", str(port)], f"http://127.0.0.1:{port}"),
+                  _answers)
+
+
+@dataclass
+class Bucket:
+    """A fresh bucket on the moto server, and what Wharf's ``storage.s3`` needs to use it."""
+
+    endpoint_url: str
+    name: str
+    key_files: tuple[Path, Path]
+    client: Any  # a botocore S3 client
+
+    def s3_config(self, **extra) -> dict:
+        return {"bucket": self.name, "prefix": "wharf/", "endpoint_url": self.endpoint_url,
+                "access_key_id_file": str(self.key_files[0]), "secret_access_key_file": str(self.key_files[1]),
+                **extra}
+
+    def key(self, digest: str) -> str:
+        algorithm, _, hex_part = digest.partition(":")
+        return f"wharf/blobs/{algorithm}/{hex_part}"
+
+    def head(self, digest: str) -> dict | None:
+        try:
+            return self.client.head_object(Bucket=self.name, Key=self.key(digest))
+        except ClientError:
+            return None
+
+    def read(self, digest: str) -> bytes:
+        return self.client.get_object(Bucket=self.name, Key=self.key(digest))["Body"].read()
+
+    async def wait_for(self, digest: str, timeout: float = 15) -> dict:
+        """The object once Wharf's background write-through put it there (the loop keeps running)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = await asyncio.to_thread(self.head, digest)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{digest} never reached the bucket")
+
+    async def wait_gone(self, digest: str, timeout: float = 15) -> None:
+        """Return once the object is no longer in the bucket (deleted through in the background)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self.head, digest) is None:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{digest} is still in the bucket")
+
+    def uploads_in_progress(self) -> list:
+        return self.client.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
+
+
+def new_bucket(endpoint_url: str, workdir: Path) -> Bucket:
+    key_id, secret = workdir / "s3-key-id", workdir / "s3-secret"
+    key_id.write_text(KEY_ID + "\n")
+    secret.write_text(SECRET + "\n")
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=endpoint_url, aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET, config=BotoConfig(s3={"addressing_style": "path"}))
+    name = f"wharf-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return Bucket(endpoint_url, name, (key_id, secret), client)

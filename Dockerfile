@@ -22,13 +22,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/wharf
+RUN python3 -m venv /opt/wharf
 
 WORKDIR /src
-# README* is optional: pyproject.toml names README.md, copy it when it exists.
-COPY pyproject.toml README* ./
+# README* is optional: pyproject.toml names README.md, copy it when it exists. *.whl: a wheelhouse
+# that scripts/build_image.sh puts in the context when the build cannot reach PyPI itself; with
+# one, Wharf and its dependencies come from it only (--no-index).
+COPY pyproject.toml README* *.whl ./
 COPY proxy ./proxy
-RUN /opt/wharf/bin/pip install . \
+RUN if ls ./*.whl >/dev/null 2>&1; then /opt/wharf/bin/pip install --no-index --find-links . wharf; \
+    else /opt/wharf/bin/pip install .; fi \
  && /opt/wharf/bin/wharf --version
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(docker-registry redis-server postgresql nginx skopeo podman containerd docker.io python3-venv python3-dev gcc openssl chromium fonts-dejavu-core)
+APT_PACKAGES=(docker-registry redis-server postgresql nginx skopeo podman containerd docker.io python3-venv python3-dev gcc openssl chromium fonts-dejavu-core debootstrap)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then

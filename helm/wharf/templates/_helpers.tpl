@@ -88,6 +88,11 @@ kubelet does not verify the certificate). Input: dict "probe" <values> "tls" <se
 {{- toYaml $probe }}
 {{- end }}
 
+{{/* Where s3.existingSecret is mounted; config.storage.s3.*_file point at its files. */}}
+{{- define "wharf.s3SecretDir" -}}
+/etc/wharf/secrets/s3
+{{- end }}
+
 {{/* config.storage.root, checked: the data volume is mounted there. */}}
 {{- define "wharf.storageRoot" -}}
 {{- $root := toString .Values.config.storage.root }}
@@ -160,6 +165,24 @@ turned into password_file (a mounted Secret key) or password_env (WHARF_UPSTREAM
 {{- $_ := set $cfg "upstreams" $upstreams }}
 {{- $storage := deepCopy (.Values.config.storage | default dict) }}
 {{- $_ := set $storage "root" (include "wharf.storageRoot" .) }}
+{{- if eq (toString $storage.backend) "s3" }}
+{{- $s3 := deepCopy ($storage.s3 | default dict) }}
+{{- if not $s3.bucket }}
+{{- fail "config.storage.s3.bucket is required when config.storage.backend is s3" }}
+{{- end }}
+{{- if .Values.s3.existingSecret }}
+{{- if or $s3.access_key_id_file $s3.secret_access_key_file }}
+{{- fail "give either s3.existingSecret or config.storage.s3.access_key_id_file / secret_access_key_file, not both" }}
+{{- end }}
+{{- $_ := set $s3 "access_key_id_file" (printf "%s/access_key_id" (include "wharf.s3SecretDir" .)) }}
+{{- $_ := set $s3 "secret_access_key_file" (printf "%s/secret_access_key" (include "wharf.s3SecretDir" .)) }}
+{{- end }}
+{{- $_ := set $storage "s3" $s3 }}
+{{- else }}
+{{- /* disk: Wharf's default, left out of the file (so does config/wharf.yaml) */}}
+{{- $_ := unset $storage "s3" }}
+{{- $_ := unset $storage "backend" }}
+{{- end }}
 {{- $_ := set $cfg "storage" $storage }}
 {{- if and $cfg.default_upstream (not (has (toString $cfg.default_upstream) $names)) }}
 {{- fail (printf "config.default_upstream %q is not the name of one of config.upstreams" $cfg.default_upstream) }}
@@ -173,6 +196,12 @@ turned into password_file (a mounted Secret key) or password_env (WHARF_UPSTREAM
 {{- $_ := set $redis "url" nil }}
 {{- end }}
 {{- $_ := set $cfg "redis" $redis }}
+{{- if and (gt (int .Values.replicaCount) 1) (not (or $redis.url .Values.redis.existingSecret)) }}
+{{- fail "replicaCount > 1 needs Redis (config.redis.url or redis.existingSecret): replicas share single flight, tags and budgets through it" }}
+{{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (eq .Values.workload.kind "Deployment") (not (or ($cfg.database | default dict).url .Values.database.existingSecret)) }}
+{{- fail "replicaCount > 1 on a shared volume needs PostgreSQL (config.database.url or database.existingSecret) for accounts and package metadata" }}
+{{- end }}
 {{- if .Values.tls.existingSecret }}
 {{- if and $cfg.tls (or $cfg.tls.cert $cfg.tls.key) }}
 {{- fail "give either tls.existingSecret or config.tls.cert / config.tls.key, not both" }}

@@ -172,7 +172,7 @@ def create_app(config: Config) -> web.Application:
             counted(digest, size)
             tier.added(digest, size)
 
-        remove_locally = blobs.remove  # the one place eviction, gc and deletes leave the store
+        remove_locally = blobs.remove  # gc, purges and deletes (eviction drops the local copy only: blobs.evict)
 
         def remove_through(digest) -> int:
             freed = remove_locally(digest)

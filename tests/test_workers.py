@@ -218,3 +218,31 @@ async def test_a_429_keeps_every_worker_away_from_upstream(fake_upstream, make_w
     resp = await second.client.get(path)
     assert resp.status == 429, "the other worker asked upstream during Retry-After"
     assert fake.count() == before
+
+
+async def test_a_fill_that_fails_verification_is_not_taken_over_by_another_worker(fake_upstream, make_wharf,
+                                                                                  tmp_path):
+    """Upstream sends other bytes than the digest names: the leading worker's fill fails, and the other
+    worker's readers fail with it (never a clean body), instead of downloading it once more."""
+    fake = await fake_upstream()
+    data = os.urandom(300_000)
+    digest = fake.add_blob(REPO, data)
+    fake.fault(fake.blob_path(REPO, digest), Fault(content=os.urandom(len(data)), bytes_per_second=600_000,
+                                                   methods=("GET",)))
+    first, second = await _two_workers(make_wharf, fake.url, tmp_path / "store")
+    path = f"/v2/{first.upstream_name(fake.url)}/{REPO}/blobs/{digest}"
+
+    async def pull(wharf) -> bytes | None:
+        async with aiohttp.ClientSession() as session:
+            try:
+                async with session.get(wharf.url + path) as resp:
+                    return await resp.read() if resp.status == 200 else None
+            except aiohttp.ClientPayloadError:
+                return None
+
+    leader = asyncio.ensure_future(pull(first))
+    await asyncio.sleep(0.2)  # the first worker leads; the second follows its file
+    bodies = await asyncio.gather(leader, pull(second), pull(second))
+    assert bodies == [None, None, None]  # nobody got a body that passes for the blob
+    assert fake.count("GET", fake.blob_path(REPO, digest)) == 1
+    assert not (tmp_path / "store" / "blobs" / "sha256" / digest.split(":")[1]).exists()

@@ -21,6 +21,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -38,6 +39,8 @@ log = logging.getLogger("wharf.fill")
 _POLL = 0.005
 _BATCH_WAIT = 0.05
 _ABOUT = ".about"
+_FAILED = ".failed"  # a leader whose fill failed says so here before its lock comes free
+_FAILED_NOTE_SECONDS = 0.5
 
 
 class FillFailed(Exception):
@@ -251,7 +254,14 @@ class FillGroup:
                 size_path.unlink(missing_ok=True)
                 if about is not None:
                     about_fd = _publish(about_path, {**about, "digest": key, "started_at": time.time()})
-                await run(fill, temp_path, size_path)
+                try:
+                    await run(fill, temp_path, size_path)
+                except Exception:
+                    # before the lock comes free: a follower must not take a failed fill for a dead
+                    # leader's (its readers would go on with bytes that never verified)
+                    with contextlib.suppress(OSError):
+                        temp_path.with_suffix(_FAILED).write_text(key)
+                    raise
             finally:
                 if about_fd is not None:
                     about_path.unlink(missing_ok=True)
@@ -259,6 +269,9 @@ class FillGroup:
                 size_path.unlink(missing_ok=True)
                 lock_path.unlink(missing_ok=True)  # before unlocking: a newcomer makes a fresh one
                 self._blobs.unlock(lock)
+                failed_note = temp_path.with_suffix(_FAILED)
+                if failed_note.exists():  # followers poll every _POLL: the note only has to outlive that
+                    asyncio.get_running_loop().call_later(_FAILED_NOTE_SECONDS, failed_note.unlink, True)
 
         work = lead(lock) if lock is not None else self._follow(fill, temp_path, size_path, lock_path, lead)
         began = time.perf_counter()
@@ -305,6 +318,7 @@ class FillGroup:
         leader dies, take the fill over (``lead`` it here) if no other follower did first."""
         final = self._blobs.path(fill.digest)
         progress = RemoteProgress(temp_path)
+        following_since = time.time() - 1  # a failure noted from then on is the leader's we follow
         while not fill.started.done():
             if final.exists():
                 fill.finish(final)
@@ -318,7 +332,7 @@ class FillGroup:
                 break
             lock = self._blobs.try_lock(lock_path)
             if lock is not None:  # the leader died before upstream answered: lead it here
-                await self._take_over(fill, lead, lock)
+                await self._take_over(fill, lead, lock, following_since)
                 return
             await asyncio.sleep(_POLL)
         while True:
@@ -342,12 +356,23 @@ class FillGroup:
             lock = self._blobs.try_lock(lock_path)
             if lock is not None:
                 progress.supersede()
-                await self._take_over(fill, lead, lock)
+                await self._take_over(fill, lead, lock, following_since)
                 return
             await asyncio.sleep(_POLL)
 
-    async def _take_over(self, fill: Fill, lead: Callable[[int], Awaitable[None]], lock: int) -> None:
-        """Lead a fill whose leader is gone (its flock came free): the readers here go on in our file."""
+    async def _take_over(self, fill: Fill, lead: Callable[[int], Awaitable[None]], lock: int,
+                         following_since: float) -> None:
+        """Lead a fill whose leader is gone (its flock came free): the readers here go on in our file.
+        A leader that failed (its download did not verify, upstream refused) noted it before it let
+        go: then every reader here fails as the leader's did, and nobody downloads it again now."""
+        temp_path, _, _ = self._blobs.fill_paths(fill.digest)
+        try:
+            failed = temp_path.with_suffix(_FAILED).stat().st_mtime >= following_since
+        except FileNotFoundError:
+            failed = False
+        if failed and not self._blobs.path(fill.digest).exists():
+            self._blobs.unlock(lock)
+            raise Unavailable(f"the fill of {fill.digest} failed in another process; try again")
         if not self._blobs.path(fill.digest).exists():
             log.warning("the process filling %s is gone; this one takes the fill over", fill.digest,
                         extra={"digest": str(fill.digest)})

@@ -250,6 +250,11 @@ class BlobStore:
     def on_added(self, digest: Digest, size: int) -> None:
         """Hook for the budget keeper; replaced by whoever tracks sizes."""
 
+    def evict(self, digest: Digest) -> int:
+        """Drop this store's copy of a cached blob (the budget's eviction): like ``remove``, but
+        never through to a tier under the store (object storage keeps its copy for every replica)."""
+        return BlobStore.remove(self, digest)
+
     def remove(self, digest: Digest) -> int:
         """Delete a blob unless somebody is reading it; returns the bytes freed (any thread)."""
         path = self.path(digest)

@@ -210,7 +210,7 @@ class Budget:
                     cached -= size
                     continue
                 digest = Digest.parse(key)
-                removed = self._blobs.remove(digest)  # 0 while somebody reads it (the row stays)
+                removed = self._blobs.evict(digest)  # 0 while somebody reads it (the row stays)
                 if removed:
                     cached -= removed
                     freed += removed

@@ -70,10 +70,22 @@ install_python_deps() {
 
 install_packages
 install_python_deps
+ignore_image=()
+if [ $# -eq 0 ]; then
+    # the container image: built from a debootstrap base (no registry needed), then started and pulled
+    # through by tests/test_container_image.py; its private dockerd is stopped before the suite runs
+    echo "scripts/test.sh: building the container image" >&2
+    WHARF_BUILD_PYTHON=.venv/bin/python bash scripts/build_image.sh
+    WHARF_REQUIRE_IMAGE=1 .venv/bin/python -m pytest -q tests/test_container_image.py
+    if [ -f /var/tmp/wharf-image/dockerd.pid ]; then
+        kill "$(cat /var/tmp/wharf-image/dockerd.pid)" 2>/dev/null || true
+    fi
+    ignore_image=(--ignore=tests/test_container_image.py)
+fi
 # twice: with the fast paths (replayed answers, hot set, sendfile) on, as shipped, and off, so
 # that every behaviour is proven not to depend on them (tests of a fast path force it on)
 echo "scripts/test.sh: the suite with the fast paths on" >&2
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "${ignore_image[@]}" "$@"
 # (tests marked "once" — the pages, generated files, config output — go through no fast path: run once)
 echo "scripts/test.sh: the suite with the fast paths off (TEST_FAST_PATHS=off), without the tests marked once" >&2
-TEST_FAST_PATHS=off exec .venv/bin/python -m pytest -q -m "not once" "$@"
+TEST_FAST_PATHS=off exec .venv/bin/python -m pytest -q -m "not once" "${ignore_image[@]}" "$@"

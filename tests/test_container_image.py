@@ -53,6 +53,8 @@ def test_the_dockerfile_is_hadolint_clean():
 def docker():
     env = docker_env()
     if env is None:
+        if os.environ.get("WHARF_REQUIRE_IMAGE") == "1":  # scripts/test.sh built it: its absence is a failure
+            pytest.fail(f"{IMAGE} was not built: see scripts/build_image.sh's output")
         pytest.skip(f"{IMAGE} is not built here: run scripts/build_image.sh first")
 
     def run(*args: str, check: bool = True) -> str:

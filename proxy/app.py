@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 import logging
+import sqlite3
 from typing import AsyncIterator
 
 import aiohttp
@@ -158,7 +159,10 @@ def create_app(config: Config) -> web.Application:
                 await flusher
             with contextlib.suppress(Exception):
                 await indexing
-            await asyncio.to_thread(cache_index.flush_blocking)
+            try:
+                await asyncio.to_thread(cache_index.flush_blocking)
+            except sqlite3.OperationalError as exc:  # a full disk at shutdown: the counts are best effort
+                log.warning("the cache index's last pull counts were not written: %s", exc)
             cache_index.close()
     # ---------------------------------------------------------------------------------------------
     # fleet scale (issue 12): wire new services here ----------------------------------------------

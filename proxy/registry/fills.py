@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
-from proxy.errors import OCIError, Unavailable
+from proxy.errors import OCIError, StoreFull, Unavailable
 from proxy.oci.digest import Digest
 from proxy.registry.tasks import BackgroundTasks
 from proxy.storage.blobs import BlobStore, Growth, held_by_a_process
@@ -256,6 +256,8 @@ class FillGroup:
                     about_fd = _publish(about_path, {**about, "digest": key, "started_at": time.time()})
                 try:
                     await run(fill, temp_path, size_path)
+                except StoreFull:
+                    raise  # every process meets the same full disk: there is nothing to note
                 except Exception:
                     # before the lock comes free: a follower must not take a failed fill for a dead
                     # leader's (its readers would go on with bytes that never verified)

@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from proxy.storage.space import is_sqlite_full
+
 CACHED, PUSHED, KEPT = "cached", "pushed", "kept"
 CLASSES = (CACHED, PUSHED, KEPT)
 BATCH = 1000
@@ -109,12 +111,17 @@ class BlobIndex:
                            ((klass, digest, klass) for digest in digests))
 
     def touch(self, accesses: Iterable[tuple[str, float]]) -> None:
-        """Record last accesses (the flush of what the blob store remembered), in one transaction."""
+        """Record last accesses (the flush of what the blob store remembered), in one transaction;
+        on a full disk they are dropped (the LRU order is best effort, never a failure)."""
         db = self._db()
-        with db:
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany("UPDATE blobs SET accessed = max(accessed, ?) WHERE digest = ?",
-                           ((when, digest) for digest, when in accesses))
+        try:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("UPDATE blobs SET accessed = max(accessed, ?) WHERE digest = ?",
+                               ((when, digest) for digest, when in accesses))
+        except sqlite3.OperationalError as exc:
+            if not is_sqlite_full(exc):
+                raise
 
     # reads -----------------------------------------------------------------------------------
     def totals(self) -> dict[str, int]:

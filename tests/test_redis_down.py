@@ -195,3 +195,24 @@ async def test_a_hung_redis_does_not_hang_pulls(make_wharf, fake_upstream, own_r
         assert status == 200 and body["degraded"]
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
+
+
+async def test_one_slow_redis_answer_is_not_an_outage(make_wharf, fake_upstream, own_redis):
+    """Redis stalls once for longer than ``redis.timeout`` but less than two (a busy machine): the
+    operation is tried again and answered, so what it records is still shared with the other
+    replicas, and nothing reports Redis as down."""
+    fake = await fake_upstream()
+    timeout = 0.5
+    first = await make_wharf(fake.url, redis={"url": own_redis.url, "timeout": timeout, "retry_seconds": 30})
+    second = await make_wharf(fake.url, redis={"url": own_redis.url, "timeout": timeout, "retry_seconds": 30})
+    name = f"{first.upstream_name(fake.url)}/{REPO}"
+    assert (await _readyz(first))[0] == 200  # both connected to Redis
+    assert (await _readyz(second))[0] == 200
+    own_redis.process.send_signal(signal.SIGSTOP)
+    asyncio.get_running_loop().call_later(1.5 * timeout, own_redis.process.send_signal, signal.SIGCONT)
+    assert (await first.client.get(f"/v2/{name}/manifests/missing")).status == 404
+    assert (await _readyz(first))[1].get("degraded") is None
+    assert await _degraded_gauge(first) == "wharf_shared_cache_degraded 0.0"
+    # the negative answer reached Redis: the other replica does not ask upstream again
+    assert (await second.client.get(f"/v2/{name}/manifests/missing")).status == 404
+    assert fake.count(path=fake.manifest_path(REPO, "missing")) == 1

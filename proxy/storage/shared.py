@@ -9,8 +9,9 @@ here is needed after a restart, and no client secret is ever a key or a value (c
 appear only as hashes; Wharf's tokens carry their credential themselves, encrypted).
 
 Redis down: Redis is an optimisation, never a dependency. Every operation on it is bounded by
-``redis.timeout`` (socket and operation); the first failure switches this process to local
-coordination (the diskcache of the store, as without Redis), logs one warning, and sets the
+``redis.timeout`` (socket and operation; an operation that timed out is tried once more); the
+first failure switches this process to local coordination (the diskcache of the store, as
+without Redis), logs one warning, and sets the
 ``wharf_shared_cache_degraded`` gauge; a watcher pings Redis every ``redis.retry_seconds`` and
 switches back (one more log line) when it answers. Facts learned during the outage stay local:
 at worst a replica asks upstream once more than it would have.
@@ -114,6 +115,12 @@ class _RedisBackend:
             await self._cache.close()
 
 
+def _is_timeout(error: BaseException) -> bool:
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    return isinstance(error, (asyncio.TimeoutError, RedisTimeout))
+
+
 def _redis_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
@@ -151,10 +158,21 @@ class SharedCache:
             self._watch()
             if self.redis_up:
                 try:
-                    return await getattr(self._redis, operation)(*args)
+                    return await self._on_redis(operation, *args)
                 except self._errors as error:
                     self._set_up(False, error)
         return await getattr(self._disk, operation)(*args)
+
+    async def _on_redis(self, operation: str, *args: Any) -> Any:
+        """Run ``operation`` on Redis, once more if it timed out: one slow answer (a busy event
+        loop, a new connection) is not an outage; a Redis that hangs costs two timeouts, once."""
+        assert self._redis is not None
+        try:
+            return await getattr(self._redis, operation)(*args)
+        except self._errors as error:
+            if not _is_timeout(error):
+                raise
+        return await getattr(self._redis, operation)(*args)
 
     async def get(self, key: str) -> Any:
         return await self._call("get", key)
@@ -181,8 +199,8 @@ class SharedCache:
             return None
         self._watch()
         try:
-            await self._redis.add(key, value, None)
-            agreed = await self._redis.get(key)
+            await self._on_redis("add", key, value, None)
+            agreed = await self._on_redis("get", key)
         except self._errors as error:
             self._set_up(False, error)
             return None

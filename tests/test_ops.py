@@ -8,7 +8,7 @@ import logging
 import os
 
 from proxy.app import BLOBS, BUDGET
-from support.images import make_image, push_image
+from support.images import MANIFEST_ACCEPT, make_image, push_image
 
 REPO = "team/app"
 
@@ -116,6 +116,33 @@ async def test_redis_shares_negative_answers_between_replicas(make_wharf, fake_u
     assert (await first.client.get(f"/v2/{name}/manifests/{tag}")).status == 404
     assert (await second.client.get(f"/v2/{name}/manifests/{tag}")).status == 404
     assert fake.count(path=fake.manifest_path(REPO, tag)) == 1
+
+
+async def test_replicas_asking_for_one_tag_at_once_make_one_upstream_get(make_wharf, fake_upstream, redis_url, tmp_path):
+    """Two replicas on one store and one Redis, each asked at the same moment for a tag they do
+    not hold (the answer is slow): upstream sees one GET for it, and one for a tag it does not have."""
+    from support.fake_upstream import Fault
+
+    fake = await fake_upstream()
+    image = make_image("one-get", (100,))
+    tag = f"t{os.getpid()}{id(fake)}"
+    fake.add_image(REPO, image, tag=tag)
+    fake.fault(fake.manifest_path(REPO, tag), Fault(delay=0.5, methods=("GET",)))
+    store = {"root": str(tmp_path / "shared-volume")}
+    replicas = [await make_wharf(fake.url, redis={"url": redis_url}, storage=store) for _ in range(2)]
+    name = f"{replicas[0].upstream_name(fake.url)}/{REPO}"
+    headers = {"Accept": MANIFEST_ACCEPT}
+    answers = await asyncio.gather(*(wharf.client.get(f"/v2/{name}/manifests/{tag}", headers=headers)
+                                     for wharf in replicas for _ in range(3)))
+    assert [resp.status for resp in answers] == [200] * 6
+    assert [await resp.read() for resp in answers] == [image.manifest] * 6
+    assert fake.count("GET", fake.manifest_path(REPO, tag)) == 1
+
+    missing = f"gone{os.getpid()}{id(fake)}"
+    fake.fault(fake.manifest_path(REPO, missing), Fault(status=404, delay=0.5, methods=("GET",)))
+    answers = await asyncio.gather(*(wharf.client.get(f"/v2/{name}/manifests/{missing}") for wharf in replicas))
+    assert [resp.status for resp in answers] == [404, 404]
+    assert fake.count("GET", fake.manifest_path(REPO, missing)) == 1
 
 
 async def test_redis_shares_tag_freshness_and_tokens(make_wharf, fake_upstream, redis_url):

@@ -3,7 +3,8 @@
 Rules:
 - digests are immutable: a manifest stored by digest is served without asking upstream, once the
   client is allowed to see it (``UpstreamAccess.authorize``);
-- concurrent requests for the same manifest with the same credential share one upstream GET;
+- concurrent requests for the same manifest with the same credential share one upstream GET, in
+  this process and across the workers and replicas sharing its coordination (``ClusterFlight``);
 - upstream manifests must parse as manifests of their media type before they are stored or
   served; anything else (an error page, a token document from a redirect) is ``UpstreamInvalid``.
   Big ones are hashed and parsed in a worker thread, as pushed ones are;
@@ -23,6 +24,7 @@ from proxy.errors import ManifestInvalid, ManifestUnknown, OCIError, UpstreamInv
 from proxy.oci.digest import Digest, is_digest
 from proxy.oci.media import DOCKER_MANIFEST, MANIFEST_TYPES, OCI_MANIFEST, OFF_LOOP_BYTES, accepts, parse_manifest
 from proxy.registry.base import Client, Target
+from proxy.registry.cluster_flight import ClusterFlight
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
@@ -68,11 +70,12 @@ class ManifestCache:
     """Upstream manifests in the store: by digest, fetched for a tag, or for a client's Accept."""
 
     def __init__(self, blobs: BlobStore, meta: MetaStore, access: UpstreamAccess,
-                 decisions: CacheDecisions) -> None:
+                 decisions: CacheDecisions, cluster: ClusterFlight) -> None:
         self._blobs = blobs
         self._meta = meta
         self._access = access
         self._decisions = decisions
+        self._cluster = cluster
 
     async def by_digest(self, upstream: Upstream, target: Target, digest: Digest,
                         client: Client) -> tuple[TagRecord, str]:
@@ -115,10 +118,31 @@ class ManifestCache:
             await self._access.remember_authorized(upstream, target, client)
             return record
 
+        async def adopt(digest: str) -> TagRecord | None:
+            """Another process's answer, when the store it wrote to is ours too."""
+            media_type = self._meta.manifest_type(digest)
+            size = self._blobs.size(Digest.parse(digest)) if media_type else None
+            if media_type is None or size is None or (is_digest(reference) and digest != reference):
+                return None
+            self._meta.grant(digest, target.scope, public)
+            record = TagRecord(digest, media_type, size, time.time(), public)
+            if learned is not None:
+                await learned(record)
+            return record
+
         if not coalesce:
             return await fetch(), False
-        flight = ("manifest", target.scope, reference, self._access.cred_id(upstream, client))
-        return await self._decisions.coalesced("manifest", flight, fetch)
+        cred_id = self._access.cred_id(upstream, client)
+        lock_ttl = upstream.config.connect_timeout + upstream.config.first_byte_timeout + 5
+
+        async def across_processes() -> tuple[TagRecord, bool]:
+            return await self._cluster.run(f"{target.scope}:{reference}:{cred_id}", lock_ttl, fetch, adopt)
+
+        (record, joined_elsewhere), joined = await self._decisions.coalesced(
+            "manifest", ("manifest", target.scope, reference, cred_id), across_processes)
+        if joined_elsewhere and not joined:
+            self._decisions.count("manifest", "coalesced")
+        return record, joined or joined_elsewhere
 
     async def for_accept(self, upstream: Upstream, target: Target, tag: str, accept: list[str],
                          client: Client) -> tuple[TagRecord, str]:

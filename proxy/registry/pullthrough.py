@@ -29,6 +29,7 @@ from proxy.oci.names import validate_tag
 from proxy.registry.base import (BlobResult, CatalogPage, Chunk, Client, ManifestResult, PushedManifest,
                                  ReferrersResult, Registry, TagsPage, Target, UploadState)
 from proxy.registry.blobcache import BlobCache
+from proxy.registry.cluster_flight import ClusterFlight
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.hot import HotManifest, HotSet
 from proxy.registry.invalidation import Invalidation
@@ -60,7 +61,7 @@ class PullThroughRegistry:
         self._hot = HotSet(enabled=hot_manifests)
         invalidation.subscribe(self._hot.drop_tag, self._hot.drop_tags)
         access = UpstreamAccess(meta, shared, cache)
-        self._manifests = ManifestCache(blobs, meta, access, decisions)
+        self._manifests = ManifestCache(blobs, meta, access, decisions, ClusterFlight(shared))
         self._tag_policy = TagPolicy(blobs, meta, shared, cache, tasks, self._hot, invalidation, access,
                                      self._manifests, decisions)
         self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)

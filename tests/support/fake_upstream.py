@@ -36,6 +36,7 @@ class Fault:
 
     ``status``           answer this status (with an OCI error body and ``headers``), no content;
     ``hang``             accept the request and never answer (until the server shuts down);
+    ``delay``            wait this many seconds before answering;
     ``bytes_per_second`` send the normal body at this rate;
     ``truncate_after``   send this many body bytes of a full-length response, then close;
     ``content``          send these bytes instead, with the headers (digest) of the real ones;
@@ -46,6 +47,7 @@ class Fault:
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False
+    delay: float = 0.0
     bytes_per_second: int | None = None
     truncate_after: int | None = None
     content: bytes | None = None
@@ -282,6 +284,8 @@ class FakeRegistry:
         """Status and hang faults answer before auth; body faults ride along to the handler."""
         fault = self._take_fault(request)
         request[FAULT_KEY] = fault
+        if fault and fault.delay:
+            await asyncio.sleep(fault.delay)
         if fault and fault.hang:
             await self._shutting_down.wait()
             return _error(503, head=request.method == "HEAD")

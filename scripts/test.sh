@@ -86,6 +86,7 @@ fi
 # that every behaviour is proven not to depend on them (tests of a fast path force it on)
 echo "scripts/test.sh: the suite with the fast paths on" >&2
 .venv/bin/python -m pytest -q "${ignore_image[@]}" "$@"
-# (tests marked "once" — the pages, generated files, config output — go through no fast path: run once)
-echo "scripts/test.sh: the suite with the fast paths off (TEST_FAST_PATHS=off), without the tests marked once" >&2
+# (tests marked "once" — the pages, generated files, config output — go through no fast path: run once;
+# nor do tests that start no Wharf through make_wharf: tests/conftest.py leaves them out of this pass)
+echo "scripts/test.sh: the suite with the fast paths off (TEST_FAST_PATHS=off), the tests they reach" >&2
 TEST_FAST_PATHS=off exec .venv/bin/python -m pytest -q -m "not once" "${ignore_image[@]}" "$@"

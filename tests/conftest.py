@@ -188,6 +188,19 @@ _FAST = os.environ.get("TEST_FAST_PATHS", "on") != "off"
 FAST_PATHS = {"replay": _FAST, "hot_manifests": _FAST, "sendfile": _FAST}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With the fast paths off, run only the tests the setting reaches: those that start Wharf
+    through ``make_wharf``. Tests of ``wharf serve`` processes, commands and pure functions do not
+    read TEST_FAST_PATHS; a second run of them would prove nothing new."""
+    if _FAST:
+        return
+    reached = [item for item in items if "make_wharf" in getattr(item, "fixturenames", ())]
+    unreached = [item for item in items if "make_wharf" not in getattr(item, "fixturenames", ())]
+    if unreached:
+        config.hook.pytest_deselected(items=unreached)
+        items[:] = reached
+
+
 class WharfTestServer(TestServer):
     """pytest-aiohttp's server, run the way ``wharf serve`` runs the app (replaying hits)."""
 

@@ -145,6 +145,31 @@ async def test_replicas_asking_for_one_tag_at_once_make_one_upstream_get(make_wh
     assert fake.count("GET", fake.manifest_path(REPO, missing)) == 1
 
 
+async def test_replicas_revalidating_one_tag_at_once_make_one_upstream_head(make_wharf, fake_upstream, redis_url, tmp_path):
+    """Once a tag's TTL ran out, requests on two replicas at the same moment revalidate it once:
+    one HEAD upstream (slow to answer), no GET, and every client gets the manifest."""
+    from support.fake_upstream import Fault
+
+    fake = await fake_upstream()
+    image = make_image("one-head", (100,))
+    tag = f"t{os.getpid()}{id(fake)}"
+    fake.add_image(REPO, image, tag=tag)
+    store = {"root": str(tmp_path / "shared-volume")}
+    replicas = [await make_wharf(fake.url, redis={"url": redis_url}, storage=store,
+                                 upstream_options={"tag_ttl": 1}) for _ in range(2)]
+    name = f"{replicas[0].upstream_name(fake.url)}/{REPO}"
+    headers = {"Accept": MANIFEST_ACCEPT}
+    assert (await replicas[0].client.get(f"/v2/{name}/manifests/{tag}", headers=headers)).status == 200
+    await asyncio.sleep(1.2)  # the tag is stale now
+    fake.fault(fake.manifest_path(REPO, tag), Fault(delay=0.5, methods=("HEAD",)))
+    answers = await asyncio.gather(*(wharf.client.get(f"/v2/{name}/manifests/{tag}", headers=headers)
+                                     for wharf in replicas for _ in range(3)))
+    assert [resp.status for resp in answers] == [200] * 6
+    assert [await resp.read() for resp in answers] == [image.manifest] * 6
+    assert fake.count("HEAD", fake.manifest_path(REPO, tag)) == 1
+    assert fake.count("GET", fake.manifest_path(REPO, tag)) == 1  # the first pull's
+
+
 async def test_redis_shares_tag_freshness_and_tokens(make_wharf, fake_upstream, redis_url):
     fake = await fake_upstream()
     image = make_image("redis", (100,))

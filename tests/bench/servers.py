@@ -578,11 +578,6 @@ class WharfReplicas(Target):
     def pid(self) -> int | None:
         return self.replicas[0].pid if self.replicas and self.replicas[0].alive() else None
 
-    @property
-    def pids(self) -> list[int]:
-        """Every replica's process (the nginx in front is not Wharf)."""
-        return [p.pid for p in self.replicas if p.alive()]
-
 
 class Distribution(Target):
     name = "distribution"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from . import imagegen, local, mirror, report, scenarios
+from . import fleet, imagegen, local, mirror, report, scenarios
 from .imagegen import Store
 from .profile import FULL, PROJECT, QUICK, RESULTS, SHM, WORK
 from .results_model import Results
@@ -66,7 +66,7 @@ def machine() -> dict:
             "hostname": platform.node(), "wharf_commit": commit}
 
 
-ALL = ["2", "1", "4", "5", "3", "6", "7", "8", "9", "10", "11", "12"]
+ALL = ["2", "1", "4", "5", "3", "6", "7", "8", "9", "10", "11", "12", "13", "14"]
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -108,6 +108,8 @@ async def main(args: argparse.Namespace) -> int:
         "10": local.local_manifests,
         "11": local.pushes,
         "12": mirror.mirroring,
+        "13": fleet.replicas_vs_one,
+        "14": fleet.s3_backend,
     }
     out = Path(args.out) if args.out else RESULTS / ("latest.json" if profile is FULL else "quick.json")
     try:

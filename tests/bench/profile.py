@@ -31,6 +31,11 @@ class Ports:
     nginx_cache_tuned: int = 15031
     nginx_sendfile: int = 15040
     aiohttp_bare: int = 15050
+    redis: int = 15060            # Redis the replicas share (test 13)
+    moto: int = 15061             # moto's S3 server (test 14)
+    balancer: int = 15070         # nginx round-robin in front of the replicas (test 13)
+    replicas: int = 15071         # 15071-15073: the replicas behind it
+    fleet_wharf: int = 15080      # 15080-15082: the single replica (13) and the S3-backed Wharfs (14)
 
 
 PORTS = Ports()

@@ -68,7 +68,7 @@ def markdown(data: dict) -> str:
         "",
         *([f"Tests were measured in several runs (started {', '.join(data['merged'])}); each test says when "
            "and at which commit."] + [""] if data.get("merged") else []),
-        "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9; test 12: issue 10)",
+        "## Goals (issue 3; tests 8 and 9: issue 8; tests 10 and 11: issue 9; test 12: issue 10; tests 13 and 14: issue 12)",
         "",
         "| test | what | goal | Wharf | value | references | |",
         "|---|---|---|---|---|---|---|",
@@ -149,8 +149,15 @@ def chart(data: dict, path: Path) -> None:
          "mirror sync: cold / cold without start-up / warm (s)", False),
         ("12_mirror", ["export_flushed_MB_per_s", "copy_flushed_MB_per_s", "import_flushed_MB_per_s"],
          "bundle export / cp / import, flushed (MB/s)", False),
+        ("13_replicas", ["first_byte_p50_s", "first_byte_max_s", "pull_max_s"],
+         "cold fan-out: first layer byte p50 / max, slowest pull (s)", False),
+        ("13_replicas", ["manifest_rps"], "warm manifest GET by digest, 32 conns (req/s)", False),
+        ("14_s3", ["cold_pull_s", "in_bucket_after_pull_s"], "cold skopeo pull / then in the bucket after (s)",
+         False),
+        ("14_s3", ["bucket_get_MB_per_s", "local_get_MB_per_s"],
+         "layer GET: only in the bucket / local copy (MB/s)", False),
     ]
-    fig, axes = plt.subplots(5, 3, figsize=(16, 20))
+    fig, axes = plt.subplots(6, 3, figsize=(16, 24))
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (key, metrics, title, log) in zip(axes.flat, panels):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import yaml
 
 from .profile import HOST, PORTS, PROJECT, WHARF_UPSTREAM_NAME
 
@@ -391,9 +392,191 @@ default_upstream: null
 upstreams:
   - {{name: "{WHARF_UPSTREAM_NAME}", url: "{upstream_url}", tag_ttl: {tag_ttl}}}
 """)
-        exe = PROJECT / ".venv" / "bin" / "wharf"
-        argv = [str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]
-        return Proc(argv + ["serve", "--config", str(cfg)], self.work / "wharf.log", cwd=PROJECT)
+        return Proc(wharf_argv("serve", "--config", str(cfg)), self.work / "wharf.log", cwd=PROJECT)
+
+
+def wharf_argv(*args: str) -> list[str]:
+    """The ``wharf`` command of this checkout (run from ``PROJECT``)."""
+    exe = PROJECT / ".venv" / "bin" / "wharf"
+    return ([str(exe)] if exe.exists() else [sys.executable, "-m", "proxy"]) + list(args)
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def wharf_config(root: Path, upstream_url: str, tag_ttl: float, **extra) -> dict:
+    """The harness's usual Wharf settings (one worker, the one upstream) with ``extra`` merged in."""
+    base = {"workers": 1, "storage": {"root": str(root), "max_cache_bytes": 50 * 2**30}, "default_upstream": None,
+            "upstreams": [{"name": WHARF_UPSTREAM_NAME, "url": upstream_url, "tag_ttl": tag_ttl}]}
+    return _merged(base, extra)
+
+
+class ConfiguredWharf(Wharf):
+    """``wharf serve`` with more settings than the usual target (``storage.backend: s3``, Redis, ...)."""
+
+    def __init__(self, work: Path, name: str, port: int, settings: dict | None = None):
+        self.name, self.port, self.workers = name, port, 1
+        self.settings = settings or {}
+        Target.__init__(self, work)
+
+    def _spawn(self, upstream_url: str, tag_ttl: float) -> Proc:
+        cfg = self.work / "wharf.yaml"
+        config = wharf_config(self.work / "data", upstream_url, tag_ttl, listen=f"{HOST}:{self.port}",
+                              **self.settings)
+        cfg.write_text(yaml.safe_dump(config))
+        return Proc(wharf_argv("serve", "--config", str(cfg)), self.work / "wharf.log", cwd=PROJECT)
+
+
+class Redis:
+    """``redis-server`` on 127.0.0.1 without persistence, for the replicas to share (test 13)."""
+
+    def __init__(self, work: Path, port: int = PORTS.redis):
+        self.work, self.port = work / "redis", port
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def _command(self, command: bytes) -> bytes:
+        with socket.create_connection((HOST, self.port), timeout=2) as s:
+            s.sendall(command + b"\r\n")
+            return s.recv(256)
+
+    async def start(self) -> None:
+        await wait_port_free(self.port)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.proc = Proc([shutil.which("redis-server") or "/usr/bin/redis-server", "--port", str(self.port),
+                          "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", str(self.work),
+                          "--daemonize", "no"], self.work / "redis.log")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self._command(b"PING").startswith(b"+PONG"):
+                    return
+            except OSError:
+                pass
+            if not self.proc.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.proc.tail()}")
+            await asyncio.sleep(0.05)
+
+    def flush(self) -> None:
+        """Forget every tag, lock and cached answer: the next replicas start as a cold cluster."""
+        if not self._command(b"FLUSHALL").startswith(b"+OK"):
+            raise RuntimeError("redis FLUSHALL failed")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+
+class Moto:
+    """moto's S3 server (``moto_server``, in memory) on 127.0.0.1 (test 14)."""
+
+    def __init__(self, work: Path, port: int = PORTS.moto):
+        self.work, self.port = work / "moto", port
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    async def start(self) -> None:
+        await wait_port_free(self.port)
+        beside = Path(sys.executable).parent / "moto_server"
+        exe = str(beside) if beside.exists() else (shutil.which("moto_server") or "moto_server")
+        self.proc = Proc([exe, "-H", HOST, "-p", str(self.port)], self.work / "moto.log")
+        await wait_http(f"{self.url}/", self.proc, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+
+class WharfReplicas(Target):
+    """``count`` ``wharf serve`` processes of ONE config (one shared ``storage.root``, one Redis,
+    SQLite in the shared root: one host), each told its port by ``WHARF_LISTEN``, started one after
+    the other (the first creates the schema), behind nginx: round-robin, unbuffered, the next
+    replica when one refuses the connection (docs/replicas.md; tests/support/replicas.py)."""
+
+    prefix = WHARF_UPSTREAM_NAME + "/"
+
+    def __init__(self, work: Path, redis: Redis, count: int = 3):
+        self.name = f"wharf-x{count}-nginx"
+        self.port = PORTS.balancer
+        self.redis, self.count = redis, count
+        self.replicas: list[Proc] = []
+        super().__init__(work)
+
+    @property
+    def root(self) -> Path:
+        return self.work / "shared-volume"
+
+    def backend(self, index: int) -> str:
+        return f"http://{HOST}:{PORTS.replicas + index}"
+
+    async def start(self, upstream_url: str, tag_ttl: float = 60, fresh: bool = True) -> None:
+        self.stop()
+        for port in [self.port] + [PORTS.replicas + i for i in range(self.count)]:
+            await wait_port_free(port)
+        if fresh and self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            self.redis.flush()
+        cfg = self.work / "wharf.yaml"
+        cfg.write_text(yaml.safe_dump(wharf_config(self.root, upstream_url, tag_ttl, listen=f"{HOST}:0",
+                                                   redis={"url": self.redis.url})))
+        for i in range(self.count):
+            env = {**os.environ, "WHARF_LISTEN": f"{HOST}:{PORTS.replicas + i}"}
+            proc = Proc(wharf_argv("serve", "--config", str(cfg)), self.work / f"replica{i}.log", cwd=PROJECT,
+                        env=env)
+            self.replicas.append(proc)
+            await wait_http(f"{self.backend(i)}/healthz", proc, timeout=30, accept_any=False)
+        prefix = self.work / "nginx"
+        servers = "\n".join(f"    server {HOST}:{PORTS.replicas + i} max_fails=1 fail_timeout=2s;"
+                            for i in range(self.count))
+        body = f"""
+  access_log off;
+  upstream wharf {{
+{servers}
+    keepalive 64;
+  }}
+  server {{
+    listen {HOST}:{self.port};
+    location / {{
+      proxy_pass http://wharf;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      client_max_body_size 0;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 600s;
+      proxy_next_upstream error timeout;
+      proxy_next_upstream_tries 3;
+    }}
+  }}
+"""
+        self.proc = start_nginx(prefix, nginx_main(prefix, body))
+        await self._ready()
+
+    def stop(self) -> None:
+        super().stop()
+        for proc in self.replicas:
+            proc.stop()
+        self.replicas = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.replicas[0].pid if self.replicas and self.replicas[0].alive() else None
 
 
 class Distribution(Target):

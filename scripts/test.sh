@@ -84,9 +84,12 @@ if [ $# -eq 0 ]; then
 fi
 # twice: with the fast paths (replayed answers, hot set, sendfile) on, as shipped, and off, so
 # that every behaviour is proven not to depend on them (tests of a fast path force it on)
+# on WHARF_TEST_WORKERS xdist workers (2: the tests mostly wait on servers and clients, so two
+# share two cores well; the real clients' tests all go to one of them, see tests/conftest.py)
+parallel=(-n "${WHARF_TEST_WORKERS:-2}" --dist loadgroup --durations=15)
 echo "scripts/test.sh: the suite with the fast paths on" >&2
-.venv/bin/python -m pytest -q "${ignore_image[@]}" "$@"
+.venv/bin/python -m pytest -q "${parallel[@]}" "${ignore_image[@]}" "$@"
 # (tests marked "once" — the pages, generated files, config output — go through no fast path: run once;
 # nor do tests that start no Wharf through make_wharf: tests/conftest.py leaves them out of this pass)
 echo "scripts/test.sh: the suite with the fast paths off (TEST_FAST_PATHS=off), the tests they reach" >&2
-TEST_FAST_PATHS=off exec .venv/bin/python -m pytest -q -m "not once" "${ignore_image[@]}" "$@"
+TEST_FAST_PATHS=off exec .venv/bin/python -m pytest -q "${parallel[@]}" -m "not once" "${ignore_image[@]}" "$@"

@@ -24,11 +24,14 @@ Client processes run as asyncio subprocesses: Wharf serves from the test's own e
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -200,11 +203,14 @@ def start_dockerd(work: Path, containerd: Path, home: Path, registry_settings: d
     (the daemon, its DOCKER_HOST) once it answers. Blocks while it starts."""
     binary = require_binary("dockerd")
     require_binary("docker")
-    for sub in ("root", "exec"):
-        (work / sub).mkdir(parents=True)
+    (work / "root").mkdir(parents=True)
+    # dockerd binds unix sockets under its exec-root: a path under pytest's (long, per xdist
+    # worker) temporary directory can exceed the 108 bytes a socket path may have
+    exec_root = Path(tempfile.mkdtemp(prefix="wharf-dockerd-"))
+    atexit.register(shutil.rmtree, exec_root, True)
     socket_path = work / "docker.sock"
     settings = {
-        "data-root": str(work / "root"), "exec-root": str(work / "exec"),
+        "data-root": str(work / "root"), "exec-root": str(exec_root),
         "pidfile": str(work / "docker.pid"), "hosts": [f"unix://{socket_path}"],
         "containerd": str(containerd), "storage-driver": "vfs",
         "iptables": False, "ip6tables": False, "bridge": "none", "shutdown-timeout": 1,

@@ -105,7 +105,6 @@ def _gc(args: argparse.Namespace) -> int:
     import asyncio
     import json
 
-    from proxy.registry.gc import collect
     from proxy.registry.invalidation import Invalidation
     from proxy.registry.packages import Packages
     from proxy.storage.blobs import BlobStore
@@ -131,12 +130,42 @@ def _gc(args: argparse.Namespace) -> int:
     grace = config.gc.grace_seconds if args.grace is None else args.grace
     try:
         held = Packages(database, meta, blobs, Invalidation(), None, config.access).held_digests()
-        report = asyncio.run(collect(blobs, meta, uploads, grace, dry_run=args.dry_run, held=held))
+        report = asyncio.run(_collect(config, blobs, meta, uploads, grace, args.dry_run, held))
     finally:
         meta.close()
         database.close()
     print(json.dumps(report.as_dict()))
     return 0
+
+
+async def _collect(config, blobs, meta, uploads, grace: float, dry_run: bool, held):
+    """One gc pass; with object storage, what it removes is deleted from the bucket too, as the
+    server's pass does (the same wiring: ``write_and_delete_through``)."""
+    import asyncio
+
+    from proxy.registry.gc import collect
+
+    if config.storage.backend != "s3":
+        return await collect(blobs, meta, uploads, grace, dry_run=dry_run, held=held)
+    from proxy.storage.objects import BlobTier, ObjectStore, write_and_delete_through
+
+    objects = ObjectStore(config.storage.s3)
+    pending: set[asyncio.Task] = set()
+    tier = BlobTier(objects, lambda work, name: pending.add(asyncio.ensure_future(work)), blobs.path)
+    write_and_delete_through(blobs, tier)
+    await objects.open()
+    tier.start()
+    try:
+        report = await collect(blobs, meta, uploads, grace, dry_run=dry_run, held=held)
+        await asyncio.sleep(0)  # deletes asked from the sweep's threads are spawned by now
+        while pending:
+            done = list(pending)
+            pending.clear()
+            await asyncio.gather(*done)
+            await asyncio.sleep(0)
+    finally:
+        await objects.close()
+    return report
 
 
 # accounts --------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from proxy.storage.budget import Budget
 from proxy.storage.cache_index import FLUSH_SECONDS as INDEX_FLUSH_SECONDS, CacheIndex
 from proxy.storage.database import open_database
 from proxy.storage.meta import MetaStore
-from proxy.storage.objects import BlobTier, ObjectStore
+from proxy.storage.objects import BlobTier, ObjectStore, write_and_delete_through
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
 from proxy.storage.uploads import UploadStore
@@ -169,22 +169,8 @@ def create_app(config: Config) -> web.Application:
     if config.storage.backend == "s3":
         # the bucket is a tier under the local store: written through, read through, deleted through
         objects = ObjectStore(config.storage.s3)
-        tier = BlobTier(objects, tasks.spawn, blobs.path, lambda digest: meta.visibility(str(digest)).public)
-        counted = blobs.on_added  # the budget's hook stays: wrapped, not replaced
-
-        def added_through(digest, size) -> None:
-            counted(digest, size)
-            tier.added(digest, size)
-
-        remove_locally = blobs.remove  # gc, purges and deletes (eviction drops the local copy only: blobs.evict)
-
-        def remove_through(digest) -> int:
-            freed = remove_locally(digest)
-            if freed:
-                tier.removed(digest)
-            return freed
-
-        blobs.on_added, blobs.remove = added_through, remove_through
+        tier = BlobTier(objects, tasks.spawn, blobs.path)
+        write_and_delete_through(blobs, tier)  # eviction drops the local copy only (blobs.evict)
         pullthrough.blob_cache.objects = objects
 
         async def objects_lifecycle(app: web.Application) -> AsyncIterator[None]:

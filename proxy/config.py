@@ -160,6 +160,10 @@ class S3Config(_Frozen):
     redirect: bool = False                # blob GETs answered 307 to a presigned URL: bytes bypass Wharf
     presign_seconds: int = Field(default=600, ge=1, le=7 * 86400)
     part_size: int = Field(default=64 * 2**20, ge=5 * 2**20, le=5 * 2**30)  # multipart above this size
+    max_uploads: int = Field(default=4, ge=1, le=256)  # write-through uploads at once, per process
+    head_timeout: float = Field(default=1.0, gt=0, le=60)  # seconds for the bucket's look on a local miss
+    breaker_failures: int = Field(default=3, ge=0)  # failures in a row that skip the bucket; 0: never skip
+    breaker_cooldown: float = Field(default=30.0, gt=0)  # seconds the bucket is skipped, then probed
     # the keys read from the files above: kept out of repr and of every dump
     access_key_id: str | None = Field(default=None, repr=False, exclude=True)
     secret_access_key: str | None = Field(default=None, repr=False, exclude=True)

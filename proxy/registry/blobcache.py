@@ -10,12 +10,17 @@ Rules:
   bytes never arrive;
 - a 404 is remembered per credential (the negative cache of ``UpstreamAccess``), unless a fill
   of the digest is running;
-- with object storage (``storage.backend: s3``), a local miss asks the bucket before upstream: an
-  object there is brought in by the same fill machinery (followers stream it, its digest is
-  verified), and a public one is served without asking upstream; a bucket that fails to answer
-  is skipped (upstream is asked), never a 500;
-- with ``redirect: true``, a GET of a blob the bucket holds is a 307 to a presigned URL, only
-  once the client is authorized (a HEAD is answered here).
+- with object storage (``storage.backend: s3``), a local miss the negative cache does not answer
+  asks the bucket before upstream (a bounded look, skipped while the bucket fails: ``objects.py``).
+  An object there is brought in by the same fill machinery and its digest verified; one the
+  server vouches for (``StoredObject.verified``) is streamed to followers as it arrives, any other
+  is hashed whole before a reader gets a byte. An object that does not hash to its digest is
+  deleted from the bucket and counted (``blob``/``bucket_dropped``), and the fill goes on from
+  upstream; so does a fill whose bucket read fails before a reader got a byte: never a 5xx for
+  the bucket. Who may see the blob is never taken from the bucket: upstream confirms it as for
+  any blob not known here;
+- with ``redirect: true``, a GET of a blob whose bucket object is verified is a 307 to a
+  presigned URL, only once the client is authorized (a HEAD is answered here).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import asyncio
 from pathlib import Path
 
 from proxy.config import CacheConfig, LimitsConfig
-from proxy.errors import BlobUnknown, OCIError, SizeInvalid, Unavailable
+from proxy.errors import BlobUnknown, DigestInvalid, OCIError, SizeInvalid, Unavailable
 from proxy.metrics import Metrics
 from proxy.oci.digest import Digest
 from proxy.registry.base import BlobResult, Client, Target
@@ -38,6 +43,10 @@ from proxy.storage.meta import MetaStore
 from proxy.storage.objects import ObjectStore, StoredObject
 from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
+
+
+class _NothingServed(Exception):
+    """The bucket's copy could not be used, and no reader got a byte of it."""
 
 
 class BlobCache:
@@ -68,14 +77,14 @@ class BlobCache:
                     return redirected
             return BlobResult(digest, size, path=self._blobs.path(digest),
                               reading=lambda: self._blobs.reading(digest), cache_status="hit")
-        if self.objects is not None and self.fills.get(digest) is None:
-            stored = await self._in_bucket(digest)
-            if stored is not None:
-                return await self._from_bucket(upstream, target, digest, client, head, stored)
         credential, public = self._access.effective(upstream, client)
         if self.fills.get(digest) is None and await self._access.known_missing(upstream, target, str(digest), client):
             self._decisions.count("blob", "negative")
             raise BlobUnknown(f"blob {digest} unknown upstream (cached answer)")
+        if self.objects is not None and self.fills.get(digest) is None:
+            stored = await self._in_bucket(digest)
+            if stored is not None and (stored.verified or not head):
+                return await self._from_bucket(upstream, target, digest, client, head, stored)
         # no await between looking for a running fill and starting one: that is the single flight
         fill = self.fills.get(digest)
         if fill is not None:
@@ -109,50 +118,78 @@ class BlobCache:
             return None  # the bucket is down: upstream is asked as if it had no copy
 
     async def _redirect(self, digest: Digest, size: int) -> BlobResult | None:
-        """A 307 to the bucket for a blob it holds; None (serve it here) when it does not or is down."""
-        if await self._in_bucket(digest) is None:
+        """A 307 to the bucket for a blob it holds verified; None (serve it here) when it does not,
+        holds something else, or is down."""
+        stored = await self._in_bucket(digest)
+        if stored is None or not stored.verified or stored.size != size:
             return None
         return BlobResult(digest, size, redirect=await self.objects.presign(digest), cache_status="hit")
 
     async def _from_bucket(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
                            head: bool, stored: StoredObject) -> BlobResult:
-        """Serve a blob the bucket holds: public ones without asking upstream, others once upstream
-        confirms the client may see it; a GET fills the local store from the bucket."""
-        if stored.public:
-            self._meta.grant(str(digest), target.scope, True)
+        """Serve a blob the bucket holds, once upstream confirms the client may see it (unless this
+        store knows it already); a GET fills the local store from the bucket, or from upstream when
+        the bucket's object turns out not to be the blob."""
         await self._access.authorize(upstream, target, digest, client, blob=True)
         self._decisions.count("blob", "hit")
         if head:
             return BlobResult(digest, stored.size, cache_status="hit")
-        if self.objects.redirect:
+        if self.objects.redirect and stored.verified:
             return BlobResult(digest, stored.size, redirect=await self.objects.presign(digest), cache_status="hit")
+        credential, public = self._access.effective(upstream, client)
         fill = self.fills.get(digest)  # no await between looking and starting: the single flight
         if fill is None:
-            fill = self.fills.start(digest, lambda f, temp, size_file: self._run_bucket_fill(f, temp, size_file,
-                                                                                              stored.size),
-                                    self._cache.fill_timeout, about={"upstream": upstream.name,
-                                                                     "repository": target.repo, "public": stored.public,
-                                                                     "source": "object storage"})
+            fill = self.fills.start(
+                digest, lambda f, temp, size_file: self._run_bucket_fill(f, temp, size_file, stored, upstream,
+                                                                         target, credential, public),
+                self._cache.fill_timeout, about={"upstream": upstream.name, "repository": target.repo,
+                                                 "public": public, "source": "object storage"})
         await asyncio.shield(fill.started)
         return BlobResult(digest, fill.size, segments=fill.segments, cache_status="hit")
 
-    async def _run_bucket_fill(self, fill: Fill, temp_path: Path, size_path: Path, size: int) -> None:
-        """Copy one blob from the bucket into the store, verified as an upstream fill is."""
+    async def _run_bucket_fill(self, fill: Fill, temp_path: Path, size_path: Path, stored: StoredObject,
+                               upstream: Upstream, target: Target, credential: Credential | None,
+                               public: bool) -> None:
+        """Copy one blob from the bucket into the store, verified as an upstream fill is; from
+        upstream instead when the bucket's copy is bad or unreadable before a reader got a byte."""
+        try:
+            path = await self._copy_from_bucket(fill, temp_path, size_path, stored)
+        except _NothingServed:
+            await self._run_fill(fill, temp_path, size_path, upstream, target, credential, public)
+            return
+        fill.finish(path)
+
+    async def _copy_from_bucket(self, fill: Fill, temp_path: Path, size_path: Path, stored: StoredObject) -> Path:
+        """The bucket's object, verified into the store. Readers begin at the first byte only when
+        the server vouches for the object; else once it verified (they then read the stored blob).
+        A bad object is dropped from the bucket; _NothingServed when no reader got a byte."""
+        size = stored.size
         writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
                                         max_size=size, expected_size=size)
+        began = False
         try:
             hasher = ThreadedHasher(fill.digest.algorithm)
-            size_path.write_text(str(size))
-            fill.begin(writer, size)
             async for chunk in self.objects.stream(fill.digest):
+                if stored.verified and not began:
+                    size_path.write_text(str(size))
+                    fill.begin(writer, size)
+                    began = True
                 writer.write(chunk)
                 await hasher.update(chunk)
-            path = writer.commit(fill.digest, size, actual=await hasher.digest())
-        except BaseException:
+            return writer.commit(fill.digest, size, actual=await hasher.digest())
+        except (DigestInvalid, SizeInvalid) as bad:
+            await self.objects.drop(fill.digest, str(bad))
+            self._decisions.count("blob", "bucket_dropped")
+            if began:
+                raise
+            raise _NothingServed() from None
+        except Unavailable:
+            if began:
+                raise
+            raise _NothingServed() from None
+        finally:
             if not writer.closed:
                 writer.abort()
-            raise
-        fill.finish(path)
 
     async def _head_upstream(self, upstream: Upstream, target: Target, digest: Digest,
                              client: Client) -> BlobResult:

@@ -1,24 +1,40 @@
 """Blob bytes in S3-compatible object storage (AWS S3, MinIO, Ceph RGW), through aiobotocore.
 
 Rules:
-- a blob's key is ``<prefix>blobs/<algorithm>/<hex>``; an object under it is always complete and
-  verified: only blobs already verified into the local store are uploaded, in one PUT, or in
-  parts above ``part_size`` that become visible only when the upload completes; a failed
-  multipart upload is aborted, so nothing half-written is left in the bucket;
-- the object carries whether the blob is public (``x-amz-meta-wharf-public``), so a replica with
-  an empty store may serve a public blob from the bucket without asking upstream;
-- storage errors are ``Unavailable`` (503), never a traceback; a missing object is None;
-- parts are read from disk in a thread and held one at a time (memory is bounded by ``part_size``).
+- a blob's key is ``<prefix>blobs/<algorithm>/<hex>``; only blobs already verified into the local
+  store are uploaded, in one PUT up to ``part_size``, else in parts that become visible only when
+  the upload completes; a failed multipart upload is aborted;
+- every upload carries an S3 additional checksum (SHA-256, ``x-amz-checksum-sha256``) that the
+  server checks against the bytes it receives. An object is *verified* when HEAD (ChecksumMode
+  ENABLED) reports a whole-object SHA-256 equal to the blob's sha256 digest: only a server that
+  received exactly those bytes reports it, so a writer to the bucket cannot forge it without the
+  right bytes. Multipart objects report a checksum of their parts' checksums, and objects written
+  by others none: those are never verified (read through only after hashing them, never
+  redirected to);
+- an object found under a key but not verified is uploaded again (over it), never skipped;
+- nothing is trusted from an object's metadata: who may see a blob comes from Wharf's metadata;
+- the bucket's look on a local miss (``head``) has ``head_timeout`` and a circuit breaker: after
+  ``breaker_failures`` failures in a row the bucket is skipped at once for ``breaker_cooldown``
+  seconds, then probed by one request; storage errors are ``Unavailable``, never a traceback;
+- at most ``max_uploads`` uploads run at once per process; a part streams from the file (read in
+  aiohttp's executor, never on the loop, never a whole part in memory);
+- write-through, delete-through and the drop of a bad object are ordered per digest (a lock per
+  digest in this process): a delete that comes after an upload runs after it, so it never leaves
+  an object the store no longer has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -27,21 +43,99 @@ from botocore.exceptions import BotoCoreError, ClientError
 from proxy.config import S3Config
 from proxy.errors import Unavailable
 from proxy.oci.digest import Digest
+from proxy.upstream.circuit import Circuit
 
 log = logging.getLogger("wharf.objects")
 _CHUNK = 1024 * 1024
-_PUBLIC = "wharf-public"
+_HASH_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     size: int
-    public: bool
+    verified: bool  # the server vouches that its bytes hash to the digest (see the module's rules)
 
 
 def _missing(error: ClientError) -> bool:
     code = str(error.response.get("Error", {}).get("Code", ""))
     return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _server_side(error: ClientError) -> bool:
+    """A 5xx (or a throttle): the bucket is failing, not answering."""
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or status == 429
+
+
+def whole_object_checksum(digest: Digest) -> str | None:
+    """The ``x-amz-checksum-sha256`` of an object whose bytes are the blob (sha256 digests only)."""
+    if digest.algorithm != "sha256":
+        return None
+    return base64.b64encode(bytes.fromhex(digest.hex)).decode()
+
+
+def _sha256_of(path: Path, offset: int, length: int) -> str:
+    """Base64 SHA-256 of a file's region (blocking: a worker thread)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as source:
+        source.seek(offset)
+        left = length
+        while left and (chunk := source.read(min(_HASH_CHUNK, left))):
+            hasher.update(chunk)
+            left -= len(chunk)
+    return base64.b64encode(hasher.digest()).decode()
+
+
+class FileRegion(io.RawIOBase):
+    """``length`` bytes of a file from ``offset``, as a seekable stream (an upload's body).
+
+    aiohttp reads it in its executor, a chunk at a time; it has no ``fileno`` so that the size
+    comes from the region, not from the whole file."""
+
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")
+        self._offset, self._length, self._position = offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = max(0, min(self._length, base + position))
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._position
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        data = os.pread(self._file.fileno(), size, self._offset + self._position)
+        self._position += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("a region of a file has no descriptor of its own")
+
+    def __len__(self) -> int:
+        return self._length
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
 
 
 class ObjectStore:
@@ -51,6 +145,10 @@ class ObjectStore:
         self._config = config
         self._client = None
         self._stack = contextlib.AsyncExitStack()
+        self.circuit = Circuit(config.breaker_failures, config.breaker_cooldown)
+        self._uploads = asyncio.Semaphore(config.max_uploads)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, int] = {}
 
     @property
     def redirect(self) -> bool:
@@ -58,11 +156,14 @@ class ObjectStore:
 
     async def open(self) -> None:
         session = get_session()
+        # payload signing off: the body is not read on the loop to sign it; its integrity is the
+        # additional checksum's (a signed header the server checks against the bytes)
         self._client = await self._stack.enter_async_context(session.create_client(
             "s3", region_name=self._config.region, endpoint_url=self._config.endpoint_url,
             aws_access_key_id=self._config.access_key_id, aws_secret_access_key=self._config.secret_access_key,
             config=AioConfig(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2},
-                             signature_version="s3v4", s3={"addressing_style": "path"})))
+                             signature_version="s3v4",
+                             s3={"addressing_style": "path", "payload_signing_enabled": False})))
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -71,18 +172,56 @@ class ObjectStore:
     def key(self, digest: Digest) -> str:
         return f"{self._config.prefix}blobs/{digest.algorithm}/{digest.hex}"
 
-    async def head(self, digest: Digest) -> StoredObject | None:
-        """The object's size and visibility, or None when the bucket has no such blob."""
+    @contextlib.asynccontextmanager
+    async def locked(self, digest: Digest):
+        """Hold this digest's lock: uploads, deletes and drops of one digest run in call order."""
+        key = str(digest)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
-            answer = await self._client.head_object(Bucket=self._config.bucket, Key=self.key(digest))
+            async with lock:
+                yield
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key], self._locks[key]
+
+    async def head(self, digest: Digest) -> StoredObject | None:
+        """The object's size and whether it is verified, or None when the bucket has no such blob.
+        Bounded by ``head_timeout``; a bucket the breaker holds open is Unavailable at once."""
+        if not self.circuit.admit():
+            raise Unavailable(f"object storage is skipped for {self.circuit.retry_in():.0f}s "
+                              f"({self.circuit.cause})")
+        outcome: bool | None = None  # None: cancelled, no outcome
+        try:
+            async with asyncio.timeout(self._config.head_timeout):
+                answer = await self._client.head_object(Bucket=self._config.bucket, Key=self.key(digest),
+                                                        ChecksumMode="ENABLED")
+            outcome = True
         except ClientError as error:
             if _missing(error):
+                outcome = True
                 return None
+            outcome = not _server_side(error)  # a 403 (no s3:ListBucket) is an answer, a 5xx is not
             raise self._unavailable("head", digest, error) from None
         except (BotoCoreError, OSError, asyncio.TimeoutError) as error:
+            outcome = False
             raise self._unavailable("head", digest, error) from None
-        public = answer.get("Metadata", {}).get(_PUBLIC) == "1"
-        return StoredObject(int(answer["ContentLength"]), public)
+        finally:
+            self._outcome(outcome)
+        size = int(answer["ContentLength"])
+        expected = whole_object_checksum(digest)
+        return StoredObject(size, expected is not None and answer.get("ChecksumSHA256") == expected)
+
+    def _outcome(self, answered: bool | None) -> None:
+        """Tell the breaker how a request went (None: it ended without an outcome, cancelled)."""
+        if answered is None:
+            self.circuit.abandoned()
+        elif answered:
+            self.circuit.succeeded()
+        elif self.circuit.failed("no answer"):
+                log.warning("object storage failed %d times in a row: skipped for %.0fs",
+                            self.circuit.failures, self._config.breaker_cooldown)
 
     async def stream(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """The bytes [start, end) of a blob, in chunks as they arrive (Unavailable when it breaks)."""
@@ -99,36 +238,58 @@ class ObjectStore:
         except (BotoCoreError, OSError, asyncio.TimeoutError) as error:
             raise self._unavailable("read", digest, error) from None
 
-    async def upload(self, path: Path, digest: Digest, size: int, public: bool = False) -> None:
-        """Copy a verified local blob to the bucket: one PUT up to ``part_size``, else a multipart
-        upload that is aborted on any failure."""
+    async def upload(self, path: Path, digest: Digest, size: int) -> None:
+        """Copy a verified local blob to the bucket with its SHA-256 checksum: one PUT up to
+        ``part_size``, else a multipart upload that is aborted on any failure. At most
+        ``max_uploads`` run at once; each streams from the file."""
+        async with self._uploads:
+            if size <= self._config.part_size:
+                await self._put(path, digest, size)
+            else:
+                await self._put_in_parts(path, digest, size)
+
+    async def _put(self, path: Path, digest: Digest, size: int) -> None:
+        checksum = whole_object_checksum(digest) or await asyncio.to_thread(_sha256_of, path, 0, size)
+        with FileRegion(path, 0, size) as body:
+            await self._client.put_object(Bucket=self._config.bucket, Key=self.key(digest), Body=body,
+                                          ContentLength=size, ChecksumAlgorithm="SHA256",
+                                          ChecksumSHA256=checksum)
+
+    async def _put_in_parts(self, path: Path, digest: Digest, size: int) -> None:
         bucket, key, part_size = self._config.bucket, self.key(digest), self._config.part_size
-        metadata = {_PUBLIC: "1" if public else "0"}
-        with open(path, "rb") as source:
-            if size <= part_size:
-                body = await asyncio.to_thread(source.read)
-                await self._client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)
-                return
-            started = await self._client.create_multipart_upload(Bucket=bucket, Key=key, Metadata=metadata)
-            upload_id = started["UploadId"]
-            try:
-                parts = []
-                number = 1
-                while part := await asyncio.to_thread(source.read, part_size):
+        started = await self._client.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+        upload_id = started["UploadId"]
+        try:
+            parts = []
+            for number, offset in enumerate(range(0, size, part_size), start=1):
+                length = min(part_size, size - offset)
+                checksum = await asyncio.to_thread(_sha256_of, path, offset, length)
+                with FileRegion(path, offset, length) as body:
                     answer = await self._client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
-                                                            PartNumber=number, Body=part)
-                    parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-                    number += 1
-                await self._client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                                             MultipartUpload={"Parts": parts})
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self._client.abort_multipart_upload(Bucket=bucket, Key=key,
-                                                                             UploadId=upload_id))
-                raise
+                                                            PartNumber=number, Body=body, ContentLength=length,
+                                                            ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
+            await self._client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                         MultipartUpload={"Parts": parts})
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._client.abort_multipart_upload(Bucket=bucket, Key=key,
+                                                                         UploadId=upload_id))
+            raise
 
     async def delete(self, digest: Digest) -> None:
         await self._client.delete_object(Bucket=self._config.bucket, Key=self.key(digest))
+
+    async def drop(self, digest: Digest, why: str) -> None:
+        """Delete an object that does not hold the blob (it failed verification), after any upload
+        of the digest in flight; logged here, once per object."""
+        log.warning("object storage: %s does not hold %s (%s): deleted", self.key(digest), digest, why,
+                    extra={"digest": str(digest)})
+        async with self.locked(digest):
+            try:
+                await self.delete(digest)
+            except Exception as error:
+                log.warning("object storage: delete of %s failed: %s", digest, type(error).__name__)
 
     async def presign(self, digest: Digest) -> str:
         """A URL that GETs the blob from the bucket for ``presign_seconds``, without credentials."""
@@ -143,13 +304,13 @@ class ObjectStore:
 
 class BlobTier:
     """Keeps the bucket in step with the local store: blobs added are uploaded, blobs removed are
-    deleted, both in app-owned background tasks (the hooks may be called from any thread)."""
+    deleted, both in app-owned background tasks (the hooks may be called from any thread), in
+    call order per digest."""
 
-    def __init__(self, objects: ObjectStore, spawn, path_of, is_public) -> None:
+    def __init__(self, objects: ObjectStore, spawn, path_of: Callable[[Digest], Path]) -> None:
         self._objects = objects
         self._spawn = spawn          # BackgroundTasks.spawn
         self._path_of = path_of      # BlobStore.path
-        self._is_public = is_public  # digest -> bool, from the metadata's visibility
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -160,7 +321,7 @@ class BlobTier:
         self._call(self._upload, digest, size)
 
     def removed(self, digest: Digest) -> None:
-        """A blob left the local store (eviction, gc, delete): delete it through."""
+        """A blob left the local store (gc, purge, delete; not eviction): delete it through."""
         self._call(self._delete, digest)
 
     def _call(self, action, *args) -> None:
@@ -171,23 +332,52 @@ class BlobTier:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
+
+        def spawn() -> None:
+            # the coroutine takes the digest's lock as its first step: tasks start in spawn order,
+            # and the lock is fair, so per digest the bucket sees the calls in the order made here
             self._spawn(action(*args), name=f"{action.__name__} {args[0]}")
+
+        if running is loop:
+            spawn()
         else:
-            loop.call_soon_threadsafe(lambda: self._spawn(action(*args), name=f"{action.__name__} {args[0]}"))
+            loop.call_soon_threadsafe(spawn)
 
     async def _upload(self, digest: Digest, size: int) -> None:
-        try:
-            if await self._objects.head(digest) is not None:
-                return
-            await self._objects.upload(self._path_of(digest), digest, size, public=self._is_public(digest))
-        except FileNotFoundError:
-            pass  # removed again before it could be copied
-        except Exception as error:
-            log.warning("write-through of %s failed: %s", digest, type(error).__name__)
+        async with self._objects.locked(digest):
+            try:
+                found = await self._objects.head(digest)
+                if found is not None and found.verified and found.size == size:
+                    return  # the very bytes, vouched for by the server
+                await self._objects.upload(self._path_of(digest), digest, size)
+            except FileNotFoundError:
+                pass  # removed again before it could be copied (its delete comes next)
+            except Exception as error:
+                log.warning("write-through of %s failed: %s", digest, type(error).__name__)
 
     async def _delete(self, digest: Digest) -> None:
-        try:
-            await self._objects.delete(digest)
-        except Exception as error:
-            log.warning("delete-through of %s failed: %s", digest, type(error).__name__)
+        async with self._objects.locked(digest):
+            try:
+                await self._objects.delete(digest)
+            except Exception as error:
+                log.warning("delete-through of %s failed: %s", digest, type(error).__name__)
+
+
+def write_and_delete_through(blobs, tier: BlobTier) -> None:
+    """Put ``tier`` under ``blobs``: what the store adds is uploaded, what it removes (gc, purges,
+    deletes) is deleted from the bucket. ``blobs.evict`` (the budget's) drops the local copy only.
+    The server and ``wharf gc`` both wire the store this way, so they delete alike."""
+    counted = blobs.on_added  # the budget's hook stays: wrapped, not replaced
+    remove_locally = blobs.remove
+
+    def added_through(digest: Digest, size: int) -> None:
+        counted(digest, size)
+        tier.added(digest, size)
+
+    def remove_through(digest: Digest) -> int:
+        freed = remove_locally(digest)
+        if freed:
+            tier.removed(digest)
+        return freed
+
+    blobs.on_added, blobs.remove = added_through, remove_through

@@ -71,6 +71,21 @@ class Bucket:
         except ClientError:
             return None
 
+    def checksum(self, digest: str) -> str | None:
+        """The object's whole-object SHA-256 checksum as the server reports it (None: it has none)."""
+        try:
+            return self.client.head_object(Bucket=self.name, Key=self.key(digest),
+                                           ChecksumMode="ENABLED").get("ChecksumSHA256")
+        except ClientError:
+            return None
+
+    def plant(self, digest: str, data: bytes, checksum: bool = True, **extra) -> None:
+        """Write an object under a blob's key as another writer to the bucket would (``checksum``: with
+        the server's SHA-256 of ``data``, which is honest about ``data``, not about the digest)."""
+        if checksum:
+            extra["ChecksumAlgorithm"] = "SHA256"
+        self.client.put_object(Bucket=self.name, Key=self.key(digest), Body=data, **extra)
+
     def read(self, digest: str) -> bytes:
         return self.client.get_object(Bucket=self.name, Key=self.key(digest))["Body"].read()
 
@@ -107,3 +122,56 @@ def new_bucket(endpoint_url: str, workdir: Path) -> Bucket:
     name = f"wharf-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     return Bucket(endpoint_url, name, (key_id, secret), client)
+
+
+class FakeS3:
+    """An S3 endpoint for faults moto will not produce: HEAD answers that every object exists with
+    ``size`` bytes (or hangs, ``hang_head``), GET fails with 503, PUT takes ``put_seconds``; it
+    records every request and the most PUTs it had in flight at once."""
+
+    def __init__(self, size: int = 0, hang_head: bool = False, put_seconds: float = 0.0) -> None:
+        self.size, self.hang_head, self.put_seconds = size, hang_head, put_seconds
+        self.requests: list[tuple[str, str]] = []
+        self.puts_in_flight = self.most_puts_in_flight = 0
+        self.url = ""
+        self._released = asyncio.Event()  # set at stop: hung requests end
+
+    async def start(self) -> "FakeS3":
+        from aiohttp import web
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self.requests.append((request.method, request.path))
+            if request.method == "HEAD":
+                if self.hang_head:
+                    await self._released.wait()
+                if not self.size:
+                    return web.Response(status=404)
+                return web.Response(headers={"Content-Length": str(self.size), "ETag": '"x"'})
+            if request.method == "PUT":
+                self.puts_in_flight += 1
+                self.most_puts_in_flight = max(self.most_puts_in_flight, self.puts_in_flight)
+                try:
+                    await request.read()
+                    await asyncio.sleep(self.put_seconds)
+                finally:
+                    self.puts_in_flight -= 1
+                return web.Response(headers={"ETag": '"x"'})
+            return web.Response(status=503, text="<Error><Code>ServiceUnavailable</Code></Error>")
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._runner = runner
+        return self
+
+    async def stop(self) -> None:
+        self._released.set()
+        await self._runner.cleanup()
+
+    def count(self, method: str) -> int:
+        return sum(1 for seen, _ in self.requests if seen == method)

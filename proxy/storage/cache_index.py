@@ -198,6 +198,32 @@ def image_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: st
     return found, complete
 
 
+def is_stored_whole(blobs: BlobStore, meta: MetaStore, digest: str, media_type: str | None,
+                    depth: int = 0) -> bool:
+    """Whether the store alone can serve this stored manifest as a complete image: an image
+    manifest when its config and every layer (foreign layers aside) are stored; an index when at
+    least one of its child manifests is whole (a node pulls its own platform only). A body that
+    does not parse is taken as it is (blocking: reads the store; for upstream-down answers only)."""
+    try:
+        parsed_digest = Digest.parse(digest)
+    except OCIError:
+        return False
+    body = blobs.read_bytes(parsed_digest)
+    if body is None:
+        return False
+    if len(body) > MAX_MANIFEST_BYTES:
+        return True
+    try:
+        parsed = parse_manifest(body, meta.manifest_type(digest) or media_type)
+    except OCIError:
+        return True
+    if parsed.manifests:
+        return depth + 1 < _MAX_DEPTH and any(
+            is_stored_whole(blobs, meta, str(child.digest), child.media_type, depth + 1) for child in parsed.manifests)
+    return all(descriptor.non_distributable or blobs.size(descriptor.digest) is not None
+               for descriptor in parsed.blobs)
+
+
 class CacheIndex:
     """The index of one store; one per process (app key ``keys.CACHE_INDEX``)."""
 
@@ -518,6 +544,13 @@ class CacheIndex:
             if (scope, tag) not in leaving:
                 return True
         return False
+
+    def tags_referencing(self, digest: str, limit: int = 1000) -> list[tuple[str, str, str]]:
+        """(scope, tag, digest the tag names) of up to ``limit`` tags whose content holds ``digest``
+        (by index: one digest's rows; blocking)."""
+        return [tuple(row) for row in self._query(
+            "SELECT c.name, c.tag, t.digest FROM content AS c JOIN tags AS t ON t.name = c.name AND t.tag = c.tag "
+            "WHERE c.digest = ? LIMIT ?", (digest, limit))]
 
     def incomplete_tags(self) -> list[tuple[str, str, str, str | None]]:
         """(scope, tag, digest, media type) of the tags whose content was not all stored when they

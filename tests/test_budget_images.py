@@ -41,7 +41,8 @@ async def _indexed(wharf, *digests: str) -> None:
     index = wharf.app[keys.CACHE_INDEX]
     for _ in range(100):
         await index.flush()
-        if all(await asyncio.to_thread(index.tags_referencing, digest) for digest in digests):
+        found = [await asyncio.to_thread(index.tags_referencing, digest) for digest in digests]
+        if all(found):
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the cache index never recorded the tags")
@@ -95,7 +96,7 @@ async def test_a_stale_tag_whose_blobs_are_gone_is_not_served_while_upstream_is_
     broken, whole = make_image("stale-broken", (5000, 6000)), make_image("stale-whole", (5000,))
     fake.add_image(REPO, broken, tag="broken")
     fake.add_image(REPO, whole, tag="whole")
-    wharf = await make_wharf(fake.url, storage={"root": str(tmp_path / "s")}, upstream_options={"tag_ttl": 1})
+    wharf = await make_wharf(fake.url, storage={"root": str(tmp_path / "s")}, upstream_options={"tag_ttl": 1, "circuit_cooldown": 0.5})
     name = f"{wharf.upstream_name(fake.url)}/{REPO}"
     await _pull(wharf, name, broken, "broken")
     await _pull(wharf, name, whole, "whole")
@@ -112,6 +113,7 @@ async def test_a_stale_tag_whose_blobs_are_gone_is_not_served_while_upstream_is_
     assert await _error(resp) == (503, "UNAVAILABLE")
 
     fake.clear_faults()  # upstream is back: the tag is answered and the missing layer fetched again
+    await asyncio.sleep(0.6)  # past the open circuit's cooldown
     await _pull(wharf, name, broken, "broken")
 
 

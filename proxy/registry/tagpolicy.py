@@ -8,9 +8,10 @@ Rules:
   ``cache.low_quota_remaining``, a stale tag is served at once and revalidated in the background;
 - when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale; a
   revalidation that takes longer than ``cache.revalidate_timeout`` is left running in the
-  background and the stored answer is served meanwhile; but only an image the store holds whole
-  (``is_stored_whole``: every blob of it, or one whole platform of an index): a manifest whose
-  blobs are gone answers upstream's error, as a tag never cached does (503 UNAVAILABLE, 429);
+  background and the stored answer is served meanwhile; but not an image the store lost part of
+  (``has_lost_content``: a blob it held was evicted, or every platform it held of an index): that
+  answers upstream's error, as a tag never cached does (503 UNAVAILABLE, 429), not a manifest the
+  client would fail to pull (blobs never fetched through here do not count: the client may have them);
 - one revalidation per tag and credential runs at a time; while another worker or replica holds
   the tag's revalidation lock, its stored answer is served ("coalesced");
 - stale answers go only to clients who could see them without asking upstream
@@ -35,7 +36,7 @@ from proxy.registry.manifestcache import ManifestCache
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
-from proxy.storage.cache_index import is_stored_whole
+from proxy.storage.cache_index import has_lost_content
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
@@ -133,10 +134,11 @@ class TagPolicy:
     async def _may_serve_stale_whole(self, target: Target, record: TagRecord, client: Client,
                                      upstream: Upstream) -> bool:
         """Upstream cannot be asked: the stored answer goes to a client who may see it, and only when
-        the store holds the image whole (else the client would fail on a missing blob)."""
+        the store lost none of the image (else the client would fail on a blob evicted here)."""
         if not await self._access.may_serve_stale(target, record, client, upstream):
             return False
-        return await asyncio.to_thread(is_stored_whole, self._blobs, self._meta, record.digest, record.media_type)
+        return not await asyncio.to_thread(has_lost_content, self._blobs, self._meta, record.digest,
+                                           record.media_type)
 
     async def fetch(self, upstream: Upstream, target: Target, tag: str, client: Client,
                     coalesce: bool = True) -> tuple[TagRecord, bool]:

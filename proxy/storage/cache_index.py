@@ -198,30 +198,40 @@ def image_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: st
     return found, complete
 
 
-def is_stored_whole(blobs: BlobStore, meta: MetaStore, digest: str, media_type: str | None,
-                    depth: int = 0) -> bool:
-    """Whether the store alone can serve this stored manifest as a complete image: an image
-    manifest when its config and every layer (foreign layers aside) are stored; an index when at
-    least one of its child manifests is whole (a node pulls its own platform only). A body that
-    does not parse is taken as it is (blocking: reads the store; for upstream-down answers only)."""
+def has_lost_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: str | None,
+                     depth: int = 0) -> bool:
+    """Whether the store lost part of this image since it held it: a blob (or, for an index, every
+    child manifest it held) that was stored here and is gone, its file removed while the record of
+    who may see it stays (eviction leaves that record; gc forgets both). Content never fetched
+    through this store does not count (a client may hold it: a manifest alone is a whole answer).
+    Blocking: reads the store; for answers given while upstream cannot be asked."""
     try:
         parsed_digest = Digest.parse(digest)
     except OCIError:
         return False
     body = blobs.read_bytes(parsed_digest)
     if body is None:
-        return False
-    if len(body) > MAX_MANIFEST_BYTES:
         return True
+    if len(body) > MAX_MANIFEST_BYTES:
+        return False
     try:
         parsed = parse_manifest(body, meta.manifest_type(digest) or media_type)
     except OCIError:
-        return True
+        return False
     if parsed.manifests:
-        return depth + 1 < _MAX_DEPTH and any(
-            is_stored_whole(blobs, meta, str(child.digest), child.media_type, depth + 1) for child in parsed.manifests)
-    return all(descriptor.non_distributable or blobs.size(descriptor.digest) is not None
-               for descriptor in parsed.blobs)
+        held = [child for child in parsed.manifests if _was_held(blobs, meta, child.digest)]
+        return bool(held) and depth + 1 < _MAX_DEPTH and all(
+            has_lost_content(blobs, meta, str(child.digest), child.media_type, depth + 1) for child in held)
+    return any(not descriptor.non_distributable and blobs.size(descriptor.digest) is None
+               and _was_held(blobs, meta, descriptor.digest) for descriptor in parsed.blobs)
+
+
+def _was_held(blobs: BlobStore, meta: MetaStore, digest: Digest) -> bool:
+    """Stored now, or stored once: a visibility record is written when content is fetched through."""
+    if blobs.size(digest) is not None:
+        return True
+    seen = meta.visibility(str(digest), fresh=True)
+    return seen.public or bool(seen.repos)
 
 
 class CacheIndex:

@@ -234,6 +234,7 @@ class Budget:
         after: tuple[float, str] | None = None
         while (cached := self.cached_bytes) > target and (batch := self._index.oldest(CACHED, after)):
             gone: set[str] = set()  # removed with an image earlier in this page: skipped
+            dropped: list[tuple[str, str]] = []  # tags deleted in this page: one hook call for them
             for key, size, when in batch:
                 after = (when, key)
                 if cached <= target:
@@ -256,7 +257,9 @@ class Budget:
                     self._metrics.evictions.inc()
                     self._metrics.evicted_bytes.inc(size_freed)
                     evicted.append((Digest.parse(digest), size_freed, time.time()))
-                self._drop_tags(tags)
+                dropped += self._drop_tags(tags)
+            if dropped and self._on_tags_dropped is not None:
+                self._call_on_loop(self._on_tags_dropped, dropped)
             self.refresh_totals()  # the metrics follow page by page
         self._publish_totals()
         if evicted:
@@ -286,11 +289,11 @@ class Budget:
             if removed:
                 yield digest, removed
 
-    def _drop_tags(self, tags: list[tuple[str, str, str]]) -> None:
+    def _drop_tags(self, tags: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
         """Delete the tag records of images eviction took apart (unless the tag moved meanwhile), and
-        their cache index rows; then tell ``on_tags_dropped``."""
+        their cache index rows; returns the (scope, tag)s deleted (for ``on_tags_dropped``)."""
         if not tags:
-            return
+            return []
         dropped, unindexed = [], []
         for scope, tag, digest in tags:
             record = self._meta.tag(scope, tag, fresh=True)
@@ -300,8 +303,7 @@ class Budget:
                 self._meta.delete_tag(scope, tag)
                 dropped.append((scope, tag))
         self._images.forget(unindexed)
-        if dropped and self._on_tags_dropped is not None:
-            self._call_on_loop(self._on_tags_dropped, dropped)
+        return dropped
 
     def _call_on_loop(self, hook: Callable, *args) -> None:
         """Run ``hook`` on the app's loop (the caches it drops from are the loop's); no loop: here."""

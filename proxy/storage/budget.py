@@ -18,9 +18,10 @@ holds a flock on a file of the store's root, which works across the processes an
 shared volume. In a process, one eviction runs at a time; a request for another while it runs makes
 it look again when it is done.
 
-Eviction removes whole images where it can: a cached blob that the tags of upstream images
-reference (the cache index's content rows) goes with every other blob and manifest of those images
-that no other tag references, and their tag records are deleted (then ``on_tags_dropped``: the
+Eviction removes whole images where it can: an image is as recent as its newest blob or its tag's
+last pull (a pull by tag may read no blob: the node has them); a cached blob that the tags of
+upstream images reference (the cache index's content rows) goes with every other blob and manifest
+of those images that no other tag references, and their tag records are deleted (then ``on_tags_dropped``: the
 answers remembered for them are dropped). A tag that is gone is fetched anew, or, with upstream
 down, answers what a tag never cached answers; no tag is left naming an image missing some of its
 blobs. Content the index does not know (pulled by digest only) is evicted blob by blob.
@@ -247,6 +248,10 @@ class Budget:
                     cached -= size
                     continue
                 tags, others = self._image_of(key)
+                pulled = max((tag[3] or 0.0 for tag in tags), default=0.0)
+                if pulled > when:  # an image it belongs to was pulled since (by tag: its blobs may not be read)
+                    self._index.touch([(key, pulled)])
+                    continue
                 removed = self._blobs.evict(Digest.parse(key))  # 0 while somebody reads it (the row stays)
                 if not removed:
                     continue
@@ -268,13 +273,13 @@ class Budget:
             log.info("evicted %d bytes to stay under the %d byte budget", freed, self.max_cached_bytes)
         return freed
 
-    def _image_of(self, key: str) -> tuple[list[tuple[str, str, str]], list[str]]:
-        """The tags whose images hold ``key`` (scope, tag, digest it names), and the other cached
-        digests of those images that no other tag references: what goes with ``key``."""
+    def _image_of(self, key: str) -> tuple[list[tuple[str, str, str, float | None]], list[str]]:
+        """The tags whose images hold ``key`` (scope, tag, digest it names, last pull), and the other
+        cached digests of those images that no other tag references: what goes with ``key``."""
         if self._images is None:
             return [], []
         tags = self._images.tags_referencing(key)
-        leaving = {(scope, tag) for scope, tag, _ in tags}
+        leaving = {(scope, tag) for scope, tag, _, _ in tags}
         others = [digest for digest in self._images.content_blocking(leaving)
                   if digest != key and not self._images.referenced_by_others(digest, leaving)]
         return tags, others
@@ -289,13 +294,13 @@ class Budget:
             if removed:
                 yield digest, removed
 
-    def _drop_tags(self, tags: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    def _drop_tags(self, tags: list[tuple[str, str, str, float | None]]) -> list[tuple[str, str]]:
         """Delete the tag records of images eviction took apart (unless the tag moved meanwhile), and
         their cache index rows; returns the (scope, tag)s deleted (for ``on_tags_dropped``)."""
         if not tags:
             return []
         dropped, unindexed = [], []
-        for scope, tag, digest in tags:
+        for scope, tag, digest, _ in tags:
             record = self._meta.tag(scope, tag, fresh=True)
             if record is None or record.digest == digest:
                 unindexed.append((scope, tag))

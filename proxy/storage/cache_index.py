@@ -555,12 +555,12 @@ class CacheIndex:
                 return True
         return False
 
-    def tags_referencing(self, digest: str, limit: int = 1000) -> list[tuple[str, str, str]]:
-        """(scope, tag, digest the tag names) of up to ``limit`` tags whose content holds ``digest``
-        (by index: one digest's rows; blocking)."""
+    def tags_referencing(self, digest: str, limit: int = 1000) -> list[tuple[str, str, str, float | None]]:
+        """(scope, tag, digest the tag names, its last pull) of up to ``limit`` tags whose content
+        holds ``digest`` (by index: one digest's rows; blocking)."""
         return [tuple(row) for row in self._query(
-            "SELECT c.name, c.tag, t.digest FROM content AS c JOIN tags AS t ON t.name = c.name AND t.tag = c.tag "
-            "WHERE c.digest = ? LIMIT ?", (digest, limit))]
+            "SELECT c.name, c.tag, t.digest, t.last_pulled FROM content AS c JOIN tags AS t "
+            "ON t.name = c.name AND t.tag = c.tag WHERE c.digest = ? LIMIT ?", (digest, limit))]
 
     def incomplete_tags(self) -> list[tuple[str, str, str, str | None]]:
         """(scope, tag, digest, media type) of the tags whose content was not all stored when they

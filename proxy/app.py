@@ -79,12 +79,14 @@ def create_app(config: Config) -> web.Application:
     # the workers of one machine share short-lived facts through diskcache, replicas through Redis
     shared = SharedCache(config.redis.url, root / "shared", timeout=config.redis.timeout,
                          retry_seconds=config.redis.retry_seconds, on_degraded=metrics.shared_degraded.set)
-    budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics)  # counted at startup, off the loop
+    # one hook for every answer kept in memory; other workers of the store hear of changes by a stamp
+    invalidation = Invalidation(root / "invalidation.stamp")
+    cache_index = CacheIndex(root, blobs, meta)  # hears of every tag meta records; eviction asks it for images
+    budget = Budget(blobs, meta, config.storage.max_cache_bytes, metrics, images=cache_index,
+                    on_tags_dropped=invalidation.tags_changed)  # counted at startup, off the loop
     blobs.on_added = budget.added
     tasks = BackgroundTasks()
     uploads = UploadStore(root, config.limits.upload_idle_seconds, config.limits.max_layer_bytes, space)
-    # one hook for every answer kept in memory; other workers of the store hear of changes by a stamp
-    invalidation = Invalidation(root / "invalidation.stamp")
     local = LocalRegistry(blobs, meta, uploads, invalidation, config.limits.max_manifest_descriptors,
                           recent_manifests=config.fast_paths.hot_manifests)
     upstreams: dict[str, Upstream] = {}
@@ -141,7 +143,7 @@ def create_app(config: Config) -> web.Application:
 
     app.on_startup.append(sample_history)
     app.on_shutdown.append(stop_history)
-    cache_index = app[keys.CACHE_INDEX] = CacheIndex(root, blobs, meta)  # hears of every tag meta records
+    app[keys.CACHE_INDEX] = cache_index
     app[keys.CACHE_CONTROL] = CacheControl(
         cache_index, blobs, meta, shared, invalidation, app[keys.ADDRESSING],
         frozenset(u.name for u in config.upstreams if config.is_offline(u.name)), frozenset(config.upstream_names()),
@@ -209,6 +211,7 @@ def create_app(config: Config) -> web.Application:
                         blobs.flush_access_times))),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),
                     asyncio.ensure_future(watch_loop_lag(metrics)),
+                    asyncio.ensure_future(_periodic(1.0, lambda: asyncio.to_thread(budget.tick))),
                     asyncio.ensure_future(_periodic(TMP_GRACE_SECONDS, lambda: asyncio.to_thread(
                         blobs.clean_tmp, TMP_GRACE_SECONDS)))]
         # changes published by other processes on this store (workers, the CLI)

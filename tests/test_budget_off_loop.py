@@ -123,3 +123,39 @@ async def test_the_index_is_built_at_start_off_the_loop(make_wharf, fake_upstrea
     assert threading.current_thread() not in held.threads
     text = await (await wharf.client.get("/metrics")).text()
     assert 'wharf_store_bytes{kind="cached"} 50000.0' in text
+
+
+async def test_a_metrics_scrape_during_an_eviction_reads_no_sqlite_on_the_event_loop(
+        make_wharf, fake_upstream, monkeypatch, tmp_path):
+    """The store's totals in ``/metrics`` come from memory, refreshed by the eviction page by page
+    (and every second): the scrape never waits on the blob index an eviction is writing."""
+    fake = await fake_upstream()
+    old, new = (fake.add_blob(REPO, os.urandom(60_000)) for _ in range(2))
+    wharf = await make_wharf(fake.url, storage={"root": str(tmp_path / "store"), "max_cache_bytes": 100_000})
+    name = f"{wharf.upstream_name(fake.url)}/{REPO}"
+    budget = wharf.app[BUDGET]
+    assert await _eventually(budget.counted.is_set)
+    await (await wharf.client.get(f"/v2/{name}/blobs/{old}")).read()
+    readers: list[threading.Thread] = []
+    for method in ("totals", "total"):
+        original = getattr(BlobIndex, method)
+
+        def recorded(index, *args, _original=original, **kwargs):
+            readers.append(threading.current_thread())
+            return _original(index, *args, **kwargs)
+
+        monkeypatch.setattr(BlobIndex, method, recorded)
+    held = HeldQuery(BlobIndex.oldest)
+    monkeypatch.setattr(BlobIndex, "oldest", lambda index, *args, **kwargs: held(index, *args, **kwargs))
+    await (await wharf.client.get(f"/v2/{name}/blobs/{new}")).read()  # over the budget: an eviction starts
+    assert await _eventually(held.started.is_set)
+    readers.clear()
+    text = await (await wharf.client.get("/metrics")).text()  # while the eviction holds its query
+    assert 'wharf_store_bytes{kind="cached"} 120000.0' in text
+    assert threading.current_thread() not in readers, "the scrape read the blob index on the event loop"
+    held.release()
+    assert await _eventually(lambda: budget.wait_idle(0))
+    text = await (await wharf.client.get("/metrics")).text()
+    assert 'wharf_store_bytes{kind="cached"} 60000.0' in text, "the metrics missed the eviction"
+    db = wharf.app[BLOBS].index._db()  # this thread runs the event loop: its commits never checkpoint
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)

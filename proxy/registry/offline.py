@@ -6,6 +6,8 @@ before anything else, and nothing here holds an ``Upstream`` (the client refuses
 offline upstream too: ``UpstreamOffline``). Rules:
 - a tag answers its stored record (read from disk: an import by another process may just have
   written it), whatever its age: no TTL, no revalidation; a digest answers a stored manifest;
+- a manifest the store lost part of (``has_lost_content``: a blob it held was evicted, or every
+  platform it held of an index) answers MANIFEST_UNKNOWN saying so, as missing content does here;
 - only public content is served: content learned with a client's own upstream credential
   cannot be confirmed while offline, and answers as missing, saying so;
 - a child manifest of a mirrored index that was left out (a platform subset) answers
@@ -31,6 +33,7 @@ from proxy.registry.base import BlobResult, Client, ManifestResult, ReferrersRes
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.listings import MAX_PAGE, page_tags
 from proxy.storage.blobs import BlobStore
+from proxy.storage.cache_index import has_lost_content
 from proxy.storage.meta import MetaStore, Visibility
 
 # How long a tag's answer may be replayed to every client. Nothing here expires a tag; what moves
@@ -82,6 +85,10 @@ class OfflineRegistry:
             self._decisions.count("manifest", "offline_missing")
             raise ManifestUnknown(f"{where} is {media_type}, which the client does not accept; no other "
                                   f"form can be asked for ({_rule(target)})")
+        if await asyncio.to_thread(has_lost_content, self._blobs, self._meta, str(digest), media_type):
+            self._decisions.count("manifest", "offline_missing")
+            raise ManifestUnknown(f"{where} is not whole in this offline mirror: blobs it names were "
+                                  f"evicted ({_rule(target)})")
         body = None if head else self._blobs.read_bytes(digest)
         if body is None and not head:
             raise self._missing(ManifestUnknown, target, where)  # evicted between the look and the read

@@ -8,7 +8,10 @@ Rules:
   ``cache.low_quota_remaining``, a stale tag is served at once and revalidated in the background;
 - when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale; a
   revalidation that takes longer than ``cache.revalidate_timeout`` is left running in the
-  background and the stored answer is served meanwhile;
+  background and the stored answer is served meanwhile; but not an image the store lost part of
+  (``has_lost_content``: a blob it held was evicted, or every platform it held of an index): that
+  answers upstream's error, as a tag never cached does (503 UNAVAILABLE, 429), not a manifest the
+  client would fail to pull (blobs never fetched through here do not count: the client may have them);
 - one revalidation per tag and credential runs at a time; while another worker or replica holds
   the tag's revalidation lock, its stored answer is served ("coalesced");
 - stale answers go only to clients who could see them without asking upstream
@@ -33,6 +36,7 @@ from proxy.registry.manifestcache import ManifestCache
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
+from proxy.storage.cache_index import has_lost_content
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
@@ -111,12 +115,12 @@ class TagPolicy:
                                                        self._cache.revalidate_timeout)
             except asyncio.TimeoutError:
                 # upstream is slow or hung: serve what we have; the revalidation goes on
-                if await self._access.may_serve_stale(target, record, client, upstream):
+                if await self._may_serve_stale_whole(target, record, client, upstream):
                     self._decisions.count("tag", "stale")
                     return record, "stale"
                 fresh, joined = await self._decisions.coalesced("tag", flight, revalidate)
         except STALE_ERRORS:
-            if await self._access.may_serve_stale(target, record, client, upstream):
+            if await self._may_serve_stale_whole(target, record, client, upstream):
                 self._decisions.count("tag", "stale")
                 return record, "stale"
             raise
@@ -126,6 +130,15 @@ class TagPolicy:
         if not joined:
             self._decisions.count("tag", "revalidated")
         return fresh, "revalidated"
+
+    async def _may_serve_stale_whole(self, target: Target, record: TagRecord, client: Client,
+                                     upstream: Upstream) -> bool:
+        """Upstream cannot be asked: the stored answer goes to a client who may see it, and only when
+        the store lost none of the image (else the client would fail on a blob evicted here)."""
+        if not await self._access.may_serve_stale(target, record, client, upstream):
+            return False
+        return not await asyncio.to_thread(has_lost_content, self._blobs, self._meta, record.digest,
+                                           record.media_type)
 
     async def fetch(self, upstream: Upstream, target: Target, tag: str, client: Client,
                     coalesce: bool = True) -> tuple[TagRecord, bool]:

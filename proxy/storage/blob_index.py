@@ -8,6 +8,9 @@ Rules:
   every process of the store (workers, replicas on a shared volume, the CLI) reads the same totals;
 - the index lives in the store root (``blob-index.sqlite``, WAL) and is written by the blob
   store's hooks: adopt adds, remove deletes, the access flush moves last access;
+- the event loop's connection never checkpoints the WAL (a checkpoint writes and syncs up to the
+  whole WAL: it would hold the loop): other threads' commits do (SQLite's autocheckpoint), and
+  ``checkpoint`` runs one from a worker thread every second;
 - when the file is absent (a store from before the index, or it was deleted) it is built once from
   disk in a background thread; ``built`` says when that finished. Until then its rows and totals
   are what was found so far plus what changed meanwhile.
@@ -15,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from pathlib import Path
@@ -68,10 +72,17 @@ class BlobIndex:
             db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
+            self._local.db, self._local.on_loop = db, False
             with self._lock:
                 self._connections.append(db)
+        if not self._local.on_loop and _on_event_loop():  # a thread may start its loop after its first call
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._local.on_loop = True
         return db
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database where no reader needs it (blocking: a worker thread)."""
+        self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         with self._lock:
@@ -174,3 +185,12 @@ class BlobIndex:
 
     def mark_built(self) -> None:
         self._db().execute("INSERT OR REPLACE INTO state VALUES ('built', datetime('now'))")
+
+
+def _on_event_loop() -> bool:
+    """Whether this thread runs an event loop (its calls must stay short)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -198,6 +198,42 @@ def image_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: st
     return found, complete
 
 
+def has_lost_content(blobs: BlobStore, meta: MetaStore, digest: str, media_type: str | None,
+                     depth: int = 0) -> bool:
+    """Whether the store lost part of this image since it held it: a blob (or, for an index, every
+    child manifest it held) that was stored here and is gone, its file removed while the record of
+    who may see it stays (eviction leaves that record; gc forgets both). Content never fetched
+    through this store does not count (a client may hold it: a manifest alone is a whole answer).
+    Blocking: reads the store; for answers given while upstream cannot be asked."""
+    try:
+        parsed_digest = Digest.parse(digest)
+    except OCIError:
+        return False
+    body = blobs.read_bytes(parsed_digest)
+    if body is None:
+        return True
+    if len(body) > MAX_MANIFEST_BYTES:
+        return False
+    try:
+        parsed = parse_manifest(body, meta.manifest_type(digest) or media_type)
+    except OCIError:
+        return False
+    if parsed.manifests:
+        held = [child for child in parsed.manifests if _was_held(blobs, meta, child.digest)]
+        return bool(held) and depth + 1 < _MAX_DEPTH and all(
+            has_lost_content(blobs, meta, str(child.digest), child.media_type, depth + 1) for child in held)
+    return any(not descriptor.non_distributable and blobs.size(descriptor.digest) is None
+               and _was_held(blobs, meta, descriptor.digest) for descriptor in parsed.blobs)
+
+
+def _was_held(blobs: BlobStore, meta: MetaStore, digest: Digest) -> bool:
+    """Stored now, or stored once: a visibility record is written when content is fetched through."""
+    if blobs.size(digest) is not None:
+        return True
+    seen = meta.visibility(str(digest), fresh=True)
+    return seen.public or bool(seen.repos)
+
+
 class CacheIndex:
     """The index of one store; one per process (app key ``keys.CACHE_INDEX``)."""
 
@@ -518,6 +554,13 @@ class CacheIndex:
             if (scope, tag) not in leaving:
                 return True
         return False
+
+    def tags_referencing(self, digest: str, limit: int = 1000) -> list[tuple[str, str, str, float | None]]:
+        """(scope, tag, digest the tag names, its last pull) of up to ``limit`` tags whose content
+        holds ``digest`` (by index: one digest's rows; blocking)."""
+        return [tuple(row) for row in self._query(
+            "SELECT c.name, c.tag, t.digest, t.last_pulled FROM content AS c JOIN tags AS t "
+            "ON t.name = c.name AND t.tag = c.tag WHERE c.digest = ? LIMIT ?", (digest, limit))]
 
     def incomplete_tags(self) -> list[tuple[str, str, str, str | None]]:
         """(scope, tag, digest, media type) of the tags whose content was not all stored when they

@@ -85,8 +85,8 @@ fi
 # twice: with the fast paths (replayed answers, hot set, sendfile) on, as shipped, and off, so
 # that every behaviour is proven not to depend on them (tests of a fast path force it on)
 # on WHARF_TEST_WORKERS xdist workers (2: the tests mostly wait on servers and clients, so two
-# share two cores well; the real clients' tests all go to one of them, see tests/conftest.py)
-parallel=(-n "${WHARF_TEST_WORKERS:-2}" --dist loadgroup --durations=15)
+# share two cores well; every daemon a test starts has state, sockets and ports of its own)
+parallel=(-n "${WHARF_TEST_WORKERS:-2}" --durations=15)
 echo "scripts/test.sh: the suite with the fast paths on" >&2
 .venv/bin/python -m pytest -q "${parallel[@]}" "${ignore_image[@]}" "$@"
 # (tests marked "once" — the pages, generated files, config output — go through no fast path: run once;

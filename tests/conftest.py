@@ -189,14 +189,9 @@ FAST_PATHS = {"replay": _FAST, "hot_manifests": _FAST, "sendfile": _FAST}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests of real clients run on one xdist worker. With the fast paths off, run only the tests
-    the setting reaches: those that start Wharf through ``make_wharf``. Tests of ``wharf serve`` processes, commands and pure functions do not
+    """With the fast paths off, run only the tests the setting reaches: those that start Wharf
+    through ``make_wharf``. Tests of ``wharf serve`` processes, commands and pure functions do not
     read TEST_FAST_PATHS; a second run of them would prove nothing new."""
-    for item in items:
-        if item.get_closest_marker("clients") is not None:
-            # real clients' daemons (dockerd, containerd, podman) share the host: one worker runs
-            # them all, one after another (pytest-xdist's --dist loadgroup)
-            item.add_marker(pytest.mark.xdist_group("clients"))
     if _FAST:
         return
     reached = [item for item in items if "make_wharf" in getattr(item, "fixturenames", ())]

@@ -156,6 +156,20 @@ async def test_a_blob_above_part_size_is_uploaded_in_parts(make_wharf, registry_
     assert bucket.read(layer.digest) == layer.data
     assert bucket.uploads_in_progress() == []
 
+    # a replica with an empty store reads it back and does not upload it again (no HEAD can vouch
+    # for a multipart object, and another upload would make just another such copy)
+    await asyncio.sleep(1.1)  # the bucket's modification times have a resolution of a second
+    second = await make_wharf(named_upstreams={wharf.upstream_name(registry_upstream): registry_upstream},
+                              storage=_storage(tmp_path / "two", **bucket.s3_config(part_size="5MiB")))
+    path = f"/v2/{wharf.upstream_name(registry_upstream)}/{repo_name}/blobs/{layer.digest}"
+    resp = await second.client.get(path, headers={"Range": "bytes=10-19"})  # hashed whole, then answered
+    assert resp.status == 206 and await resp.read() == layer.data[10:20]
+    resp = await second.client.get(path)
+    assert int(resp.headers["Content-Length"]) == len(layer.data) and await resp.read() == layer.data
+    for _ in range(30):  # a write-through would start at once, and take a moment
+        await asyncio.sleep(0.1)
+        assert bucket.head(layer.digest)["LastModified"] == stored["LastModified"], "uploaded again"
+
 
 async def test_a_blob_evicted_from_the_store_stays_in_the_bucket_and_is_read_back(make_wharf, registry_upstream,
                                                                                     repo_name, bucket, tmp_path):

@@ -30,7 +30,7 @@ async def test_a_body_that_trickles_is_not_cut_by_the_first_byte_timeout(fake_up
     fake = await fake_upstream()
     image = make_image("slow", (3000,))
     fake.add_image(REPO, image, tag="1.0")
-    wharf = await make_wharf(fake.url, upstream_options={"first_byte_timeout": 0.3, "read_timeout": 5})
+    wharf = await make_wharf(fake.url, upstream_options={"first_byte_timeout": 0.6, "read_timeout": 5})
     layer = image.layers[0]
     fake.fault(fake.blob_path(REPO, layer.digest), Fault(bytes_per_second=3000))  # about a second
     resp = await wharf.client.get(f"/v2/{wharf.upstream_name(fake.url)}/{REPO}/blobs/{layer.digest}")

@@ -145,6 +145,10 @@ class BlobCache:
                 self._cache.fill_timeout, about={"upstream": upstream.name, "repository": target.repo,
                                                  "public": public, "source": "object storage"})
         await asyncio.shield(fill.started)
+        size = self._blobs.size(digest) if fill.size is None else None
+        if size is not None:  # an object no HEAD vouched for begins only once stored and verified
+            return BlobResult(digest, size, path=self._blobs.path(digest),
+                              reading=lambda: self._blobs.reading(digest), cache_status="hit")
         return BlobResult(digest, fill.size, segments=fill.segments, cache_status="hit")
 
     async def _run_bucket_fill(self, fill: Fill, temp_path: Path, size_path: Path, stored: StoredObject,

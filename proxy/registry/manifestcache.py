@@ -118,14 +118,14 @@ class ManifestCache:
             await self._access.remember_authorized(upstream, target, client)
             return record
 
-        async def adopt(digest: str) -> TagRecord | None:
-            """Another process's answer, when the store it wrote to is ours too."""
+        async def adopt(digest: str, checked_at: float) -> TagRecord | None:
+            """Another process's answer (upstream's at ``checked_at``), when the store it wrote to is ours too."""
             media_type = self._meta.manifest_type(digest)
             size = self._blobs.size(Digest.parse(digest)) if media_type else None
             if media_type is None or size is None or (is_digest(reference) and digest != reference):
                 return None
             self._meta.grant(digest, target.scope, public)
-            record = TagRecord(digest, media_type, size, time.time(), public)
+            record = TagRecord(digest, media_type, size, checked_at, public)
             if learned is not None:
                 await learned(record)
             return record
@@ -133,7 +133,9 @@ class ManifestCache:
         if not coalesce:
             return await fetch(), False
         cred_id = self._access.cred_id(upstream, client)
-        lock_ttl = upstream.config.connect_timeout + upstream.config.first_byte_timeout + 5
+        # a token request and the GET, each connect + first byte, then the body
+        config = upstream.config
+        lock_ttl = 2 * (config.connect_timeout + config.first_byte_timeout) + config.read_timeout
 
         async def across_processes() -> tuple[TagRecord, bool]:
             return await self._cluster.run(f"{target.scope}:{reference}:{cred_id}", lock_ttl, fetch, adopt)

@@ -23,6 +23,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 from proxy.config import CacheConfig
@@ -88,13 +89,13 @@ class TagPolicy:
             self._decisions.count("tag", "stale")
             return record, "stale"
         flight = ("revalidate", target.scope, tag, self._access.cred_id(upstream, client))
-        lock_key = f"lock:{target.scope}:{tag}"
+        lock_key, lock_token = f"lock:{target.scope}:{tag}", secrets.token_hex(8)
         owns_lock = False
         if not self._decisions.running(flight):
-            owns_lock = await self._shared.add(lock_key, 1, upstream.config.first_byte_timeout + 5)
+            owns_lock = await self._shared.add(lock_key, lock_token, upstream.config.first_byte_timeout + 5)
             if owns_lock and not rechecked and await self._shared.get(f"fresh:{target.scope}:{tag}"):
                 # another worker revalidated between our look and our lock: use its answer
-                await self._shared.delete(lock_key)
+                await self._shared.release(lock_key, lock_token)
                 return await self.resolve(upstream, target, tag, client, rechecked=True)
             if not owns_lock and await self._access.may_serve_stale(target, record, client, upstream):
                 # another worker or replica is revalidating this tag right now: its answer is
@@ -107,7 +108,7 @@ class TagPolicy:
                 return await self._revalidate(upstream, target, tag, client, record)
             finally:
                 if owns_lock:
-                    await self._shared.delete(lock_key)
+                    await self._shared.release(lock_key, lock_token)
 
         try:
             try:
@@ -162,11 +163,11 @@ class TagPolicy:
         return True
 
     async def _mark_fresh(self, upstream: Upstream, target: Target, tag: str, record: TagRecord) -> None:
-        until = time.time() + upstream.config.tag_ttl
+        until = (record.checked_at or time.time()) + upstream.config.tag_ttl  # from upstream's answer
         if record.public:
             self._hot.set_fresh(target.scope, tag, record.digest, until)
         await self._shared.set(f"fresh:{target.scope}:{tag}", [record.digest, until, record.public],
-                               upstream.config.tag_ttl)
+                               until - time.time())
 
     def _quota_low(self, upstream: Upstream) -> bool:
         remaining = upstream.rate.remaining

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
@@ -54,6 +55,7 @@ _HASH_CHUNK = 1024 * 1024
 class StoredObject:
     size: int
     verified: bool  # the server vouches that its bytes hash to the digest (see the module's rules)
+    in_parts: bool = False  # it carries a checksum of its parts' checksums (a multipart upload)
 
 
 def _missing(error: ClientError) -> bool:
@@ -211,7 +213,10 @@ class ObjectStore:
             self._outcome(outcome)
         size = int(answer["ContentLength"])
         expected = whole_object_checksum(digest)
-        return StoredObject(size, expected is not None and answer.get("ChecksumSHA256") == expected)
+        checksum = answer.get("ChecksumSHA256") or ""
+        # a multipart upload's ETag (S3, MinIO, Ceph RGW) and composite checksum end in "-<parts>"
+        in_parts = "-" in checksum or "-" in str(answer.get("ETag", ""))
+        return StoredObject(size, expected is not None and checksum == expected, in_parts=in_parts)
 
     def _outcome(self, answered: bool | None) -> None:
         """Tell the breaker how a request went (None: it ended without an outcome, cancelled)."""
@@ -235,7 +240,8 @@ class ObjectStore:
                     yield chunk
         except ClientError as error:
             raise self._unavailable("read", digest, error) from None
-        except (BotoCoreError, OSError, asyncio.TimeoutError) as error:
+        except (BotoCoreError, OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as error:
+            # aiohttp.ClientPayloadError: the body ended before its length (botocore does not wrap it)
             raise self._unavailable("read", digest, error) from None
 
     async def upload(self, path: Path, digest: Digest, size: int) -> None:
@@ -346,9 +352,15 @@ class BlobTier:
     async def _upload(self, digest: Digest, size: int) -> None:
         async with self._objects.locked(digest):
             try:
-                found = await self._objects.head(digest)
-                if found is not None and found.verified and found.size == size:
-                    return  # the very bytes, vouched for by the server
+                try:
+                    found = await self._objects.head(digest)
+                except Unavailable:
+                    found = None  # a slow HEAD or an open breaker: upload (the PUT has bounds of its own)
+                if found is not None and found.size == size and (found.verified or found.in_parts):
+                    # the very bytes, vouched for by the server; or a multipart upload of this size,
+                    # which no HEAD can vouch for (it is hashed whole whenever it is read): uploading
+                    # it again would make another copy no HEAD can vouch for either
+                    return
                 await self._objects.upload(self._path_of(digest), digest, size)
             except FileNotFoundError:
                 pass  # removed again before it could be copied (its delete comes next)

@@ -165,13 +165,22 @@ class SharedCache:
 
     async def _on_redis(self, operation: str, *args: Any) -> Any:
         """Run ``operation`` on Redis, once more if it timed out: one slow answer (a busy event
-        loop, a new connection) is not an outage; a Redis that hangs costs two timeouts, once."""
+        loop, a new connection) is not an outage; a Redis that hangs costs two timeouts, once.
+
+        An ``add`` that timed out may have been carried out all the same: it is not sent again;
+        the key is read back instead, and the add counts as ours when it holds our value (so
+        callers of ``add`` give values of their own, e.g. a token).
+        """
         assert self._redis is not None
         try:
             return await getattr(self._redis, operation)(*args)
         except self._errors as error:
             if not _is_timeout(error):
                 raise
+        if operation == "add":
+            key, value = args[0], args[1]
+            if await self._redis.get(key) == value:
+                return True
         return await getattr(self._redis, operation)(*args)
 
     async def get(self, key: str) -> Any:
@@ -183,11 +192,18 @@ class SharedCache:
         await self._call("set", key, value, ttl)
 
     async def add(self, key: str, value: Any, ttl: float) -> bool:
-        """Set only if absent; True when this call set it."""
+        """Set only if absent; True when this call set it. Give a value of the caller's own (a
+        token): an add whose answer was lost is recognised by it."""
         return bool(await self._call("add", key, value, ttl))
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key)
+
+    async def release(self, key: str, value: Any) -> None:
+        """Delete a lock ``key`` only while it holds ``value`` (ours, not a later holder's once
+        ours expired). Read, then delete: a holder that took it in between loses it early, at worst."""
+        if await self._call("get", key) == value:
+            await self._call("delete", key)
 
     async def agree(self, key: str, value: str) -> str | None:
         """The value replicas agree on for ``key``: Redis's, or ``value`` if Redis had none.

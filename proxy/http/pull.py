@@ -222,15 +222,19 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
     if end is not None:
         response.content_length = end - start
     sent = 0
+    served = request.app[METRICS].bytes_served.labels("upstream")
     try:
         writer = await response.prepare(request)
         assert result.segments is not None
         pool = _sendfile_pool(request)
         sock = await direct_socket(request, writer) if end is not None and pool else None  # chunked needs framing
+        # bytes are counted as they go out: the figures move during a long download, and are
+        # whole by the time the client has the last byte
         async for fd, offset, count in result.segments(start, end, _SENDFILE_BATCH if sock else 0):
             if sock is not None:
                 await send_region(request, pool, sock, fd, offset, count)
                 sent += count
+                served.inc(count)
                 continue
             while count > 0:
                 chunk = os.pread(fd, min(count, _CHUNK), offset)
@@ -238,6 +242,7 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
                     raise FillFailed(f"{result.digest}: temporary file shrank")
                 await response.write(chunk)
                 offset, count, sent = offset + len(chunk), count - len(chunk), sent + len(chunk)
+                served.inc(len(chunk))
         await response.write_eof()
     except FillFailed as exc:
         error = _fill_failure(exc)
@@ -250,9 +255,9 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
             request.transport.abort()
     except ConnectionError as exc:
         sent += getattr(exc, "sent", 0)
+        served.inc(getattr(exc, "sent", 0))
         _closed_by_client(request, exc)
     finally:
-        request.app[METRICS].bytes_served.labels("upstream").inc(sent)
         request[BODY_BYTES] = sent
     return response
 

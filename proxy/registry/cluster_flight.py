@@ -62,6 +62,8 @@ class ClusterFlight:
                     await self._shared.release(lock_key, token)
             leader = await self._shared.get(lock_key)
             if not isinstance(leader, str):
+                if time.monotonic() >= deadline:
+                    return await fetch(), False
                 continue  # the leader just finished: its outcome is taken by the next leader's look
             outcome = await self._wait(lock_key, outcome_key, leader, deadline)
             if outcome is not None and outcome[1] == _MISSING:

@@ -111,14 +111,17 @@ async def test_fills_show_progress_and_a_private_fill_no_name(fake_upstream, mak
 
 async def test_privately_cached_names_only_for_admins(auth_registry_upstream, make_wharf, repo_name, tmp_path):
     secret_repo = f"{repo_name}-payroll"
-    private = make_image("page-private", (30_000, 30_000))
-    await push_image(auth_registry_upstream.url, secret_repo, private, tag="v1", auth=auth_registry_upstream.auth)
+    # v1 then v2 cross the budget: eviction takes v1 whole; v2 stays in the lists
+    old, new = make_image("page-private", (30_000,)), make_image("page-private-2", (30_000,))
+    for tag, image in (("v1", old), ("v2", new)):
+        await push_image(auth_registry_upstream.url, secret_repo, image, tag=tag, auth=auth_registry_upstream.auth)
     wharf = await make_wharf(auth_registry_upstream.url, auth=None,
                              storage={"root": str(tmp_path / "store"), "max_cache_bytes": 40_000},
                              cache={"access_flush_interval": 0.2})
     add_user(wharf.database, "bob")
     _, bob_token = add_token(wharf.database, "bob")
-    await pull_through(wharf, auth_registry_upstream.url, secret_repo, "v1", private, auth_registry_upstream.headers)
+    for tag, image in (("v1", old), ("v2", new)):
+        await pull_through(wharf, auth_registry_upstream.url, secret_repo, tag, image, auth_registry_upstream.headers)
     admin, bob, anonymous = Visitor(wharf), Visitor(wharf), Visitor(wharf)
     try:
         await admin.signin(*wharf.admin)

@@ -34,6 +34,7 @@ from proxy.registry.identity import POLL_SECONDS as IDENTITY_POLL_SECONDS, Ident
 from proxy.registry.invalidation import POLL_SECONDS, Invalidation
 from proxy.registry.local import LocalRegistry
 from proxy.registry.packages import Packages
+from proxy.registry.peer_flight import PeerFlight
 from proxy.registry.pullthrough import PullThroughRegistry
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.tokens import TokenService, read_key, store_key
@@ -47,6 +48,7 @@ from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
 from proxy.storage.uploads import UploadStore
 from proxy.upstream.client import Upstream
+from proxy.upstream.peer import PeerBlobs
 
 log = logging.getLogger("wharf")
 
@@ -185,6 +187,20 @@ def create_app(config: Config) -> web.Application:
                 await objects.close()
 
         app.cleanup_ctx.append(objects_lifecycle)
+    if config.cluster.advertise_url is not None:
+        # replicas on disks of their own: one download per blob for the cluster, streamed between them
+        assert config.cluster.secret is not None  # the config refuses an advertised replica without one
+        peers_client = PeerBlobs(config.cluster.secret, metrics.peer_bytes_received)
+        pullthrough.join_cluster(PeerFlight(shared, config.cluster.advertise_url, config.cluster.lease_seconds),
+                                 peers_client)
+
+        async def peers_lifecycle(app: web.Application) -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                await peers_client.close()
+
+        app.cleanup_ctx.append(peers_lifecycle)
     # ---------------------------------------------------------------------------------------------
     exchange = MetricsExchange(metrics, root / "metrics") if config.workers > 1 else None
     if exchange is not None:

@@ -226,6 +226,48 @@ class RedisConfig(_Frozen):
     retry_seconds: float = Field(default=5, gt=0)    # while Redis is down, ping it this often
 
 
+class ClusterConfig(_Frozen):
+    """How replicas on disks of their own (a StatefulSet) share one fill per blob.
+
+    With ``advertise_url`` set (and Redis), the replica that downloads a blob says so in Redis,
+    and the others stream it from that replica (``/_wharf/peer/blobs/<digest>``, signed with the
+    shared secret) instead of from upstream. Replicas on one shared volume need none of this.
+    """
+
+    advertise_url: str | None = None  # how the other replicas reach this one, e.g. http://10.0.0.7:5000
+    secret_file: Path | None = None   # a secret every replica mounts (32+ bytes): signs their requests
+    lease_seconds: float = Field(default=10, ge=2, le=300)  # a dead filler's claim is taken over after this
+    # the secret read from the file: kept out of repr and of every dump
+    secret: bytes | None = Field(default=None, repr=False, exclude=True)
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+/?$", value):
+            raise ValueError("must be an http:// or https:// URL of this replica, without a path")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_secret(cls, data: Any) -> Any:
+        """Read the secret once; an advertised replica without one is an error."""
+        if not isinstance(data, dict):
+            return data
+        secret_file = data.get("secret_file")
+        if data.get("advertise_url") and secret_file is None:
+            raise ValueError("cluster.advertise_url needs cluster.secret_file (a secret every replica mounts)")
+        if secret_file is None:
+            return data
+        try:
+            secret = Path(secret_file).read_bytes().strip()
+        except OSError as error:
+            raise ValueError(f"cannot read {secret_file}: {error.strerror}") from None
+        if len(secret) < 32:
+            raise ValueError(f"{secret_file} holds {len(secret)} bytes; the cluster secret needs at least 32 "
+                             "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return {**data, "secret": secret}
+
+
 class TokensConfig(_Frozen):
     """The key that encrypts the credential inside the tokens Wharf issues at ``/token``."""
 
@@ -437,6 +479,7 @@ class Config(_Frozen):
     # with a default upstream, prefix-less names are local only under these namespaces
     local_namespaces: tuple[str, ...] = ()
     redis: RedisConfig = RedisConfig()
+    cluster: ClusterConfig = ClusterConfig()
     tokens: TokensConfig = TokensConfig()
     cache: CacheConfig = CacheConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -484,6 +527,12 @@ class Config(_Frozen):
             raise ValueError(f"upstreams: duplicate name(s) or alias(es) {sorted(duplicates)}")
         if self.default_upstream is not None and self.default_upstream not in names:
             raise ValueError(f"default_upstream: {self.default_upstream!r} is not one of the upstreams {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_redis(self) -> "Config":
+        if self.cluster.advertise_url and not self.redis.url:
+            raise ValueError("cluster.advertise_url needs redis.url: replicas find each other's fills through Redis")
         return self
 
     @property

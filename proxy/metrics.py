@@ -40,6 +40,10 @@ class Metrics:
                                          ["upstream", "method", "status"], registry=r)
         self.upstream_bytes = Counter("wharf_upstream_bytes", "Bytes received from upstream",
                                       ["upstream"], registry=r)
+        # replicas on disks of their own stream blobs from the replica that fills them (peer_flight.py)
+        self.peer_bytes_sent = Counter("wharf_peer_bytes_sent", "Blob bytes sent to other replicas", registry=r)
+        self.peer_bytes_received = Counter("wharf_peer_bytes_received", "Blob bytes received from other replicas",
+                                           registry=r)
         self.ratelimit_remaining = Gauge("wharf_upstream_ratelimit_remaining",
                                          "Pulls left in upstream's window (ratelimit-remaining)",
                                          ["upstream"], registry=r)

@@ -82,3 +82,46 @@ def test_workers_auto_means_one_per_core():
     config = load_config(environ={"WHARF_WORKERS": "auto"})
     assert config.workers == len(os.sched_getaffinity(0))
     assert load_config(environ={"WHARF_WORKERS": "3"}).workers == 3
+
+
+def test_cluster_settings_are_validated_and_the_secret_never_shown(tmp_path):
+    from proxy.config import config_from_dict
+    from proxy.config_commands import masked
+
+    secret = tmp_path / "cluster.secret"
+    secret.write_text("a-cluster-secret-of-enough-length-0123456789\n")
+    short = tmp_path / "short.secret"
+    short.write_text("too-short\n")
+    redis = {"url": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(ConfigError, match="secret_file"):
+        config_from_dict({"redis": redis, "cluster": {"advertise_url": "http://10.0.0.7:5000"}})
+    with pytest.raises(ConfigError, match="at least 32"):
+        config_from_dict({"redis": redis, "cluster": {"advertise_url": "http://10.0.0.7:5000",
+                                                      "secret_file": str(short)}})
+    with pytest.raises(ConfigError, match="redis.url"):
+        config_from_dict({"cluster": {"advertise_url": "http://10.0.0.7:5000", "secret_file": str(secret)}})
+    with pytest.raises(ConfigError, match="advertise_url"):
+        config_from_dict({"redis": redis, "cluster": {"advertise_url": "10.0.0.7:5000/x", "secret_file": str(secret)}})
+    config = config_from_dict({"redis": redis, "cluster": {"advertise_url": "http://10.0.0.7:5000/",
+                                                           "secret_file": str(secret)}})
+    assert config.cluster.advertise_url == "http://10.0.0.7:5000"
+    assert config.cluster.secret == b"a-cluster-secret-of-enough-length-0123456789"
+    shown = repr(config) + str(masked(config))
+    assert "a-cluster-secret" not in shown
+
+
+def test_replica_signatures_cover_the_path_and_expire():
+    from proxy.upstream.peer import sign, verify
+
+    secret = b"s" * 32
+    path = "/_wharf/peer/blobs/sha256:" + "a" * 64
+    header = sign(secret, "GET", path, now=1_000_000)
+    assert verify(secret, header, "GET", path, now=1_000_010)
+    assert not verify(secret, header, "GET", path, now=1_000_061), "expired after a minute"
+    assert not verify(secret, header, "GET", path.replace("a", "b"), now=1_000_010)
+    assert not verify(secret, header, "HEAD", path, now=1_000_010)
+    assert not verify(b"t" * 32, header, "GET", path, now=1_000_010)
+    far = sign(secret, "GET", path, now=1_000_000 + 3600)
+    assert not verify(secret, far, "GET", path, now=1_000_000), "no signature good for long in advance"
+    for bad in (None, "", "x", "1.", ".abc", "-5.ab", "9" * 40 + ".ab", header + "0"):
+        assert not verify(secret, bad, "GET", path, now=1_000_010)

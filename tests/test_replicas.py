@@ -9,8 +9,10 @@ disturbing the session's) and its own PostgreSQL database on the session server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
 import signal
 import time
 import uuid
@@ -23,6 +25,7 @@ from support.fake_upstream import Fault
 from support.images import MANIFEST_ACCEPT, make_image, push_image
 from support.replicas import Replicas, start_replicas
 from support.servers import start_postgres, start_redis
+from proxy.upstream.peer import sign
 
 pytestmark = pytest.mark.once
 
@@ -290,3 +293,153 @@ async def test_postgresql_down_anonymous_pulls_of_cached_public_content_still_wo
             replicas.stop()
     finally:
         postgres.stop()
+
+
+# replicas on disks of their own (a StatefulSet): cluster.advertise_url ------------------------------
+
+def _claim(redis_url: str, digest: str) -> dict | None:
+    """The cluster's claim of ``digest``'s download, as Redis holds it."""
+    import redis
+
+    value = redis.Redis.from_url(redis_url).get(f"wharf::bfill:{digest}")
+    return json.loads(value) if value else None
+
+
+async def test_sixty_cold_pulls_over_three_replicas_on_own_disks_fetch_each_blob_once(
+        registry_upstream, repo_name, replicas_of):
+    image = make_image("replicas-own-disks", (300_000, 700_000, 1_200_000, 50_000, 2_000_000))
+    await push_image(registry_upstream, repo_name, image, tag="v1")
+    replicas = replicas_of({_upstream_name(registry_upstream): registry_upstream}, own_disks=True)
+    name = f"{_upstream_name(registry_upstream)}/{repo_name}"
+
+    clients = [Client(replicas.url) for _ in range(60)]
+    pulled = await asyncio.gather(*(client.pull(name, "v1") for client in clients))
+
+    assert all(got == image.blobs for got in pulled)
+    assert {status for client in clients for status in client.statuses} == {200}
+    blob_bytes = sum(len(data) for data in image.blobs.values())
+    assert replicas.cluster_metric("wharf_upstream_bytes_total") == blob_bytes, "each blob from upstream once"
+    gets = replicas.cluster_metric("wharf_upstream_requests_total", method="GET")
+    assert gets == len(image.blobs) + 1, f"{gets} GETs upstream: the blobs once, the tag once, cluster-wide"
+    heads = replicas.cluster_metric("wharf_upstream_requests_total", method="HEAD")
+    assert heads == 0, f"{heads} HEADs: a public blob streamed from a replica needs no upstream check"
+    received = [replicas.metric(i, "wharf_peer_bytes_received_total") for i in range(3)]
+    assert sum(received) > 0 and sum(received) == replicas.cluster_metric("wharf_peer_bytes_sent_total")
+    # every replica that served a client keeps its own verified copy on its own disk
+    for index, root in enumerate(replicas.roots):
+        if replicas.metric(index, "wharf_http_requests_total") > 0:
+            for digest, data in image.blobs.items():
+                stored = root / "blobs" / "sha256" / digest.split(":")[1]
+                assert not stored.exists() or stored.read_bytes() == data
+
+
+async def test_a_replica_on_its_own_disk_later_copies_a_blob_from_the_replica_that_holds_it(
+        fake_upstream, repo_name, replicas_of):
+    fake = await fake_upstream()
+    data = os.urandom(300_000)
+    digest = fake.add_blob(repo_name, data)
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True)
+    name = f"{_upstream_name(fake.url)}/{repo_name}"
+    async with aiohttp.ClientSession() as session:
+        for wharf in replicas.wharfs:  # one after the other, each straight to one replica
+            assert await Client(wharf.url).blob(session, name, digest) == data
+    assert fake.count("GET", fake.blob_path(repo_name, digest)) == 1, "the other two copied it from the first"
+    assert all((root / "blobs" / "sha256" / digest.split(":")[1]).read_bytes() == data for root in replicas.roots)
+
+
+async def test_a_replica_on_its_own_disk_killed_mid_fill_is_taken_over_and_every_client_gets_correct_bytes(
+        fake_upstream, repo_name, replicas_of, redis_server):
+    fake = await fake_upstream()
+    data = b"".join(hashlib.sha256(b"own" + i.to_bytes(4, "big")).digest() for i in range(60_000))  # 1.9 MB
+    digest = fake.add_blob(repo_name, data)
+    fake.fault(fake.blob_path(repo_name, digest), Fault(bytes_per_second=400_000))  # ~5 s a download
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True)
+    name = f"{_upstream_name(fake.url)}/{repo_name}"
+    clients = [Client(replicas.url) for _ in range(30)]
+
+    async def fetch(client: Client) -> bytes:
+        async with aiohttp.ClientSession() as session:
+            return await client.blob(session, name, digest)
+
+    pulls = [asyncio.ensure_future(fetch(client)) for client in clients]
+    deadline = time.monotonic() + 10
+    while (claim := _claim(redis_server.url, digest)) is None:
+        assert time.monotonic() < deadline, "no replica claimed the download"
+        await asyncio.sleep(0.05)
+    leader = [wharf.url for wharf in replicas.wharfs].index(claim["url"])
+    await asyncio.sleep(1.0)  # well into the download: the other replicas stream it from the leader
+    assert replicas.metric((leader + 1) % 3, "wharf_peer_bytes_received_total") > 0
+    replicas.kill(leader)
+
+    bodies = await asyncio.wait_for(asyncio.gather(*pulls), 60)
+    assert all(body == data for body in bodies)
+    assert {status for client in clients for status in client.statuses} == {200}
+    assert fake.count("GET", fake.blob_path(repo_name, digest)) == 2, "the dead leader's, then one takeover"
+    taken = _claim(redis_server.url, digest)
+    assert taken is not None and taken["url"] != claim["url"] and taken["state"] == "stored"
+    for index, root in enumerate(replicas.roots):
+        if index != leader:
+            assert (root / "blobs" / "sha256" / digest.split(":")[1]).read_bytes() == data
+            assert not [f for f in os.listdir(root / "tmp") if f.endswith(".part")]
+
+
+async def test_the_replica_route_refuses_requests_not_signed_with_the_cluster_secret(
+        fake_upstream, repo_name, replicas_of):
+    fake = await fake_upstream()
+    data = os.urandom(50_000)
+    digest = fake.add_blob(repo_name, data)
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True)
+    target = replicas.wharfs[0].url
+    async with aiohttp.ClientSession() as session:
+        assert await Client(target).blob(session, f"{_upstream_name(fake.url)}/{repo_name}", digest) == data
+        path = f"/_wharf/peer/blobs/{digest}"
+        forged = sign(b"not the cluster's secret, but long enough", "GET", path)
+        other_path = sign(replicas.secret(), "GET", "/_wharf/peer/blobs/sha256:" + "0" * 64)
+        expired = sign(replicas.secret(), "GET", path, now=time.time() - 3600)
+        for header in (None, "", forged, other_path, expired, "9" * 12 + ".x"):
+            headers = {} if header is None else {"Wharf-Peer": header}
+            async with session.get(target + path, headers=headers) as resp:
+                assert resp.status == 403, (header, resp.status)
+                assert (await resp.json())["errors"][0]["code"] == "DENIED"
+                assert data not in await resp.read()
+        good = sign(replicas.secret(), "GET", path)
+        async with session.get(target + path, headers={"Wharf-Peer": good}) as resp:
+            assert resp.status == 200 and await resp.read() == data
+        unknown = f"/_wharf/peer/blobs/sha256:{'1' * 64}"
+        async with session.get(target + unknown, headers={"Wharf-Peer": sign(replicas.secret(), "GET", unknown)}) as resp:
+            assert resp.status == 404 and (await resp.json())["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert fake.count("GET", fake.blob_path(repo_name, digest)) == 1
+
+
+async def test_a_private_blob_one_replica_fills_for_a_credential_is_not_given_to_others_by_another(
+        fake_upstream, repo_name, replicas_of):
+    """Alice pulls a private blob through replica 0 with her upstream credential. An anonymous
+    client asking replica 1 for the same digest, while the fill runs and after it, gets an error,
+    never the bytes; Alice on replica 1 gets them, copied from replica 0 (upstream confirms her
+    with a HEAD, it sends the body once)."""
+    fake = await fake_upstream()
+    fake.require_bearer(users={"alice": "alice-pw"}, private={"org/secret"})
+    data = b"".join(hashlib.sha256(b"secret" + i.to_bytes(4, "big")).digest() for i in range(30_000))  # 960 kB
+    digest = fake.add_blob("org/secret", data)
+    fake.fault(fake.blob_path("org/secret", digest), Fault(bytes_per_second=400_000, methods=("GET",)))
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True)
+    path = f"/v2/{_upstream_name(fake.url)}/org/secret/blobs/{digest}"
+    alice = {"Authorization": "Basic " + base64.b64encode(b"alice:alice-pw").decode()}
+    first, second = replicas.wharfs[0].url, replicas.wharfs[1].url
+    async with aiohttp.ClientSession() as session:
+        filling = asyncio.ensure_future(session.get(first + path, headers=alice))
+        await asyncio.sleep(0.8)  # replica 0 is filling it for alice
+        for _ in range(2):
+            async with session.get(second + path) as resp:
+                body = await resp.read()
+                assert resp.status in (401, 404), resp.status
+                assert data not in body
+        async with await filling as resp:
+            assert resp.status == 200 and await resp.read() == data
+        async with session.get(second + path) as resp:  # stored on replica 0 now: still not given
+            assert resp.status in (401, 404) and data not in await resp.read()
+        async with session.get(second + path, headers=alice) as resp:
+            assert resp.status == 200 and await resp.read() == data
+    with_token = [c for c in fake.calls("GET", fake.blob_path("org/secret", digest))
+                  if c.headers.get("Authorization", "").startswith("Bearer")]
+    assert len(with_token) == 1, "one download (after the challenge); alice's copy came from replica 0"

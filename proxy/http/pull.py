@@ -11,6 +11,7 @@ import os
 import re
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from proxy.errors import (DigestInvalid, OCIError, PaginationNumberInvalid, RangeInvalid, SizeInvalid, Unauthorized,
                           Unavailable, UpstreamInvalid)
@@ -130,12 +131,12 @@ async def blob(request: web.Request) -> web.StreamResponse:
         headers["Location"] = result.redirect
         return web.Response(status=307, headers=headers)
     if result.path is not None:
-        return await _send_file(request, result, headers)
+        return await send_stored(request, result, headers)
     if head or result.segments is None:
         if result.size is not None:
             headers["Content-Length"] = str(result.size)
         return web.Response(status=200, headers=headers)
-    return await _send_stream(request, result, headers)
+    return await send_growing(request, result, headers)
 
 
 class _StoredBlobResponse(SendfileResponse):
@@ -190,15 +191,18 @@ def _fill_failure(exc: FillFailed) -> OCIError:
     return Unavailable(f"the download from upstream failed: {cause or exc}")
 
 
-async def _send_file(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
-    """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD.
+async def send_stored(request: web.Request, result: BlobResult, headers: dict[str, str],
+                      served: Counter | None = None) -> web.StreamResponse:
+    """A stored blob goes out with sendfile; aiohttp's FileResponse does Range and HEAD. Its bytes
+    count as ``served`` (default: bytes served to clients from the cache).
 
     It is sent here, not after the middleware, so the request is counted as what it came to.
     """
     if request.headers.get("Range"):
         parse_range(request.headers["Range"], result.size)  # 416 in OCI form for bad ranges
     headers["Docker-Distribution-API-Version"] = API_VERSION
-    response = _StoredBlobResponse(result, headers, request.app[METRICS].bytes_served.labels("cache").inc,
+    served = request.app[METRICS].bytes_served.labels("cache") if served is None else served
+    response = _StoredBlobResponse(result, headers, served.inc,
                                    _sendfile_pool(request))
     try:
         await response.prepare(request)
@@ -207,8 +211,10 @@ async def _send_file(request: web.Request, result: BlobResult, headers: dict[str
     return response
 
 
-async def _send_stream(request: web.Request, result: BlobResult, headers: dict[str, str]) -> web.StreamResponse:
+async def send_growing(request: web.Request, result: BlobResult, headers: dict[str, str],
+                       served: Counter | None = None) -> web.StreamResponse:
     """A blob still being filled: stream it as it grows; abort the connection if the fill fails.
+    Its bytes count as ``served`` (default: bytes served to clients from upstream).
 
     An aborted answer is counted as the upstream failure that caused it (502 when upstream sent
     content that does not match its digest); one the client hung up on, as a 499.
@@ -222,7 +228,7 @@ async def _send_stream(request: web.Request, result: BlobResult, headers: dict[s
     if end is not None:
         response.content_length = end - start
     sent = 0
-    served = request.app[METRICS].bytes_served.labels("upstream")
+    served = request.app[METRICS].bytes_served.labels("upstream") if served is None else served
     try:
         writer = await response.prepare(request)
         assert result.segments is not None

@@ -14,6 +14,7 @@ from proxy.http import auth, ops, pull, push
 from proxy.http.admin_api import setup_admin_api
 from proxy.http.api import setup_packages_api
 from proxy.http.mirror_api import setup_mirror_api
+from proxy.http.peer import setup_peer_routes
 from proxy.http.stats_api import setup_stats_api
 from proxy.http.cache_api import setup_cache_api
 from proxy.http.accesslog import request_id
@@ -123,4 +124,5 @@ def setup_routes(app: web.Application) -> None:
     setup_mirror_api(app)
     setup_cache_api(app)
     setup_stats_api(app)
+    setup_peer_routes(app)
     setup_web(app)  # the pages (proxy.web): last, so its 404 page answers only what nothing else does

@@ -26,6 +26,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from proxy.config import CacheConfig, LimitsConfig
@@ -35,14 +36,18 @@ from proxy.oci.digest import Digest
 from proxy.registry.base import BlobResult, Client, Target
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.fills import Fill, FillGroup
+from proxy.registry.peer_flight import FAILED, PeerFlight
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
-from proxy.storage.blobs import BlobStore
+from proxy.storage.blobs import BlobStore, held_by_a_process
 from proxy.storage.hashing import ThreadedHasher
 from proxy.storage.meta import MetaStore
 from proxy.storage.objects import ObjectStore, StoredObject
 from proxy.upstream.auth import Credential
 from proxy.upstream.client import Upstream
+from proxy.upstream.peer import PeerBlobs, PeerGone
+
+log = logging.getLogger("wharf.fill")
 
 
 class _NothingServed(Exception):
@@ -64,6 +69,9 @@ class BlobCache:
         self._decisions = decisions
         self.fills = FillGroup(tasks, blobs)
         self.objects: ObjectStore | None = None  # the bucket under the store (app.py attaches it)
+        # replicas on disks of their own: who fills what (peer_flight.py), and streams from them
+        self.peers: PeerFlight | None = None
+        self.peers_client: PeerBlobs | None = None
 
     async def blob(self, upstream: Upstream, target: Target, digest: Digest, client: Client,
                    head: bool) -> BlobResult:
@@ -209,40 +217,112 @@ class BlobCache:
 
     async def _run_fill(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
                         target: Target, credential: Credential | None, public: bool) -> None:
-        """Download one blob into the store; readers here and in other workers follow it."""
-        async with upstream.open_blob(target.repo, fill.digest, credential) as source:
-            writer = None
+        """Download one blob into the store; readers here and in other workers follow it. With
+        replicas on disks of their own (``peers``), only the replica that claims the blob asks
+        upstream; the others stream it from that replica (``peer_flight.py``)."""
+        if self.peers is None:
+            await self._download(fill, temp_path, size_path, upstream, target, credential, public)
+            return
+        while True:
+            claim = await self.peers.claim(fill.digest)
+            if claim.ours:
+                await self.peers.lead(claim, lambda: self._download(fill, temp_path, size_path, upstream,
+                                                                    target, credential, public))
+                return
+            if claim.state == FAILED:
+                if claim.missing:
+                    raise BlobUnknown(f"blob {fill.digest} unknown upstream (asked by another replica just now)")
+                raise Unavailable(f"the download of {fill.digest} failed on another replica just now; try again")
             try:
-                size = source.size
-                if size is not None and size > self._limits.max_layer_bytes:
-                    raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
-                writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
-                                                max_size=size if size is not None else self._limits.max_layer_bytes,
-                                                expected_size=size)
-                hasher = ThreadedHasher(fill.digest.algorithm)
-                size_path.write_text(str(size if size is not None else -1))
-                self._meta.grant(str(fill.digest), target.scope, public)
-                fill.begin(writer, size)
-                self._metrics.fills_in_flight.inc()
-                try:
-                    async for chunk in source:
-                        writer.write(chunk)
-                        await hasher.update(chunk)
-                    path = writer.commit(fill.digest, size, actual=await hasher.digest())
-                except OCIError:
-                    writer.abort()
-                    raise
-                except Exception as exc:
-                    writer.abort()
-                    raise Unavailable(f"download of {fill.digest} from {upstream.name} broke: "
-                                      f"{type(exc).__name__}") from None
-                finally:
-                    self._metrics.fills_in_flight.dec()
-                fill.finish(path)
-            except BaseException:
-                if writer is not None and not writer.closed:
-                    writer.abort()
-                if self._blobs.size(fill.digest) is None:
-                    # who may see it was granted for the followers; bytes that never arrived grant nothing
-                    self._meta.forget(str(fill.digest))
+                await self._copy_from_peer(fill, temp_path, size_path, claim.holder, upstream, target,
+                                           credential, public)
+                return
+            except PeerGone as gone:
+                log.info("replica %s could not give %s (%s); asking again", claim.holder, fill.digest, gone,
+                         extra={"digest": str(fill.digest), "peer": claim.holder})
+                await self.peers.passed(claim)
+
+    async def _download(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
+                        target: Target, credential: Credential | None, public: bool) -> None:
+        async with upstream.open_blob(target.repo, fill.digest, credential) as source:
+            self._meta.grant(str(fill.digest), target.scope, public)  # upstream let this credential GET it
+            await self._receive(fill, temp_path, size_path, source, f"from {upstream.name}")
+
+    async def _copy_from_peer(self, fill: Fill, temp_path: Path, size_path: Path, peer_url: str,
+                              upstream: Upstream, target: Target, credential: Credential | None,
+                              public: bool) -> None:
+        """Stream one blob from the replica filling (or holding) it into the store, verified as an
+        upstream download is. Who may see it is never taken from the peer for a client's own
+        credential: upstream confirms it (a HEAD) unless both fetches were made without one."""
+        async with self.peers_client.open(peer_url, fill.digest) as source:
+            if not (public and source.public):
+                await upstream.head_blob(target.repo, fill.digest, credential)  # BlobUnknown: 404 here too
+            self._meta.grant(str(fill.digest), target.scope, public)
+            await self._receive(fill, temp_path, size_path, source, f"from replica {peer_url}")
+
+    async def _receive(self, fill: Fill, temp_path: Path, size_path: Path, source, origin: str) -> None:
+        """Write ``source`` (a sized stream of chunks) into the store as ``fill``'s blob, verified;
+        readers follow from its first byte. A replica's stream that breaks is PeerGone (the
+        caller asks elsewhere); any other failure is the fill's."""
+        writer = None
+        try:
+            size = source.size
+            if size is not None and size > self._limits.max_layer_bytes:
+                raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
+            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
+                                            max_size=size if size is not None else self._limits.max_layer_bytes,
+                                            expected_size=size)
+            hasher = ThreadedHasher(fill.digest.algorithm)
+            size_path.write_text(str(size if size is not None else -1))
+            fill.begin(writer, size)
+            self._metrics.fills_in_flight.inc()
+            try:
+                async for chunk in source:
+                    writer.write(chunk)
+                    await hasher.update(chunk)
+                path = writer.commit(fill.digest, size, actual=await hasher.digest())
+            except (OCIError, PeerGone):
+                writer.abort()
                 raise
+            except Exception as exc:
+                writer.abort()
+                raise Unavailable(f"download of {fill.digest} {origin} broke: {type(exc).__name__}") from None
+            finally:
+                self._metrics.fills_in_flight.dec()
+            fill.finish(path)
+        except BaseException:
+            if writer is not None and not writer.closed:
+                writer.abort()
+            if self._blobs.size(fill.digest) is None:
+                # who may see it was granted for the followers; bytes that never arrived grant nothing
+                self._meta.forget(str(fill.digest))
+            raise
+
+    def media_type_of(self, digest: Digest) -> str:
+        """A stored manifest's media type; any other blob's is application/octet-stream."""
+        return self._meta.manifest_type(str(digest)) or "application/octet-stream"
+
+    async def for_peer(self, digest: Digest) -> tuple[BlobResult, bool]:
+        """(the blob, whether it is public) for another replica: stored here, or followed as this
+        store fills it. BlobUnknown otherwise: a replica serves what it holds or fills, never
+        fetches for another (the caller is one, checked by the handler)."""
+        public = self._meta.visibility(str(digest)).public
+        size = self._blobs.size(digest)
+        if size is not None:
+            return BlobResult(digest, size, path=self._blobs.path(digest),
+                              reading=lambda: self._blobs.reading(digest)), public
+        fill = self.fills.get(digest)
+        if fill is None:
+            _, _, lock_path = self._blobs.fill_paths(digest)
+            if not held_by_a_process(lock_path):
+                raise BlobUnknown(f"blob {digest} is neither stored nor filling on this replica")
+
+            async def refuse(_fill: Fill, _temp: Path, _size: Path) -> None:
+                raise Unavailable(f"the fill of {digest} on this replica stopped")  # we never download for a peer
+            fill = self.fills.start(digest, refuse, self._cache.fill_timeout)  # follows the worker that leads
+        await asyncio.shield(fill.started)
+        size = self._blobs.size(digest) if fill.size is None else None
+        if size is not None:
+            return BlobResult(digest, size, path=self._blobs.path(digest),
+                              reading=lambda: self._blobs.reading(digest)), public
+        return BlobResult(digest, fill.size, segments=fill.segments), self._meta.visibility(str(digest)).public

@@ -13,6 +13,8 @@ Rules:
   the lock leads from then on (takeover). It downloads afresh into a new temporary file at the same
   name; readers finish what the dead leader's file holds, then go on in the new one, so they never
   see an error for it. The new leader's download is verified like any other before commit;
+- a leader whose source breaks may go on from another one in a new file (a replica's stream that
+  broke, then upstream: ``peer_flight.py``): its readers finish the old file and go on in the new;
 - the leader writes what the fill is for (upstream, repository, whether it was asked without a
   client's credential) next to its temporary file, so every worker of the store can list the
   fills in flight with their progress (``in_flight``).
@@ -170,6 +172,11 @@ class Fill:
                         os.close(fd)
                         fd, opened_for = moved, self.writer
                         continue
+                if trusted and progress.closed and not self.done.done():
+                    # our writer gave up before the fill ended: it goes on in a new file (its
+                    # source broke and another took over) or fails; either way the fill says
+                    await self._replaced(progress)
+                    continue
                 if self.done.done() or progress.closed:
                     if not trusted:  # what our file lacks is in the committed blob, once it verified
                         await self._verified()
@@ -206,6 +213,11 @@ class Fill:
             os.close(new)
             return None
         return new
+
+    async def _replaced(self, writer) -> None:
+        """Wait until the fill has another writer than ``writer``, or ends."""
+        while self.writer is writer and not self.done.done():
+            await asyncio.sleep(_POLL)
 
     async def _verified(self) -> None:
         """Wait for the fill's verdict; raise FillFailed unless its content verified."""

@@ -22,7 +22,8 @@ from typing import Awaitable, Callable
 
 from proxy.errors import ManifestInvalid, ManifestUnknown, OCIError, UpstreamInvalid
 from proxy.oci.digest import Digest, is_digest
-from proxy.oci.media import DOCKER_MANIFEST, MANIFEST_TYPES, OCI_MANIFEST, OFF_LOOP_BYTES, accepts, parse_manifest
+from proxy.oci.media import (DOCKER_MANIFEST, MANIFEST_TYPES, MAX_MANIFEST_BYTES, OCI_MANIFEST, OFF_LOOP_BYTES, accepts,
+                             parse_manifest)
 from proxy.registry.base import Client, Target
 from proxy.registry.cluster_flight import ClusterFlight
 from proxy.registry.decisions import CacheDecisions
@@ -31,6 +32,7 @@ from proxy.storage.blobs import BlobStore
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.upstream.answers import UpstreamManifest
 from proxy.upstream.client import Upstream
+from proxy.upstream.peer import PeerBlobs, PeerGone
 
 _GENERIC_TYPES = ("", "application/octet-stream", "text/plain", "application/json")
 
@@ -76,6 +78,7 @@ class ManifestCache:
         self._access = access
         self._decisions = decisions
         self._cluster = cluster
+        self.peers: PeerBlobs | None = None  # replicas on disks of their own copy manifests from each other
 
     async def by_digest(self, upstream: Upstream, target: Target, digest: Digest,
                         client: Client) -> tuple[TagRecord, str]:
@@ -118,11 +121,18 @@ class ManifestCache:
             await self._access.remember_authorized(upstream, target, client)
             return record
 
-        async def adopt(digest: str, checked_at: float) -> TagRecord | None:
-            """Another process's answer (upstream's at ``checked_at``), when the store it wrote to is ours too."""
+        async def adopt(digest: str, checked_at: float, leader_url: str | None) -> TagRecord | None:
+            """Another process's answer (upstream's at ``checked_at``), when the store it wrote to is
+            ours too, or copied from the replica that stored it (``leader_url``)."""
+            if is_digest(reference) and digest != reference:
+                return None
             media_type = self._meta.manifest_type(digest)
             size = self._blobs.size(Digest.parse(digest)) if media_type else None
-            if media_type is None or size is None or (is_digest(reference) and digest != reference):
+            if (media_type is None or size is None) and leader_url is not None and self.peers is not None:
+                copied = await self._copy_from_peer(leader_url, Digest.parse(digest))
+                if copied is not None:
+                    media_type, size = copied
+            if media_type is None or size is None:
                 return None
             self._meta.grant(digest, target.scope, public)
             record = TagRecord(digest, media_type, size, checked_at, public)
@@ -156,6 +166,26 @@ class ManifestCache:
             raise ManifestUnknown(f"no manifest of an accepted media type for tag {tag}")
         self._decisions.count("manifest", "miss")
         return record, "miss"
+
+    async def _copy_from_peer(self, peer_url: str, digest: Digest) -> tuple[str, int] | None:
+        """(media type, size) of the manifest ``digest`` copied from the replica that stored it,
+        verified as an upstream answer is; None when that replica cannot give it."""
+        assert self.peers is not None
+        try:
+            body, content_type = await self.peers.manifest(peer_url, digest, MAX_MANIFEST_BYTES)
+        except PeerGone:
+            return None
+        try:
+            if len(body) > OFF_LOOP_BYTES:
+                media_type = await asyncio.to_thread(_verified_media_type, body, digest, content_type)
+            else:
+                media_type = _verified_media_type(body, digest, content_type)
+        except OCIError:
+            return None  # not the manifest: upstream is asked
+        if self._blobs.size(digest) is None:
+            self._blobs.put_bytes(body, digest)
+        self._meta.set_manifest_type(str(digest), media_type)
+        return media_type, len(body)
 
     async def _store(self, answer: UpstreamManifest, target: Target, reference: str, public: bool) -> TagRecord:
         """Verify and store a manifest body exactly as upstream sent it."""

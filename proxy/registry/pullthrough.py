@@ -37,12 +37,14 @@ from proxy.registry.listings import UpstreamLists
 from proxy.registry.manifestcache import ManifestCache
 from proxy.registry.offline import OfflineRegistry
 from proxy.registry.tagpolicy import TagPolicy
+from proxy.registry.peer_flight import PeerFlight
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
+from proxy.upstream.peer import PeerBlobs
 
 
 class PullThroughRegistry:
@@ -61,7 +63,8 @@ class PullThroughRegistry:
         self._hot = HotSet(enabled=hot_manifests)
         invalidation.subscribe(self._hot.drop_tag, self._hot.drop_tags)
         access = UpstreamAccess(meta, shared, cache)
-        self._manifests = ManifestCache(blobs, meta, access, decisions, ClusterFlight(shared))
+        self._flight = ClusterFlight(shared)
+        self._manifests = ManifestCache(blobs, meta, access, decisions, self._flight)
         self._tag_policy = TagPolicy(blobs, meta, shared, cache, tasks, self._hot, invalidation, access,
                                      self._manifests, decisions)
         self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)
@@ -70,6 +73,13 @@ class PullThroughRegistry:
         self.blob_cache = self._blob_cache  # app.py attaches object storage to it (issue 12)
         self._offline = OfflineRegistry(blobs, meta, decisions, offline)
         self._offline_names = offline  # a set membership check per request: the online path stays as fast
+
+    def join_cluster(self, peers: PeerFlight, client: PeerBlobs) -> None:
+        """Replicas on disks of their own: blobs and manifests fetched once for every replica, the
+        others copy them from the replica that fetched them."""
+        self._blob_cache.peers, self._blob_cache.peers_client = peers, client
+        self._manifests.peers = client
+        self._flight.own_url = peers.own_url
 
     def _upstream(self, target: Target) -> Upstream:
         return self._upstreams[target.upstream]  # Addressing only yields configured names

@@ -42,7 +42,7 @@ PAGE_MODULES = (
     "tokens_pages", "admin_pages",
     "dashboard",
 )
-MACHINE_PREFIXES = ("/v2/", "/api/")
+MACHINE_PREFIXES = ("/v2/", "/api/", "/_wharf/")  # /_wharf/: between replicas (proxy.http.peer)
 MACHINE_PATHS = frozenset({"/v2", "/token", "/metrics", "/healthz", "/readyz"})
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

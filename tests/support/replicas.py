@@ -1,4 +1,5 @@
-"""Several real ``wharf serve`` processes behind nginx, as users run replicas on one shared volume.
+"""Several real ``wharf serve`` processes behind nginx, as users run replicas: on one shared volume
+(a Deployment), or each on a disk of its own (a StatefulSet: ``own_disks``).
 
 ``start_replicas`` writes ONE config (one ``storage.root``, one Redis, one PostgreSQL database) and
 starts ``count`` processes of it, each told its own port by ``WHARF_LISTEN`` (the config's
@@ -6,11 +7,15 @@ environment override), one after the other so that only one of them creates the 
 ``start_nginx`` puts nginx (Debian's) in front, round-robin, retrying a request on the next replica
 when one refuses the connection, as a load balancer of a Service does. Children die with the test
 process; ``Replicas.stop`` stops them all.
+
+With ``own_disks`` each replica also gets its own ``storage.root`` and advertises its own address
+(``WHARF_STORAGE__ROOT``, ``WHARF_CLUSTER__ADVERTISE_URL``); they share a cluster secret file.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -94,9 +99,10 @@ class Replicas:
 
     wharfs: list[WharfProcess]
     nginx: NginxProcess
-    root: Path
+    root: Path  # the shared volume's root; with own disks, the first replica's
     config_path: Path
     killed: list[int] = field(default_factory=list)
+    roots: list[Path] = field(default_factory=list)  # each replica's storage.root
 
     @property
     def url(self) -> str:
@@ -118,6 +124,10 @@ class Replicas:
     def cluster_metric(self, name: str, **labels: str) -> float:
         """``metric`` summed over every replica still running."""
         return sum(self.metric(i, name, **labels) for i in range(len(self.wharfs)) if i not in self.killed)
+
+    def secret(self) -> bytes:
+        """The cluster secret the replicas on disks of their own share."""
+        return (self.config_path.parent / "cluster.secret").read_bytes().strip()
 
     def kill(self, index: int) -> None:
         """SIGKILL replica ``index``: no clean-up runs, its locks go with it."""
@@ -151,13 +161,14 @@ class Replicas:
             wharf.stop()
 
 
-def start_wharf_replica(workdir: Path, config_path: Path, port: int) -> WharfProcess:
+def start_wharf_replica(workdir: Path, config_path: Path, port: int,
+                        env: dict[str, str] | None = None) -> WharfProcess:
     """``wharf serve --config`` of the shared config, listening on ``port`` (``WHARF_LISTEN``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "wharf.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(wharf_argv("serve", "--config", str(config_path)), cwd=workdir,
-                                   env=wharf_env({"WHARF_LISTEN": f"127.0.0.1:{port}"}),
+                                   env=wharf_env({"WHARF_LISTEN": f"127.0.0.1:{port}", **(env or {})}),
                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=_die_with_parent)
     wharf = WharfProcess(process, log_path, f"http://127.0.0.1:{port}", config_path)
@@ -171,22 +182,37 @@ def start_wharf_replica(workdir: Path, config_path: Path, port: int) -> WharfPro
 
 
 def start_replicas(workdir: Path, upstreams: dict[str, str], redis_url: str, database_url: str,
-                   count: int = 3, **overrides) -> Replicas:
-    """``count`` replicas of one config (``upstreams`` by name, shared root, Redis, PostgreSQL) behind nginx."""
+                   count: int = 3, own_disks: bool = False, **overrides) -> Replicas:
+    """``count`` replicas of one config (``upstreams`` by name, shared root or ``own_disks``, Redis,
+    PostgreSQL) behind nginx."""
     root = workdir / "shared-volume"
     config = {"listen": "127.0.0.1:0", "storage": {"root": str(root)},
               "upstreams": [{"name": name, "url": url, "tag_ttl": 300} for name, url in upstreams.items()],
               "default_upstream": None, "log": {"access_log": False},
               "redis": {"url": redis_url, "retry_seconds": 0.5}, "database": {"url": database_url}}
+    if own_disks:
+        workdir.mkdir(parents=True, exist_ok=True)
+        secret = workdir / "cluster.secret"
+        secret.write_text(secrets.token_urlsafe(32))
+        secret.chmod(0o600)
+        config["cluster"] = {"secret_file": str(secret), "lease_seconds": 3}
     config.update(overrides)
     config_path = write_config(workdir, config)
     wharfs: list[WharfProcess] = []
+    roots: list[Path] = []
     try:
         for index in range(count):
-            wharfs.append(start_wharf_replica(workdir / f"replica{index}", config_path, free_port()))
+            port = free_port()
+            env = None
+            roots.append(root)
+            if own_disks:
+                roots[-1] = workdir / f"replica{index}" / "disk"
+                env = {"WHARF_STORAGE__ROOT": str(roots[-1]),
+                       "WHARF_CLUSTER__ADVERTISE_URL": f"http://127.0.0.1:{port}"}
+            wharfs.append(start_wharf_replica(workdir / f"replica{index}", config_path, port, env))
         nginx = start_nginx(workdir / "nginx", [w.url.split("://", 1)[1] for w in wharfs])
     except BaseException:
         for wharf in wharfs:
             wharf.stop()
         raise
-    return Replicas(wharfs, nginx, root, config_path)
+    return Replicas(wharfs, nginx, roots[0], config_path, roots=roots)

@@ -443,3 +443,24 @@ async def test_a_private_blob_one_replica_fills_for_a_credential_is_not_given_to
     with_token = [c for c in fake.calls("GET", fake.blob_path("org/secret", digest))
                   if c.headers.get("Authorization", "").startswith("Bearer")]
     assert len(with_token) == 1, "one download (after the challenge); alice's copy came from replica 0"
+
+
+async def test_a_replica_whose_secret_differs_downloads_for_itself_at_once(
+        fake_upstream, repo_name, replicas_of, tmp_path):
+    fake = await fake_upstream()
+    data = os.urandom(400_000)
+    digest = fake.add_blob(repo_name, data)
+    fake.fault(fake.blob_path(repo_name, digest), Fault(bytes_per_second=200_000, methods=("GET",)))
+    other = tmp_path / "other.secret"
+    other.write_text("another-secret-that-is-long-enough-0123456789")
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True,
+                           extra_env={2: {"WHARF_CLUSTER__SECRET_FILE": str(other)}})
+    name = f"{_upstream_name(fake.url)}/{repo_name}"
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.ensure_future(Client(replicas.wharfs[0].url).blob(session, name, digest))
+        await asyncio.sleep(0.5)  # replica 0 claimed and downloads it
+        odd = await asyncio.wait_for(Client(replicas.wharfs[2].url).blob(session, name, digest), 30)
+        assert odd == data and await first == data
+    assert fake.count("GET", fake.blob_path(repo_name, digest)) == 2, "replica 2 could not share: its own download"
+    assert "downloading it here" in replicas.wharfs[2].output()
+    assert replicas.metric(0, "wharf_http_requests_total", route="peer_blob", status="403") >= 1

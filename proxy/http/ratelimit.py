@@ -9,7 +9,8 @@ Rules (``clients.requests_per_second``, ``clients.burst``; off by default):
   credential's requests are charged to their address's ceiling too (``clients.address_ceiling``
   times the rate and the burst, shared by all credentials from that address): inventing
   credentials gets a client at most that ceiling, however many it invents;
-- ``/healthz``, ``/readyz`` and ``/metrics`` are never limited;
+- ``/healthz``, ``/readyz``, ``/metrics`` and the route between replicas (``proxy.http.peer``,
+  signed or refused at once) are never limited;
 - replayed answers (``proxy.http.replayserver``) are charged the same way, before they are sent;
   a client over its rate is left to the application, which answers the 429.
 A refused request takes nothing from the bucket. Buckets are kept for at most ``_MAX_BUCKETS``
@@ -31,7 +32,7 @@ from proxy.registry.tokens import ANONYMOUS_TOKEN
 from proxy.upstream.auth import credential_from_header
 
 _MAX_BUCKETS = 100_000
-_UNLIMITED_ROUTES = frozenset({"healthz", "readyz", "metrics"})
+_UNLIMITED_ROUTES = frozenset({"healthz", "readyz", "metrics", "peer_blob"})  # peer_blob: signed, or 403 at once
 
 
 class ClientKey(NamedTuple):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
 from proxy.config import CacheConfig, LimitsConfig
@@ -223,6 +224,7 @@ class BlobCache:
         if self.peers is None:
             await self._download(fill, temp_path, size_path, upstream, target, credential, public)
             return
+        failing: tuple[str, float] | None = None  # (the claim that failed us, since when)
         while True:
             claim = await self.peers.claim(fill.digest)
             if claim.ours:
@@ -238,6 +240,16 @@ class BlobCache:
                                            credential, public)
                 return
             except PeerGone as gone:
+                token = str(claim.value.get("token"))
+                if failing is None or failing[0] != token:
+                    failing = (token, time.monotonic())
+                if gone.refused or time.monotonic() - failing[1] > 2 * self.peers.lease_seconds:
+                    # a replica that refuses our signature (another secret), or one that keeps
+                    # failing while its claim lives: this replica downloads for itself
+                    log.warning("replica %s cannot give %s (%s); downloading it here", claim.holder, fill.digest,
+                                gone, extra={"digest": str(fill.digest), "peer": claim.holder})
+                    await self._download(fill, temp_path, size_path, upstream, target, credential, public)
+                    return
                 log.info("replica %s could not give %s (%s); asking again", claim.holder, fill.digest, gone,
                          extra={"digest": str(fill.digest), "peer": claim.holder})
                 await self.peers.passed(claim)

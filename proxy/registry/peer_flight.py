@@ -14,6 +14,9 @@ Rules:
   ``_STORED_SECONDS``: a replica that misses later streams it from there. A pointer to a replica
   that no longer has it is dropped by the first fill that finds so;
 - a claim naming this replica (a previous life of it, or a blob it has since evicted) is ours;
+- a fill that cannot get the blob from one claim for twice ``lease_seconds`` (a replica that
+  answers but fails), or that the claimant refuses (the replicas' secrets differ), downloads it
+  itself, with a warning: a broken peer costs one more download, never a hung pull;
 - without Redis, or while it is down, claims live in the store's own diskcache: each replica
   downloads for itself (at worst one download per replica).
 """
@@ -64,20 +67,20 @@ class PeerFlight:
     def __init__(self, shared: SharedCache, own_url: str, lease_seconds: float) -> None:
         self._shared = shared
         self.own_url = own_url
-        self._lease = lease_seconds
+        self.lease_seconds = lease_seconds
 
     async def claim(self, digest: Digest) -> Claim:
         """Ours, when no other replica fills or holds ``digest``; else the other replica's claim."""
         key = f"bfill:{digest}"
         mine = {"url": self.own_url, "token": secrets.token_hex(8), "state": FILLING}
         while True:
-            if await self._shared.add(key, mine, self._lease):
+            if await self._shared.add(key, mine, self.lease_seconds):
                 return Claim(key, mine, True)
             held = await self._shared.get(key)
             if held is None:
                 continue  # it lapsed between the two calls
             if not isinstance(held, dict) or held.get("url") == self.own_url:
-                await self._shared.set(key, mine, self._lease)  # ours from before, or not a claim at all
+                await self._shared.set(key, mine, self.lease_seconds)  # ours from before, or not a claim at all
                 return Claim(key, mine, True)
             return Claim(key, held, False)
 
@@ -117,7 +120,7 @@ class PeerFlight:
 
     async def _renew(self, claim: Claim) -> None:
         while True:
-            await asyncio.sleep(self._lease / 3)
+            await asyncio.sleep(self.lease_seconds / 3)
             if not await self._holds(claim):
                 return  # it lapsed (a stall longer than the lease): another replica may fill too
-            await self._shared.set(claim.key, claim.value, self._lease)
+            await self._shared.set(claim.key, claim.value, self.lease_seconds)

@@ -31,7 +31,12 @@ PEER_BLOB_PATH = "/_wharf/peer/blobs/{digest}"
 
 
 class PeerGone(Exception):
-    """The replica asked cannot give the blob (down, no such fill, or its stream broke)."""
+    """The replica asked cannot give the blob (down, no such fill, or its stream broke).
+    ``refused``: it refused our signature (the replicas do not share one secret)."""
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 def sign(secret: bytes, method: str, path: str, now: float | None = None) -> str:
@@ -114,7 +119,7 @@ class PeerBlobs:
             raise PeerGone(f"{peer_url} does not answer: {type(exc).__name__}") from None
         try:
             if response.status != 200:
-                raise PeerGone(f"{peer_url} answered {response.status}")
+                raise PeerGone(f"{peer_url} answered {response.status}", refused=response.status == 403)
             yield PeerBlob(response, self._received)
         finally:
             response.release()

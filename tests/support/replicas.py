@@ -182,9 +182,10 @@ def start_wharf_replica(workdir: Path, config_path: Path, port: int,
 
 
 def start_replicas(workdir: Path, upstreams: dict[str, str], redis_url: str, database_url: str,
-                   count: int = 3, own_disks: bool = False, **overrides) -> Replicas:
+                   count: int = 3, own_disks: bool = False, extra_env: dict[int, dict[str, str]] | None = None,
+                   **overrides) -> Replicas:
     """``count`` replicas of one config (``upstreams`` by name, shared root or ``own_disks``, Redis,
-    PostgreSQL) behind nginx."""
+    PostgreSQL) behind nginx; ``extra_env`` adds variables to some replicas (by index)."""
     root = workdir / "shared-volume"
     config = {"listen": "127.0.0.1:0", "storage": {"root": str(root)},
               "upstreams": [{"name": name, "url": url, "tag_ttl": 300} for name, url in upstreams.items()],
@@ -209,6 +210,7 @@ def start_replicas(workdir: Path, upstreams: dict[str, str], redis_url: str, dat
                 roots[-1] = workdir / f"replica{index}" / "disk"
                 env = {"WHARF_STORAGE__ROOT": str(roots[-1]),
                        "WHARF_CLUSTER__ADVERTISE_URL": f"http://127.0.0.1:{port}"}
+            env = {**(env or {}), **(extra_env or {}).get(index, {})}
             wharfs.append(start_wharf_replica(workdir / f"replica{index}", config_path, port, env))
         nginx = start_nginx(workdir / "nginx", [w.url.split("://", 1)[1] for w in wharfs])
     except BaseException:

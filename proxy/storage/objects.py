@@ -41,10 +41,10 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from proxy.circuit import Circuit
 from proxy.config import S3Config
 from proxy.errors import Unavailable
 from proxy.oci.digest import Digest
-from proxy.upstream.circuit import Circuit
 
 log = logging.getLogger("wharf.objects")
 _CHUNK = 1024 * 1024

@@ -53,6 +53,10 @@ class Metrics:
         self.upstream_circuit_opened = Counter("wharf_upstream_circuit_opened",
                                                "Times the circuit to an upstream opened",
                                                ["upstream"], registry=r)
+        self.object_storage_circuit = Gauge("wharf_object_storage_circuit_state",
+                                            "Circuit breaker of the object storage bucket (storage.s3): "
+                                            "0 closed, 1 half-open (one probe goes through), 2 open "
+                                            "(the bucket is skipped)", ["bucket"], registry=r)
         self.fills_in_flight = Gauge("wharf_fills_in_flight", "Upstream downloads in progress",
                                      registry=r)
         self.store_bytes = Gauge("wharf_store_bytes", "Bytes stored, by kind (cached, pushed)",

@@ -13,9 +13,15 @@ Rules:
   redirected to);
 - an object found under a key but not verified is uploaded again (over it), never skipped;
 - nothing is trusted from an object's metadata: who may see a blob comes from Wharf's metadata;
-- the bucket's look on a local miss (``head``) has ``head_timeout`` and a circuit breaker: after
-  ``breaker_failures`` failures in a row the bucket is skipped at once for ``breaker_cooldown``
-  seconds, then probed by one request; storage errors are ``Unavailable``, never a traceback;
+- the bucket's look on a local miss (``head``) has ``head_timeout``; it and the reads (``stream``)
+  feed one circuit breaker (``proxy/circuit.py``): after ``breaker_failures`` failures in a row
+  the bucket is skipped at once (no HEAD, no GET) for ``breaker_cooldown`` seconds, then probed
+  by one request. A failure is no answer (refused, timed out, cut short) or a 5xx/429, before or
+  after a read's first chunk; any other answer is a success, and so is a read that ended or was
+  stopped by its reader once bytes came. While the last read failed, a HEAD's answer counts
+  neither way (a bucket that answers HEAD and fails GET is failing): only a read closes the
+  breaker then, until it opens (after the cool-down any answer closes it). Storage errors are
+  ``Unavailable``, never a traceback;
 - at most ``max_uploads`` uploads run at once per process; a part streams from the file (read in
   aiohttp's executor, never on the loop, never a whole part in memory);
 - write-through, delete-through and the drop of a bad object are ordered per digest (a lock per
@@ -41,7 +47,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from proxy.circuit import Circuit
+from proxy.circuit import CLOSED, Circuit
 from proxy.config import S3Config
 from proxy.errors import Unavailable
 from proxy.oci.digest import Digest
@@ -151,10 +157,23 @@ class ObjectStore:
         self._uploads = asyncio.Semaphore(config.max_uploads)
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
+        self._read_failed = False  # the last read failed: a HEAD's answer does not close the breaker
 
     @property
     def redirect(self) -> bool:
         return self._config.redirect
+
+    @property
+    def bucket(self) -> str:
+        return self._config.bucket
+
+    def degraded(self) -> str | None:
+        """Why the bucket is skipped (for ``/readyz``), or None while its breaker is closed."""
+        if self.circuit.state == CLOSED:
+            return None
+        return (f"object storage bucket {self._config.bucket} fails ({self.circuit.cause}): skipped "
+                f"for {self.circuit.retry_in():.0f}s, then probed; blobs are served from the local "
+                f"store and upstream")
 
     async def open(self) -> None:
         session = get_session()
@@ -191,9 +210,7 @@ class ObjectStore:
     async def head(self, digest: Digest) -> StoredObject | None:
         """The object's size and whether it is verified, or None when the bucket has no such blob.
         Bounded by ``head_timeout``; a bucket the breaker holds open is Unavailable at once."""
-        if not self.circuit.admit():
-            raise Unavailable(f"object storage is skipped for {self.circuit.retry_in():.0f}s "
-                              f"({self.circuit.cause})")
+        self._admit()
         outcome: bool | None = None  # None: cancelled, no outcome
         try:
             async with asyncio.timeout(self._config.head_timeout):
@@ -218,31 +235,56 @@ class ObjectStore:
         in_parts = "-" in checksum or "-" in str(answer.get("ETag", ""))
         return StoredObject(size, expected is not None and checksum == expected, in_parts=in_parts)
 
-    def _outcome(self, answered: bool | None) -> None:
-        """Tell the breaker how a request went (None: it ended without an outcome, cancelled)."""
+    def _admit(self) -> None:
+        """Unavailable at once while the breaker skips the bucket (half-open: one probe goes)."""
+        if not self.circuit.admit():
+            raise Unavailable(f"object storage is skipped for {self.circuit.retry_in():.0f}s "
+                              f"({self.circuit.cause})")
+
+    def _outcome(self, answered: bool | None, read: bool = False) -> None:
+        """Tell the breaker how a HEAD or a read went (None: it ended without an outcome,
+        cancelled); see the module's rules."""
         if answered is None:
             self.circuit.abandoned()
         elif answered:
+            if read:
+                self._read_failed = False
+            elif self._read_failed:
+                self.circuit.abandoned()  # lookups answer, reads fail: a read must close it
+                return
             self.circuit.succeeded()
-        elif self.circuit.failed("no answer"):
+        else:
+            self._read_failed = read
+            if self.circuit.failed("reads fail" if read else "no answer"):
+                self._read_failed = False  # opened: after the cool-down, any answer closes it
                 log.warning("object storage failed %d times in a row: skipped for %.0fs",
                             self.circuit.failures, self._config.breaker_cooldown)
 
     async def stream(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes [start, end) of a blob, in chunks as they arrive (Unavailable when it breaks)."""
+        """The bytes [start, end) of a blob, in chunks as they arrive (Unavailable when it breaks,
+        at once while the breaker skips the bucket). Each read is an outcome for the breaker."""
+        self._admit()
         extra = {}
         if start or end is not None:
             extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        outcome: bool | None = None  # None: cancelled or stopped by the reader
+        came = False
         try:
             answer = await self._client.get_object(Bucket=self._config.bucket, Key=self.key(digest), **extra)
             async with answer["Body"] as body:
                 while chunk := await body.read(_CHUNK):
+                    came = True
                     yield chunk
+            outcome = True
         except ClientError as error:
+            outcome = not _server_side(error)  # a 404 (deleted meanwhile) is an answer, a 5xx is not
             raise self._unavailable("read", digest, error) from None
         except (BotoCoreError, OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as error:
             # aiohttp.ClientPayloadError: the body ended before its length (botocore does not wrap it)
+            outcome = False
             raise self._unavailable("read", digest, error) from None
+        finally:
+            self._outcome(True if outcome is None and came else outcome, read=True)
 
     async def upload(self, path: Path, digest: Digest, size: int) -> None:
         """Copy a verified local blob to the bucket with its SHA-256 checksum: one PUT up to

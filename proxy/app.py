@@ -178,6 +178,7 @@ def create_app(config: Config) -> web.Application:
         app[keys.OBJECTS] = objects
         metrics.object_storage_circuit.labels(objects.bucket).set_function(
             lambda: STATE_VALUES[objects.circuit.state])
+        metrics.object_storage_missed.set_function(lambda: tier.missed)
 
         async def objects_lifecycle(app: web.Application) -> AsyncIterator[None]:
             await objects.open()

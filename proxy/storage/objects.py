@@ -26,7 +26,12 @@ Rules:
   aiohttp's executor, never on the loop, never a whole part in memory);
 - write-through, delete-through and the drop of a bad object are ordered per digest (a lock per
   digest in this process): a delete that comes after an upload runs after it, so it never leaves
-  an object the store no longer has.
+  an object the store no longer has;
+- a write-through the bucket failed is remembered (in memory, per process, the newest
+  ``MISSED_UPLOADS`` digests) and tried again, oldest first, when the bucket answers again and
+  every ``breaker_cooldown`` seconds while some are left; a pass stops at the first failure, and
+  uploads nothing while the breaker is open or its HEAD got no answer. A digest is forgotten once
+  uploaded, deleted through, or gone from the local store (evicted: it is not uploaded then).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import hashlib
 import io
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -47,7 +53,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from proxy.circuit import CLOSED, Circuit
+from proxy.circuit import CLOSED, OPEN, Circuit
 from proxy.config import S3Config
 from proxy.errors import Unavailable
 from proxy.oci.digest import Digest
@@ -55,6 +61,7 @@ from proxy.oci.digest import Digest
 log = logging.getLogger("wharf.objects")
 _CHUNK = 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
+MISSED_UPLOADS = 10_000  # write-throughs remembered for a retry (a few hundred bytes each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +165,7 @@ class ObjectStore:
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
         self._read_failed = False  # the last read failed: a HEAD's answer does not close the breaker
+        self.answering = asyncio.Event()  # set when the bucket answers after failing (BlobTier retries)
 
     @property
     def redirect(self) -> bool:
@@ -167,13 +175,18 @@ class ObjectStore:
     def bucket(self) -> str:
         return self._config.bucket
 
+    @property
+    def retry_seconds(self) -> float:
+        """How often uploads the bucket missed are tried again (its breaker's cool-down)."""
+        return self._config.breaker_cooldown
+
     def degraded(self) -> str | None:
         """Why the bucket is skipped (for ``/readyz``), or None while its breaker is closed."""
         if self.circuit.state == CLOSED:
             return None
         return (f"object storage bucket {self._config.bucket} fails ({self.circuit.cause}): skipped "
                 f"for {self.circuit.retry_in():.0f}s, then probed; blobs are served from the local "
-                f"store and upstream")
+                f"store and upstream, uploads retried when it answers")
 
     async def open(self) -> None:
         session = get_session()
@@ -252,6 +265,8 @@ class ObjectStore:
             elif self._read_failed:
                 self.circuit.abandoned()  # lookups answer, reads fail: a read must close it
                 return
+            if self.circuit.failures or self.circuit.state != CLOSED:
+                self.answering.set()
             self.circuit.succeeded()
         else:
             self._read_failed = read
@@ -353,13 +368,20 @@ class ObjectStore:
 class BlobTier:
     """Keeps the bucket in step with the local store: blobs added are uploaded, blobs removed are
     deleted, both in app-owned background tasks (the hooks may be called from any thread), in
-    call order per digest."""
+    call order per digest; uploads the bucket missed are tried again (the module's rules)."""
 
     def __init__(self, objects: ObjectStore, spawn, path_of: Callable[[Digest], Path]) -> None:
         self._objects = objects
         self._spawn = spawn          # BackgroundTasks.spawn
         self._path_of = path_of      # BlobStore.path
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._missed: OrderedDict[Digest, int] = OrderedDict()  # uploads to try again, oldest first
+        self._retrying = False  # a retry task runs (spawn's return value is not relied on)
+
+    @property
+    def missed(self) -> int:
+        """Write-throughs the bucket missed, waiting for a retry."""
+        return len(self._missed)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -391,25 +413,68 @@ class BlobTier:
         else:
             loop.call_soon_threadsafe(spawn)
 
-    async def _upload(self, digest: Digest, size: int) -> None:
+    async def _upload(self, digest: Digest, size: int, retry: bool = False) -> bool:
+        """Write one blob through; False when the bucket failed (the digest is remembered for a
+        retry). A retry uploads only once the bucket answered its HEAD."""
         async with self._objects.locked(digest):
+            if retry and not self._path_of(digest).exists():
+                self._missed.pop(digest, None)  # evicted or removed meanwhile: nothing to upload
+                return True
             try:
                 try:
                     found = await self._objects.head(digest)
                 except Unavailable:
+                    if retry:
+                        return False  # still down (or skipped): kept for the next pass
                     found = None  # a slow HEAD or an open breaker: upload (the PUT has bounds of its own)
                 if found is not None and found.size == size and (found.verified or found.in_parts):
                     # the very bytes, vouched for by the server; or a multipart upload of this size,
                     # which no HEAD can vouch for (it is hashed whole whenever it is read): uploading
                     # it again would make another copy no HEAD can vouch for either
-                    return
+                    self._missed.pop(digest, None)
+                    return True
                 await self._objects.upload(self._path_of(digest), digest, size)
             except FileNotFoundError:
-                pass  # removed again before it could be copied (its delete comes next)
+                self._missed.pop(digest, None)  # removed before it could be copied (its delete comes next)
+                return True
             except Exception as error:
                 log.warning("write-through of %s failed: %s", digest, type(error).__name__)
+                self._remember(digest, size)
+                return False
+            self._missed.pop(digest, None)
+            return True
+
+    def _remember(self, digest: Digest, size: int) -> None:
+        """Keep a missed upload for the retry pass (the newest MISSED_UPLOADS of them)."""
+        self._missed[digest] = size
+        self._missed.move_to_end(digest)
+        if len(self._missed) > MISSED_UPLOADS:
+            forgotten, _ = self._missed.popitem(last=False)
+            log.warning("object storage: more than %d uploads missed; %s will not be retried",
+                        MISSED_UPLOADS, forgotten)
+        if not self._retrying:
+            self._retrying = True
+            self._spawn(self._retry_missed(), name="retry missed uploads")
+
+    async def _retry_missed(self) -> None:
+        """Upload again what the bucket missed: when it answers again, and every
+        ``breaker_cooldown`` seconds, until none are left. A pass stops at the first failure."""
+        answering = self._objects.answering
+        try:
+            while self._missed:
+                answering.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(answering.wait(), self._objects.retry_seconds)
+                if self._objects.circuit.state == OPEN:
+                    continue  # skipped still: a probe goes after the cool-down
+                for digest, size in list(self._missed.items()):
+                    if digest in self._missed and not await self._upload(digest, size, retry=True):
+                        break
+        finally:
+            self._retrying = False
 
     async def _delete(self, digest: Digest) -> None:
+        self._missed.pop(digest, None)
         async with self._objects.locked(digest):
             try:
                 await self._objects.delete(digest)

@@ -15,13 +15,13 @@ Rules:
 - nothing is trusted from an object's metadata: who may see a blob comes from Wharf's metadata;
 - the bucket's look on a local miss (``head``) has ``head_timeout``; it and the reads (``stream``)
   feed one circuit breaker (``proxy/circuit.py``): after ``breaker_failures`` failures in a row
-  the bucket is skipped at once (no HEAD, no GET) for ``breaker_cooldown`` seconds, then probed
-  by one request. A failure is no answer (refused, timed out, cut short) or a 5xx/429, before or
-  after a read's first chunk; any other answer is a success, and so is a read that ended or was
-  stopped by its reader once bytes came. While the last read failed, a HEAD's answer counts
-  neither way (a bucket that answers HEAD and fails GET is failing): only a read closes the
-  breaker then, until it opens (after the cool-down any answer closes it). Storage errors are
-  ``Unavailable``, never a traceback;
+  the bucket is skipped at once (no HEAD, no GET; a write-through still tries its PUT) for
+  ``breaker_cooldown`` seconds, then probed by one request. A failure is no answer (refused,
+  timed out, cut short) or a 5xx/429, before or after a read's first chunk; any other answer is
+  a success, and so is a read that ended or was stopped by its reader once bytes came. While the
+  last read failed, a HEAD's answer counts neither way (a bucket that answers HEAD and fails GET
+  is failing): only a read closes the breaker then, until it opens (after the cool-down any
+  answer closes it). Storage errors are ``Unavailable``, never a traceback;
 - at most ``max_uploads`` uploads run at once per process; a part streams from the file (read in
   aiohttp's executor, never on the loop, never a whole part in memory);
 - write-through, delete-through and the drop of a bad object are ordered per digest (a lock per

@@ -12,6 +12,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from proxy.circuit import STATE_VALUES
 from proxy.config import Config
 from proxy.http import keys
 from proxy.http.ratelimit import ClientLimiter
@@ -176,6 +177,10 @@ def create_app(config: Config) -> web.Application:
         tier = BlobTier(objects, tasks.spawn, blobs.path)
         write_and_delete_through(blobs, tier)  # eviction drops the local copy only (blobs.evict)
         pullthrough.blob_cache.objects = objects
+        app[keys.OBJECTS] = objects
+        metrics.object_storage_circuit.labels(objects.bucket).set_function(
+            lambda: STATE_VALUES[objects.circuit.state])
+        metrics.object_storage_missed.set_function(lambda: tier.missed)
 
         async def objects_lifecycle(app: web.Application) -> AsyncIterator[None]:
             await objects.open()

@@ -57,6 +57,13 @@ class Metrics:
         self.upstream_circuit_opened = Counter("wharf_upstream_circuit_opened",
                                                "Times the circuit to an upstream opened",
                                                ["upstream"], registry=r)
+        self.object_storage_circuit = Gauge("wharf_object_storage_circuit_state",
+                                            "Circuit breaker of the object storage bucket (storage.s3): "
+                                            "0 closed, 1 half-open (one probe goes through), 2 open "
+                                            "(the bucket is skipped)", ["bucket"], registry=r)
+        self.object_storage_missed = Gauge("wharf_object_storage_missed_uploads",
+                                           "Blobs whose write-through the bucket failed, waiting to be "
+                                           "uploaded again", registry=r)
         self.fills_in_flight = Gauge("wharf_fills_in_flight", "Upstream downloads in progress",
                                      registry=r)
         self.store_bytes = Gauge("wharf_store_bytes", "Bytes stored, by kind (cached, pushed)",
@@ -121,7 +128,8 @@ class Metrics:
 
 # how a gauge's per-worker values combine: in-flight counts add up; store totals, budgets and
 # upstream quota are facts every worker reports alike (the most recent or highest wins)
-_GAUGE_SUM = frozenset({"wharf_fills_in_flight", "wharf_connections_open"})
+_GAUGE_SUM = frozenset({"wharf_fills_in_flight", "wharf_connections_open",
+                        "wharf_object_storage_missed_uploads"})
 _GAUGE_MIN = frozenset({"wharf_upstream_ratelimit_remaining", "wharf_store_free_bytes"})
 
 

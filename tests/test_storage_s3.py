@@ -1,6 +1,7 @@
 """storage.backend: s3 against moto's S3 server: blobs written through to the bucket, read through by
 a replica with an empty store, deleted through, redirected to presigned URLs, and a bucket that is
-down never turning a cached blob into a 500."""
+down never turning a cached blob into a 500: it is skipped by its breaker, shown in /metrics and
+/readyz, and sent what it missed when it is back."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import aiohttp
 import pytest
 
 from support.images import make_image, make_layer, push_image
-from support.s3 import KEY_ID, SECRET, Bucket, FakeS3, new_bucket, start_moto
+from support.s3 import KEY_ID, SECRET, Bucket, FakeS3, new_bucket, restart_moto, start_moto
 from support.servers import free_port
 
 DEAD_UPSTREAM = "http://127.0.0.1:1"  # nothing listens: any request to upstream fails
@@ -472,6 +473,125 @@ async def test_the_public_flag_of_an_object_is_not_trusted(make_wharf, auth_regi
     assert anonymous.status == 401
     allowed = await second.client.get(path, headers=auth_registry_upstream.headers)
     assert allowed.status == 200 and await allowed.read() == layer.data
+
+
+# the bucket's breaker (issue 12 leftovers) --------------------------------------------------------
+_STATES = {"0.0": "closed", "1.0": "half_open", "2.0": "open"}
+
+
+async def _bucket_state(wharf, bucket: str) -> str:
+    """The bucket's breaker as /metrics shows it."""
+    text = await (await wharf.client.get("/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(f'wharf_object_storage_circuit_state{{bucket="{bucket}"}}'):
+            return _STATES[line.rsplit(" ", 1)[1]]
+    raise AssertionError(f"no breaker gauge for bucket {bucket}")
+
+
+async def _missed_uploads(wharf) -> float:
+    text = await (await wharf.client.get("/metrics")).text()
+    return float(next(line for line in text.splitlines()
+                      if line.startswith("wharf_object_storage_missed_uploads ")).rsplit(" ", 1)[1])
+
+
+async def _readyz(wharf) -> tuple[int, dict]:
+    resp = await wharf.client.get("/readyz")
+    return resp.status, await resp.json()
+
+
+async def _settled(predicate, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the background work never settled"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_bucket_whose_reads_fail_is_skipped_after_breaker_failures(make_wharf, fake_upstream, repo_name,
+                                                                          tmp_path):
+    """HEAD finds every blob but every GET fails: the failed reads open the breaker (the HEADs that
+    answer do not close it), then pulls go to upstream without asking the bucket at all."""
+    fake = await fake_upstream()
+    layers = [make_layer(f"{repo_name}-{i}", 3000)[0].data for i in range(5)]
+    blobs = [(fake.add_blob(repo_name, data), data) for data in layers]
+    broken = await FakeS3(size=3000).start()
+    try:
+        wharf = await make_wharf(fake.url, storage=_storage(tmp_path / "one", **_fake_s3_config(
+            broken, tmp_path, breaker_failures=3, breaker_cooldown=60)))
+        upstream = wharf.upstream_name(fake.url)
+        seen = None
+        for number, (digest, data) in enumerate(blobs, start=1):
+            assert await _read(wharf, f"/v2/{upstream}/{repo_name}/blobs/{digest}") == data
+            assert await _bucket_state(wharf, "fake") == ("open" if number >= 3 else "closed"), number
+            if number == 3:
+                await _settled(lambda: broken.count("PUT") == 3)  # the write-throughs are done
+                seen = (broken.count("HEAD"), broken.count("GET"))
+        await _settled(lambda: broken.count("PUT") == 5)
+        assert (broken.count("HEAD"), broken.count("GET")) == seen  # skipped: no look, no read
+        assert all(fake.count("GET", fake.blob_path(repo_name, digest)) == 1 for digest, _ in blobs)
+    finally:
+        await broken.stop()
+
+
+async def test_a_stopped_bucket_is_shown_in_metrics_and_readyz(make_wharf, fake_upstream, repo_name, tmp_path):
+    server = start_moto(tmp_path / "moto")
+    try:
+        bucket = new_bucket(server.url, tmp_path)
+        fake = await fake_upstream()
+        blobs = [(fake.add_blob(repo_name, data), data)
+                 for data in (make_layer(f"{repo_name}-{i}", 2000)[0].data for i in range(2))]
+        wharf = await make_wharf(fake.url, storage=_storage(tmp_path / "one", **bucket.s3_config(
+            breaker_failures=2, breaker_cooldown=60)))
+        upstream = wharf.upstream_name(fake.url)
+        status, body = await _readyz(wharf)
+        assert status == 200 and "degraded" not in body
+        assert await _bucket_state(wharf, bucket.name) == "closed"
+        server.stop()
+        for digest, data in blobs:
+            assert await _read(wharf, f"/v2/{upstream}/{repo_name}/blobs/{digest}") == data
+        assert await _bucket_state(wharf, bucket.name) == "open"
+        status, body = await _readyz(wharf)
+        assert status == 200 and body["status"] == "ready"
+        assert any(bucket.name in problem for problem in body.get("degraded", [])), body
+    finally:
+        server.stop()
+
+
+async def test_an_upload_the_bucket_missed_lands_when_it_is_back(make_wharf, fake_upstream, repo_name, tmp_path,
+                                                                 caplog):
+    """Blobs filled while the bucket is down reach it once it is back, with no other pull; one
+    evicted from the local store meanwhile does not (there is nothing left to upload)."""
+    server = start_moto(tmp_path / "moto")
+    try:
+        bucket = new_bucket(server.url, tmp_path)
+        fake = await fake_upstream()
+        evicted, kept = (make_layer(f"{repo_name}-{name}", 8192)[0].data for name in ("old", "new"))
+        evicted_digest, kept_digest = fake.add_blob(repo_name, evicted), fake.add_blob(repo_name, kept)
+        root = tmp_path / "one"
+        wharf = await make_wharf(fake.url, storage={**_storage(root, **bucket.s3_config(
+            breaker_failures=2, breaker_cooldown=1)), "max_cache_bytes": 12000})
+        server.stop()
+        for digest, data in ((evicted_digest, evicted), (kept_digest, kept)):
+            assert await _read(wharf, f"/v2/{wharf.upstream_name(fake.url)}/{repo_name}/blobs/{digest}") == data
+            await _settled(lambda: any(f"write-through of {digest} failed" in r.getMessage()
+                                       for r in caplog.records))
+        assert await _missed_uploads(wharf) >= 1  # the kept one at least (the evicted one may be dropped already)
+        local_copy = root / "blobs" / "sha256" / evicted_digest.split(":", 1)[1]
+        await _settled(lambda: not local_copy.exists())  # the budget made room for the newer one
+        server = restart_moto(server)
+        bucket.create()  # moto starts empty
+        await bucket.wait_for(kept_digest)
+        assert bucket.read(kept_digest) == kept
+        for _ in range(100):  # forgotten as the PUT's answer comes, a moment after the object is there
+            if await _missed_uploads(wharf) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert await _missed_uploads(wharf) == 0
+        assert bucket.head(evicted_digest) is None  # tried first (the oldest), and gone locally
+        assert await _bucket_state(wharf, bucket.name) == "closed"
+        assert "degraded" not in (await _readyz(wharf))[1]
+        assert fake.count("GET", fake.blob_path(repo_name, kept_digest)) == 1
+    finally:
+        server.stop()
 
 
 async def _read(wharf, path: str) -> bytes:

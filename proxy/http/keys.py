@@ -16,6 +16,7 @@ from proxy.registry.identity import Identity, LoginThrottle
 from proxy.registry.invalidation import Invalidation
 from proxy.registry.tokens import TokenService
 from proxy.storage.database import Database
+from proxy.storage.objects import ObjectStore
 from proxy.storage.shared import SharedCache
 from proxy.storage.space import StoreSpace
 from proxy.upstream.client import Upstream
@@ -34,6 +35,7 @@ REPLAYS = web.AppKey("replays", ReplayTable)
 INVALIDATION = web.AppKey("invalidation", Invalidation)
 CLIENT_LIMITS = web.AppKey("client_limits", ClientLimiter)
 DATABASE = web.AppKey("database", Database)
+OBJECTS = web.AppKey("objects", ObjectStore)  # only with storage.backend: s3
 # issue 9's services; typed as object here to keep this module free of their imports while they land
 ACCOUNTS = web.AppKey("accounts", object)   # proxy.registry.accounts.Accounts
 PACKAGES = web.AppKey("packages", object)   # proxy.registry.packages.Packages

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, SHARED, SPACE
+from proxy.http.keys import CONFIG, METRICS, METRICS_EXCHANGE, OBJECTS, SHARED, SPACE
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -21,10 +21,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the store is writable (initialised, not full). Redis down is ``degraded``, still
-    ready: serving works (coordination falls back to the local store), and a load balancer that
-    took every replica out over a shared Redis outage would turn it into a total one. An offline
-    site is ready too: ``offline`` names the upstreams served from the store alone."""
+    """Ready when the store is writable (initialised, not full). Redis down, or an object storage
+    bucket whose breaker is open (or half-open), is ``degraded``, still ready: serving works
+    (coordination falls back to the local store, blobs come from the local store and upstream),
+    and a load balancer that took every replica out over a shared outage would turn it into a
+    total one. An offline site is ready too: ``offline`` names the upstreams served from the
+    store alone."""
     problems = []
     config = request.app[CONFIG]
     root = config.storage.root
@@ -38,6 +40,13 @@ async def readyz(request: web.Request) -> web.Response:
     answer: dict = {"status": "ready"}
     if config.offline or any(u.offline for u in config.upstreams):
         answer["offline"] = [u.name for u in config.upstreams if config.is_offline(u.name)]
+    degraded = []
     if not await request.app[SHARED].ping():
-        answer["degraded"] = ["redis does not answer: caches and locks are shared only by this machine's workers"]
+        degraded.append("redis does not answer: caches and locks are shared only by this machine's workers")
+    objects = request.app.get(OBJECTS)
+    bucket = objects.degraded() if objects is not None else None
+    if bucket:
+        degraded.append(bucket)
+    if degraded:
+        answer["degraded"] = degraded
     return web.json_response(answer)

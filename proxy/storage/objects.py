@@ -13,14 +13,25 @@ Rules:
   redirected to);
 - an object found under a key but not verified is uploaded again (over it), never skipped;
 - nothing is trusted from an object's metadata: who may see a blob comes from Wharf's metadata;
-- the bucket's look on a local miss (``head``) has ``head_timeout`` and a circuit breaker: after
-  ``breaker_failures`` failures in a row the bucket is skipped at once for ``breaker_cooldown``
-  seconds, then probed by one request; storage errors are ``Unavailable``, never a traceback;
+- the bucket's look on a local miss (``head``) has ``head_timeout``; it and the reads (``stream``)
+  feed one circuit breaker (``proxy/circuit.py``): after ``breaker_failures`` failures in a row
+  the bucket is skipped at once (no HEAD, no GET; a write-through still tries its PUT) for
+  ``breaker_cooldown`` seconds, then probed by one request. A failure is no answer (refused,
+  timed out, cut short) or a 5xx/429, before or after a read's first chunk; any other answer is
+  a success, and so is a read that ended or was stopped by its reader once bytes came. While the
+  last read failed, a HEAD's answer counts neither way (a bucket that answers HEAD and fails GET
+  is failing): only a read closes the breaker then, until it opens (after the cool-down any
+  answer closes it). Storage errors are ``Unavailable``, never a traceback;
 - at most ``max_uploads`` uploads run at once per process; a part streams from the file (read in
   aiohttp's executor, never on the loop, never a whole part in memory);
 - write-through, delete-through and the drop of a bad object are ordered per digest (a lock per
   digest in this process): a delete that comes after an upload runs after it, so it never leaves
-  an object the store no longer has.
+  an object the store no longer has;
+- a write-through the bucket failed is remembered (in memory, per process, the newest
+  ``MISSED_UPLOADS`` digests) and tried again, oldest first, when the bucket answers again and
+  every ``breaker_cooldown`` seconds while some are left; a pass stops at the first failure, and
+  uploads nothing while the breaker is open or its HEAD got no answer. A digest is forgotten once
+  uploaded, deleted through, or gone from the local store (evicted: it is not uploaded then).
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import hashlib
 import io
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
@@ -41,14 +53,15 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from proxy.circuit import CLOSED, OPEN, Circuit
 from proxy.config import S3Config
 from proxy.errors import Unavailable
 from proxy.oci.digest import Digest
-from proxy.upstream.circuit import Circuit
 
 log = logging.getLogger("wharf.objects")
 _CHUNK = 1024 * 1024
 _HASH_CHUNK = 1024 * 1024
+MISSED_UPLOADS = 10_000  # write-throughs remembered for a retry (a few hundred bytes each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +164,29 @@ class ObjectStore:
         self._uploads = asyncio.Semaphore(config.max_uploads)
         self._locks: dict[str, asyncio.Lock] = {}
         self._waiting: dict[str, int] = {}
+        self._read_failed = False  # the last read failed: a HEAD's answer does not close the breaker
+        self.answering = asyncio.Event()  # set when the bucket answers after failing (BlobTier retries)
 
     @property
     def redirect(self) -> bool:
         return self._config.redirect
+
+    @property
+    def bucket(self) -> str:
+        return self._config.bucket
+
+    @property
+    def retry_seconds(self) -> float:
+        """How often uploads the bucket missed are tried again (its breaker's cool-down)."""
+        return self._config.breaker_cooldown
+
+    def degraded(self) -> str | None:
+        """Why the bucket is skipped (for ``/readyz``), or None while its breaker is closed."""
+        if self.circuit.state == CLOSED:
+            return None
+        return (f"object storage bucket {self._config.bucket} fails ({self.circuit.cause}): skipped "
+                f"for {self.circuit.retry_in():.0f}s, then probed; blobs are served from the local "
+                f"store and upstream, uploads retried when it answers")
 
     async def open(self) -> None:
         session = get_session()
@@ -191,9 +223,7 @@ class ObjectStore:
     async def head(self, digest: Digest) -> StoredObject | None:
         """The object's size and whether it is verified, or None when the bucket has no such blob.
         Bounded by ``head_timeout``; a bucket the breaker holds open is Unavailable at once."""
-        if not self.circuit.admit():
-            raise Unavailable(f"object storage is skipped for {self.circuit.retry_in():.0f}s "
-                              f"({self.circuit.cause})")
+        self._admit()
         outcome: bool | None = None  # None: cancelled, no outcome
         try:
             async with asyncio.timeout(self._config.head_timeout):
@@ -218,31 +248,58 @@ class ObjectStore:
         in_parts = "-" in checksum or "-" in str(answer.get("ETag", ""))
         return StoredObject(size, expected is not None and checksum == expected, in_parts=in_parts)
 
-    def _outcome(self, answered: bool | None) -> None:
-        """Tell the breaker how a request went (None: it ended without an outcome, cancelled)."""
+    def _admit(self) -> None:
+        """Unavailable at once while the breaker skips the bucket (half-open: one probe goes)."""
+        if not self.circuit.admit():
+            raise Unavailable(f"object storage is skipped for {self.circuit.retry_in():.0f}s "
+                              f"({self.circuit.cause})")
+
+    def _outcome(self, answered: bool | None, read: bool = False) -> None:
+        """Tell the breaker how a HEAD or a read went (None: it ended without an outcome,
+        cancelled); see the module's rules."""
         if answered is None:
             self.circuit.abandoned()
         elif answered:
+            if read:
+                self._read_failed = False
+            elif self._read_failed:
+                self.circuit.abandoned()  # lookups answer, reads fail: a read must close it
+                return
+            if self.circuit.failures or self.circuit.state != CLOSED:
+                self.answering.set()
             self.circuit.succeeded()
-        elif self.circuit.failed("no answer"):
+        else:
+            self._read_failed = read
+            if self.circuit.failed("reads fail" if read else "no answer"):
+                self._read_failed = False  # opened: after the cool-down, any answer closes it
                 log.warning("object storage failed %d times in a row: skipped for %.0fs",
                             self.circuit.failures, self._config.breaker_cooldown)
 
     async def stream(self, digest: Digest, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes [start, end) of a blob, in chunks as they arrive (Unavailable when it breaks)."""
+        """The bytes [start, end) of a blob, in chunks as they arrive (Unavailable when it breaks,
+        at once while the breaker skips the bucket). Each read is an outcome for the breaker."""
+        self._admit()
         extra = {}
         if start or end is not None:
             extra["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        outcome: bool | None = None  # None: cancelled or stopped by the reader
+        came = False
         try:
             answer = await self._client.get_object(Bucket=self._config.bucket, Key=self.key(digest), **extra)
             async with answer["Body"] as body:
                 while chunk := await body.read(_CHUNK):
+                    came = True
                     yield chunk
+            outcome = True
         except ClientError as error:
+            outcome = not _server_side(error)  # a 404 (deleted meanwhile) is an answer, a 5xx is not
             raise self._unavailable("read", digest, error) from None
         except (BotoCoreError, OSError, asyncio.TimeoutError, aiohttp.ClientError, ValueError) as error:
             # aiohttp.ClientPayloadError: the body ended before its length (botocore does not wrap it)
+            outcome = False
             raise self._unavailable("read", digest, error) from None
+        finally:
+            self._outcome(True if outcome is None and came else outcome, read=True)
 
     async def upload(self, path: Path, digest: Digest, size: int) -> None:
         """Copy a verified local blob to the bucket with its SHA-256 checksum: one PUT up to
@@ -311,13 +368,20 @@ class ObjectStore:
 class BlobTier:
     """Keeps the bucket in step with the local store: blobs added are uploaded, blobs removed are
     deleted, both in app-owned background tasks (the hooks may be called from any thread), in
-    call order per digest."""
+    call order per digest; uploads the bucket missed are tried again (the module's rules)."""
 
     def __init__(self, objects: ObjectStore, spawn, path_of: Callable[[Digest], Path]) -> None:
         self._objects = objects
         self._spawn = spawn          # BackgroundTasks.spawn
         self._path_of = path_of      # BlobStore.path
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._missed: OrderedDict[Digest, int] = OrderedDict()  # uploads to try again, oldest first
+        self._retrying = False  # a retry task runs (spawn's return value is not relied on)
+
+    @property
+    def missed(self) -> int:
+        """Write-throughs the bucket missed, waiting for a retry."""
+        return len(self._missed)
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -349,25 +413,68 @@ class BlobTier:
         else:
             loop.call_soon_threadsafe(spawn)
 
-    async def _upload(self, digest: Digest, size: int) -> None:
+    async def _upload(self, digest: Digest, size: int, retry: bool = False) -> bool:
+        """Write one blob through; False when the bucket failed (the digest is remembered for a
+        retry). A retry uploads only once the bucket answered its HEAD."""
         async with self._objects.locked(digest):
+            if retry and not self._path_of(digest).exists():
+                self._missed.pop(digest, None)  # evicted or removed meanwhile: nothing to upload
+                return True
             try:
                 try:
                     found = await self._objects.head(digest)
                 except Unavailable:
+                    if retry:
+                        return False  # still down (or skipped): kept for the next pass
                     found = None  # a slow HEAD or an open breaker: upload (the PUT has bounds of its own)
                 if found is not None and found.size == size and (found.verified or found.in_parts):
                     # the very bytes, vouched for by the server; or a multipart upload of this size,
                     # which no HEAD can vouch for (it is hashed whole whenever it is read): uploading
                     # it again would make another copy no HEAD can vouch for either
-                    return
+                    self._missed.pop(digest, None)
+                    return True
                 await self._objects.upload(self._path_of(digest), digest, size)
             except FileNotFoundError:
-                pass  # removed again before it could be copied (its delete comes next)
+                self._missed.pop(digest, None)  # removed before it could be copied (its delete comes next)
+                return True
             except Exception as error:
                 log.warning("write-through of %s failed: %s", digest, type(error).__name__)
+                self._remember(digest, size)
+                return False
+            self._missed.pop(digest, None)
+            return True
+
+    def _remember(self, digest: Digest, size: int) -> None:
+        """Keep a missed upload for the retry pass (the newest MISSED_UPLOADS of them)."""
+        self._missed[digest] = size
+        self._missed.move_to_end(digest)
+        if len(self._missed) > MISSED_UPLOADS:
+            forgotten, _ = self._missed.popitem(last=False)
+            log.warning("object storage: more than %d uploads missed; %s will not be retried",
+                        MISSED_UPLOADS, forgotten)
+        if not self._retrying:
+            self._retrying = True
+            self._spawn(self._retry_missed(), name="retry missed uploads")
+
+    async def _retry_missed(self) -> None:
+        """Upload again what the bucket missed: when it answers again, and every
+        ``breaker_cooldown`` seconds, until none are left. A pass stops at the first failure."""
+        answering = self._objects.answering
+        try:
+            while self._missed:
+                answering.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(answering.wait(), self._objects.retry_seconds)
+                if self._objects.circuit.state == OPEN:
+                    continue  # skipped still: a probe goes after the cool-down
+                for digest, size in list(self._missed.items()):
+                    if digest in self._missed and not await self._upload(digest, size, retry=True):
+                        break
+        finally:
+            self._retrying = False
 
     async def _delete(self, digest: Digest) -> None:
+        self._missed.pop(digest, None)
         async with self._objects.locked(digest):
             try:
                 await self._objects.delete(digest)

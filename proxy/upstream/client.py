@@ -14,8 +14,12 @@ All upstreams share the app's single ``aiohttp.ClientSession`` (each with its ow
 - tokens are cached until their expiry (less a margin), per scope and credential hash;
 - timeouts: ``connect_timeout`` for the connection, ``first_byte_timeout`` from sending the
   request to its response headers (connection included), ``read_timeout`` between body reads;
-- connection failures, timeouts and 5xx feed the circuit breaker (``upstream/circuit.py``);
-  while it is open, requests fail at once with Unavailable and ``Retry-After``;
+- the circuit breaker (``proxy/circuit.py``, one per upstream): a failure is a connection that
+  could not be made (refused, unresolvable, TLS refused), a timeout (connect or first byte), or a
+  5xx other than a 503 with ``Retry-After`` (that is back-off, kept as a rate limit); any other
+  answer is a success. Only what happens up to the response headers counts: a body that stalls
+  midway is the reader's to report. While it is open, requests fail at once with Unavailable
+  and ``Retry-After``;
 - quota readings and back-off (``upstream/quota.py``) are read off every response and shared with
   the other workers and replicas, so one 429 keeps all of them away from upstream; Wharf's own
   429 while blocked says when to come back (``Retry-After``);
@@ -39,6 +43,7 @@ from typing import Any, AsyncIterator, Mapping, Protocol
 
 import aiohttp
 
+from proxy.circuit import CLOSED, HALF_OPEN, STATE_VALUES, Circuit
 from proxy.config import UpstreamConfig
 from proxy.errors import (BlobUnknown, Denied, ManifestUnknown, NameUnknown, OCIError, TooManyRequests,
                           Unauthorized, Unavailable)
@@ -49,7 +54,6 @@ from proxy.upstream.answers import (MAX_TAG_LIST_BYTES, UpstreamBlob, UpstreamHe
                                     UpstreamReferrers, UpstreamTags, next_page_query, read_capped,
                                     read_manifest)
 from proxy.upstream.auth import Challenge, Credential, parse_challenge, pull_scope, realm_trusted
-from proxy.upstream.circuit import CLOSED, HALF_OPEN, STATE_VALUES, Circuit
 from proxy.upstream.quota import RateLimit
 from proxy.upstream.tls import client_context, describe_tls_error, warn_unverified
 

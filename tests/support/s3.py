@@ -19,7 +19,7 @@ import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from support.servers import ServerProcess, _start
+from support.servers import START_TIMEOUT, ServerProcess, _spawn, _start, _wait_ready
 
 KEY_ID, SECRET = "wharf-test-key", "wharf-test-secret"  # moto accepts any pair
 
@@ -47,6 +47,17 @@ def start_moto(workdir: Path) -> ServerProcess:
                   _answers)
 
 
+def restart_moto(server: ServerProcess) -> ServerProcess:
+    """Start a stopped moto again at the same address: an empty server (moto keeps buckets in
+    memory; ``Bucket.create`` makes one again)."""
+    server.stop()
+    again = ServerProcess(name=server.name, port=server.port, url=server.url, workdir=server.workdir,
+                          process=_spawn([_moto_server(), "-H", "127.0.0.1", "-p", str(server.port)],
+                                         server.workdir))
+    _wait_ready(again, lambda: _answers(server.port), START_TIMEOUT)
+    return again
+
+
 @dataclass
 class Bucket:
     """A fresh bucket on the moto server, and what Wharf's ``storage.s3`` needs to use it."""
@@ -60,6 +71,10 @@ class Bucket:
         return {"bucket": self.name, "prefix": "wharf/", "endpoint_url": self.endpoint_url,
                 "access_key_id_file": str(self.key_files[0]), "secret_access_key_file": str(self.key_files[1]),
                 **extra}
+
+    def create(self) -> None:
+        """Make the bucket (again, on a restarted moto)."""
+        self.client.create_bucket(Bucket=self.name)
 
     def key(self, digest: str) -> str:
         algorithm, _, hex_part = digest.partition(":")
@@ -119,15 +134,16 @@ def new_bucket(endpoint_url: str, workdir: Path) -> Bucket:
     client = botocore.session.get_session().create_client(
         "s3", region_name="us-east-1", endpoint_url=endpoint_url, aws_access_key_id=KEY_ID,
         aws_secret_access_key=SECRET, config=BotoConfig(s3={"addressing_style": "path"}))
-    name = f"wharf-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return Bucket(endpoint_url, name, (key_id, secret), client)
+    bucket = Bucket(endpoint_url, f"wharf-{uuid.uuid4().hex[:12]}", (key_id, secret), client)
+    bucket.create()
+    return bucket
 
 
 class FakeS3:
     """An S3 endpoint for faults moto will not produce: HEAD answers that every object exists with
-    ``size`` bytes (or hangs, ``hang_head``), GET fails with 503, PUT takes ``put_seconds``; it
-    records every request and the most PUTs it had in flight at once."""
+    ``size`` bytes (or hangs, ``hang_head``), GET fails with 503 (a bucket that answers lookups but
+    not reads), PUT takes ``put_seconds``; it records every request and the most PUTs it had in
+    flight at once."""
 
     def __init__(self, size: int = 0, hang_head: bool = False, put_seconds: float = 0.0) -> None:
         self.size, self.hang_head, self.put_seconds = size, hang_head, put_seconds

@@ -1,18 +1,16 @@
-"""The circuit breaker of one upstream: stop waiting on an upstream that does not answer.
+"""A circuit breaker: stop waiting on a service that does not answer (an upstream registry,
+the object storage bucket).
 
 Rules:
-- a failure is a connection that could not be made (refused, unresolvable, TLS refused), a
-  timeout (connect or first byte), or a 5xx answer other than a 503 with ``Retry-After`` (that
-  is back-off, kept as a rate limit); any other answer is a success: upstream is there;
+- the caller says what a failure is and what an answer is (``upstream/client.py``,
+  ``storage/objects.py``); each call of ``failed`` or ``succeeded`` is one outcome;
 - ``failures`` failures in a row open the circuit: for ``cooldown`` seconds every request fails
-  at once (the caller raises Unavailable, so the registry layer serves what it has stored at
-  once instead of waiting on upstream again);
+  at once (``admit`` is False: the caller raises Unavailable, so the registry layer serves what
+  it has stored at once instead of waiting on the service again);
 - after the cool-down the circuit is half-open: one request goes through as a probe, the others
   still fail at once; an answer closes the circuit, a failure opens it for another cool-down;
   a probe that never finished (cancelled) lets the next request probe;
-- only what happens up to the response headers counts: a body that stalls midway is the
-  reader's to report;
-- each worker process keeps its own circuit; ``failures`` of 0 turns the breaker off.
+- each worker process keeps its own circuits; ``failures`` of 0 turns the breaker off.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # the /metrics gauge
 
 
 class Circuit:
-    """Failures in a row, and whether requests may go to upstream now."""
+    """Failures in a row, and whether requests may go to the service now."""
 
     def __init__(self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._threshold = failures
@@ -62,7 +60,7 @@ class Circuit:
         return True
 
     def succeeded(self) -> None:
-        """Upstream answered: close the circuit."""
+        """The service answered: close the circuit."""
         self._failures, self._opened_at, self._probing = 0, None, False
 
     def failed(self, cause: str) -> bool:

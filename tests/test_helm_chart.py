@@ -6,7 +6,10 @@ containerd's hosts.toml."""
 from __future__ import annotations
 
 import json
+import re
 import signal
+import urllib.error
+import urllib.request
 import subprocess
 import sys
 import time
@@ -38,8 +41,18 @@ EVERYTHING = {**SHARED, **S3, "ingress": {"enabled": True, "className": "nginx",
                                           "tls": [{"secretName": "wharf-example", "hosts": ["wharf.example"]}]},
               "nodeConfig": {"enabled": True}, "tls": {"existingSecret": "wharf-tls"},
               "serviceMonitor": {"enabled": False}}
+PEERS = {  # three replicas on disks of their own that fetch each blob once for all of them
+    "replicaCount": 3, "redis": {"existingSecret": "wharf-redis"}, "cluster": {"existingSecret": "wharf-cluster"},
+    "config": {"cluster": {"lease_seconds": 20}},
+}
+PEERS_ON_EMPTYDIRS = {  # the same as a Deployment of cache-only pods, each with an emptyDir
+    **PEERS, "workload": {"kind": "Deployment"}, "persistence": {"enabled": False},
+    "database": {"existingSecret": "wharf-postgres"},
+}
 VARIANTS = {"defaults": {}, "shared-volume": SHARED, "s3": S3, "everything": EVERYTHING,
-            "node-port": {"service": {"type": "NodePort", "nodePort": 30500}, "nodeConfig": {"enabled": True}}}
+            "node-port": {"service": {"type": "NodePort", "nodePort": 30500}, "nodeConfig": {"enabled": True}},
+            "statefulset-peers-tls": {**PEERS, "tls": {"existingSecret": "wharf-tls"}},
+            "deployment-peers": PEERS_ON_EMPTYDIRS}
 
 
 def server_pod(objects: list[dict]) -> dict:
@@ -50,6 +63,23 @@ def server_pod(objects: list[dict]) -> dict:
 
 def rendered_config(objects: list[dict]) -> dict:
     return yaml.safe_load(one(objects, "ConfigMap", RELEASE)["data"]["wharf.yaml"])
+
+
+def pod_env(container: dict, fields: dict[str, str], secrets: dict[tuple[str, str], str]) -> dict[str, str]:
+    """The container's environment as the kubelet gives it: ``fields`` answer the downward API
+    (fieldRef paths), ``secrets`` the secretKeyRefs, and ``$(VAR)`` expands to a variable defined
+    before it."""
+    env: dict[str, str] = {}
+    for entry in container["env"]:
+        source = entry.get("valueFrom", {})
+        if "fieldRef" in source:
+            value = fields[source["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in source:
+            value = secrets[source["secretKeyRef"]["name"], source["secretKeyRef"]["key"]]
+        else:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), entry["value"])
+        env[entry["name"]] = value
+    return env
 
 
 def test_the_helm_sdk_lints_the_chart_strictly_with_no_warning():
@@ -77,7 +107,8 @@ def test_the_schema_accepts_the_defaults_and_rejects_unknown_keys_at_every_level
     for typo in ({"replicas": 3}, {"config": {"storage": {"bakend": "s3"}}},
                  {"config": {"upstreams": [{"name": "x", "url": "https://x", "pasword_file": "/p"}]}},
                  {"persistence": {"sise": "1Gi"}}, {"nodeConfig": {"hostDir": "/etc"}},
-                 {"ingress": {"hosts": [{"host": "a", "path": "/"}]}}):
+                 {"ingress": {"hosts": [{"host": "a", "path": "/"}]}},
+                 {"cluster": {"existingSecretName": "wharf-cluster"}}, {"config": {"cluster": {"lease": 20}}}):
         with pytest.raises(jsonschema.ValidationError, match="Additional properties"):
             validator.validate(typo)
         with pytest.raises(HelmError, match="additional properties"):
@@ -153,6 +184,78 @@ def test_replica_settings_that_cannot_work_are_refused_with_the_reason(values, w
         render(values)
 
 
+@pytest.mark.parametrize("values, words", [
+    ({**PEERS, "config": {"cluster": {"secret_file": "/run/secrets/cluster"}}},
+     "either cluster.existingSecret or config.cluster.secret_file"),
+    ({**PEERS, "config": {"cluster": {"advertise_url": "http://10.0.0.7:5000"}}}, "advertise_url is per pod"),
+    ({**PEERS, "redis": {"existingSecret": ""}, "replicaCount": 1}, "cluster.existingSecret needs Redis"),
+    ({"config": {"redis": {"url": "redis://r:6379"}, "cluster": {"secret_file": "/run/secrets/c"}}, "replicaCount": 1,
+      "workload": {"kind": "Deployment"}}, "config.cluster.secret_file is for replicas on disks of their own"),
+    ({**PEERS_ON_EMPTYDIRS, "tls": {"existingSecret": "wharf-tls"}}, "a certificate does not name"),
+])
+def test_replicas_sharing_blobs_that_cannot_work_are_refused_with_the_reason(values, words):
+    with pytest.raises(HelmError, match=words):
+        render(values)
+
+
+def test_a_statefulset_with_a_cluster_secret_gives_each_pod_its_own_address_and_the_shared_secret():
+    objects = manifests(PEERS)
+    statefulset = one(objects, "StatefulSet")
+    headless = one(objects, "Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"].items() <= statefulset["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = server_pod(objects)["containers"]
+    names = [e["name"] for e in container["env"]]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert names.index("POD_NAME") < names.index("WHARF_CLUSTER__ADVERTISE_URL")  # so that $(POD_NAME) expands
+    advertised = f"http://$(POD_NAME).{headless['metadata']['name']}.registry.svc:5000"
+    assert env["WHARF_CLUSTER__ADVERTISE_URL"]["value"] == advertised
+    given = pod_env(container, {"metadata.name": "wharf-1"}, {("wharf-redis", "url"): "redis://redis:6379/0"})
+    assert given["WHARF_CLUSTER__ADVERTISE_URL"] == "http://wharf-1.wharf-headless.registry.svc:5000"
+    mount = {m["name"]: m for m in container["volumeMounts"]}["cluster-secret"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in server_pod(objects)["volumes"] if v["name"] == "cluster-secret"]
+    assert volume["secret"] == {"secretName": "wharf-cluster", "defaultMode": 0o440,
+                                "items": [{"key": "secret", "path": "secret"}]}
+    cluster = rendered_config(objects)["cluster"]
+    assert cluster == {"secret_file": f"{mount['mountPath']}/secret", "lease_seconds": 20}
+    assert "advertise_url" not in cluster  # per pod: only in the environment
+    assert not [o for o in objects if o["kind"] == "Secret"]
+
+
+def test_with_tls_the_pods_advertise_https_and_a_secret_key_of_another_name_is_mounted():
+    tls = {**PEERS, "tls": {"existingSecret": "wharf-tls"}}
+    objects = manifests({**tls, "cluster": {"existingSecret": "peers", "secretKey": "token"}, "config": {"listen": "[::]:5443"}})
+    (container,) = server_pod(objects)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["WHARF_CLUSTER__ADVERTISE_URL"]["value"] == "https://$(POD_NAME).wharf-headless.registry.svc:5443"
+    (volume,) = [v for v in server_pod(objects)["volumes"] if v["name"] == "cluster-secret"]
+    assert volume["secret"]["secretName"] == "peers" and volume["secret"]["items"] == [{"key": "token", "path": "secret"}]
+    assert "must name *.wharf-headless.registry.svc" in render(tls)["wharf/templates/NOTES.txt"]
+
+
+def test_a_deployment_of_pods_on_emptydirs_advertises_each_pod_ip():
+    objects = manifests(PEERS_ON_EMPTYDIRS)
+    one(objects, "Deployment")
+    (container,) = server_pod(objects)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["WHARF_CLUSTER__ADVERTISE_URL"]["value"] == "http://$(POD_IP):5000"
+    assert "POD_NAME" not in env
+    assert rendered_config(objects)["cluster"]["secret_file"] == "/etc/wharf/secrets/cluster/secret"
+
+
+def test_without_a_cluster_secret_replicas_on_their_own_disks_render_and_the_notes_say_what_it_would_save():
+    values = {"replicaCount": 3, "redis": {"existingSecret": "wharf-redis"}}
+    objects = manifests(values)
+    (container,) = server_pod(objects)["containers"]
+    assert not [e for e in container["env"] if e["name"] in ("POD_NAME", "WHARF_CLUSTER__ADVERTISE_URL")]
+    assert "cluster" not in rendered_config(objects)
+    assert "--set cluster.existingSecret=" in render(values)["wharf/templates/NOTES.txt"]
+    assert "cluster.existingSecret" not in render(PEERS)["wharf/templates/NOTES.txt"]
+
+
 def test_secrets_reach_the_pod_as_references_and_files_never_in_clear():
     objects = manifests(EVERYTHING)
     (container,) = server_pod(objects)["containers"]
@@ -191,18 +294,39 @@ def test_only_server_pods_are_behind_the_service():
     assert not selected_by(selector, one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"])
 
 
+def serve_rendered(tmp_path: Path, config: dict, env: dict[str, str] | None = None):
+    """``wharf serve`` with a wharf.yaml the chart renders, its root and port moved here the way
+    the pod moves them (WHARF_STORAGE__ROOT, WHARF_LISTEN)."""
+    port = free_port()
+    return start_wharf(tmp_path / "serve", {**config, "listen": f"127.0.0.1:{port}",
+                                            "storage": {**config["storage"], "root": str(tmp_path / "data")}}, env)
+
+
 @pytest.fixture
 def chart_wharf(tmp_path):
-    """``wharf serve`` with the wharf.yaml the chart renders, its root and port moved here the way
-    the pod moves them (WHARF_STORAGE__ROOT, WHARF_LISTEN)."""
-    config = rendered_config(manifests())
-    port = free_port()
-    config_file = tmp_path / "wharf.yaml"
-    config_file.write_text(yaml.safe_dump(config))
-    wharf = start_wharf(tmp_path / "serve", {**config, "listen": f"127.0.0.1:{port}",
-                                              "storage": {**config["storage"], "root": str(tmp_path / "data")}})
+    wharf = serve_rendered(tmp_path, rendered_config(manifests()))
     try:
         yield wharf
+    finally:
+        wharf.stop()
+
+
+def test_the_rendered_cluster_config_and_pod_environment_start_wharf_as_a_replica_of_the_cluster(tmp_path, redis_url):
+    objects = manifests(PEERS)
+    config = rendered_config(objects)
+    (container,) = server_pod(objects)["containers"]
+    env = pod_env(container, {"metadata.name": "wharf-0"}, {("wharf-redis", "url"): redis_url})
+    secret = tmp_path / "cluster-secret"  # the Secret's key, here instead of its mount path
+    secret.write_text("k" * 40)
+    config["cluster"] = {**config["cluster"], "secret_file": str(secret)}
+    wharf = serve_rendered(tmp_path, config, {k: v for k, v in env.items() if k.startswith("WHARF_CLUSTER__")
+                                               or k == "WHARF_REDIS__URL"})
+    try:
+        # the replica-to-replica route is on (404 when not in a cluster) and refuses an unsigned request
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{wharf.url}/_wharf/peer/blobs/sha256:{'a' * 64}", timeout=10)
+        assert refused.value.code == 403
+        assert json.loads(refused.value.read())["errors"][0]["code"] == "DENIED"
     finally:
         wharf.stop()
 

@@ -102,6 +102,58 @@ kubelet does not verify the certificate). Input: dict "probe" <values> "tls" <se
 {{- $root }}
 {{- end }}
 
+{{/* Where the cluster secret (cluster.existingSecret) is mounted; config.cluster.secret_file names its file. */}}
+{{- define "wharf.clusterSecretDir" -}}
+/etc/wharf/secrets/cluster
+{{- end }}
+
+{{/*
+"on" when replicas share blobs with each other (cluster.existingSecret, or a secret file given as
+config.cluster.secret_file), else "". Refuses what cannot work: both secrets at once, an
+advertise_url in values (it is per pod: the chart sets WHARF_CLUSTER__ADVERTISE_URL), no Redis
+(replicas find each other's downloads there), a shared volume (replicas on it already fetch each
+blob once through it), and HTTPS on a Deployment (a certificate does not name pod IPs).
+*/}}
+{{- define "wharf.cluster" -}}
+{{- $cluster := .Values.config.cluster | default dict }}
+{{- $what := ternary "cluster.existingSecret" "config.cluster.secret_file" (not (empty .Values.cluster.existingSecret)) }}
+{{- if and .Values.cluster.existingSecret $cluster.secret_file }}
+{{- fail "give either cluster.existingSecret or config.cluster.secret_file, not both" }}
+{{- end }}
+{{- if hasKey $cluster "advertise_url" }}
+{{- fail "config.cluster.advertise_url is per pod: leave it out, the chart sets WHARF_CLUSTER__ADVERTISE_URL to each pod's own address" }}
+{{- end }}
+{{- if or .Values.cluster.existingSecret $cluster.secret_file }}
+{{- if not (or (.Values.config.redis | default dict).url .Values.redis.existingSecret) }}
+{{- fail (printf "%s needs Redis (config.redis.url or redis.existingSecret): replicas find each other's downloads through it" $what) }}
+{{- end }}
+{{- if eq .Values.workload.kind "Deployment" }}
+{{- if .Values.persistence.enabled }}
+{{- fail (printf "%s is for replicas on disks of their own (workload.kind StatefulSet, or a Deployment with persistence.enabled false): replicas on one shared volume already fetch each blob once through it" $what) }}
+{{- end }}
+{{- if .Values.tls.existingSecret }}
+{{- fail (printf "%s with tls.existingSecret needs workload.kind StatefulSet: a Deployment's pods advertise their pod IPs, which a certificate does not name (a StatefulSet's pods advertise <pod>.%s.%s.svc)" $what (include "wharf.headlessName" .) .Release.Namespace) }}
+{{- end }}
+{{- end }}
+{{- print "on" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The URL the other replicas reach this pod at (WHARF_CLUSTER__ADVERTISE_URL), with $(POD_NAME) or
+$(POD_IP) that Kubernetes expands from the env entries before it: a StatefulSet's pod by its name
+under the headless Service (https with tls.existingSecret), a Deployment's pod by its IP, on the
+container's port.
+*/}}
+{{- define "wharf.advertiseUrl" -}}
+{{- $port := include "wharf.port" . }}
+{{- if eq .Values.workload.kind "StatefulSet" }}
+{{- printf "%s://$(POD_NAME).%s.%s.svc:%s" (include "wharf.scheme" .) (include "wharf.headlessName" .) .Release.Namespace $port }}
+{{- else }}
+{{- printf "http://$(POD_IP):%s" $port }}
+{{- end }}
+{{- end }}
+
 {{/* WHARF_UPSTREAM_<NAME>_PASSWORD for an upstream name, as proxy/config.py derives it. */}}
 {{- define "wharf.upstreamPasswordEnv" -}}
 {{- printf "WHARF_UPSTREAM_%s_PASSWORD" (regexReplaceAll "[^A-Z0-9]" (upper .) "_") }}
@@ -201,6 +253,13 @@ turned into password_file (a mounted Secret key) or password_env (WHARF_UPSTREAM
 {{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (eq .Values.workload.kind "Deployment") (not (or ($cfg.database | default dict).url .Values.database.existingSecret)) }}
 {{- fail "replicaCount > 1 on a shared volume needs PostgreSQL (config.database.url or database.existingSecret) for accounts and package metadata" }}
+{{- end }}
+{{- if include "wharf.cluster" . }}
+{{- $cluster := deepCopy ($cfg.cluster | default dict) }}
+{{- if .Values.cluster.existingSecret }}
+{{- $_ := set $cluster "secret_file" (printf "%s/secret" (include "wharf.clusterSecretDir" .)) }}
+{{- end }}
+{{- $_ := set $cfg "cluster" $cluster }}
 {{- end }}
 {{- if .Values.tls.existingSecret }}
 {{- if and $cfg.tls (or $cfg.tls.cert $cfg.tls.key) }}

@@ -52,6 +52,22 @@ indentation of spec.template; the output starts with a newline.
               value: {{ $root | quote }}
             - name: TMPDIR
               value: /tmp
+            {{- if include "wharf.cluster" . }}
+            # the address the other replicas fetch blobs from this pod at
+            {{- if eq .Values.workload.kind "StatefulSet" }}
+            - name: POD_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.name
+            {{- else }}
+            - name: POD_IP
+              valueFrom:
+                fieldRef:
+                  fieldPath: status.podIP
+            {{- end }}
+            - name: WHARF_CLUSTER__ADVERTISE_URL
+              value: {{ include "wharf.advertiseUrl" . | quote }}
+            {{- end }}
             {{- if .Values.redis.existingSecret }}
             - name: WHARF_REDIS__URL
               valueFrom:
@@ -125,6 +141,11 @@ indentation of spec.template; the output starts with a newline.
               mountPath: {{ include "wharf.s3SecretDir" . }}
               readOnly: true
             {{- end }}
+            {{- if .Values.cluster.existingSecret }}
+            - name: cluster-secret
+              mountPath: {{ include "wharf.clusterSecretDir" . }}
+              readOnly: true
+            {{- end }}
             {{- range $i, $u := .Values.config.upstreams }}
             {{- if $u.passwordSecret }}
             {{- if eq (include "wharf.upstreamSecretMode" (dict "upstream" $u "index" $i)) "file" }}
@@ -169,6 +190,16 @@ indentation of spec.template; the output starts with a newline.
                 path: access_key_id
               - key: {{ .Values.s3.secretAccessKeyKey }}
                 path: secret_access_key
+        {{- end }}
+        {{- if .Values.cluster.existingSecret }}
+        # the secret every replica signs its requests to the others with (config.cluster.secret_file)
+        - name: cluster-secret
+          secret:
+            secretName: {{ .Values.cluster.existingSecret }}
+            defaultMode: 0440
+            items:
+              - key: {{ .Values.cluster.secretKey | default "secret" }}
+                path: secret
         {{- end }}
         {{- if and .Values.persistence.enabled (eq .Values.workload.kind "Deployment") }}
         # one volume every replica mounts (ReadWriteMany): the shared store

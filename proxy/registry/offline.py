@@ -8,6 +8,8 @@ offline upstream too: ``UpstreamOffline``). Rules:
   written it), whatever its age: no TTL, no revalidation; a digest answers a stored manifest;
 - a manifest the store lost part of (``has_lost_content``: a blob it held was evicted, or every
   platform it held of an index) answers MANIFEST_UNKNOWN saying so, as missing content does here;
+  an answer is shared (replayed) only while the store's content stays as it was when it was
+  given (``BlobStore.stamp``): an eviction, gc or import by any process of the store ends it;
 - only public content is served: content learned with a client's own upstream credential
   cannot be confirmed while offline, and answers as missing, saying so;
 - a child manifest of a mirrored index that was left out (a platform subset) answers
@@ -58,7 +60,9 @@ class OfflineRegistry:
     # pull ------------------------------------------------------------------------------------
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
-        """A stored public manifest, by digest (shared for good) or by its stored tag record."""
+        """A stored public manifest, by digest (shared for good) or by its stored tag record; shared
+        only while the store's content stays as it was before the first look (``BlobStore.stamp``)."""
+        stamp = self._blobs.stamp()
         if is_digest(reference):
             digest = Digest.parse(reference)
             where, until = f"{target.scope}@{digest}", math.inf
@@ -93,7 +97,10 @@ class OfflineRegistry:
         if body is None and not head:
             raise self._missing(ManifestUnknown, target, where)  # evicted between the look and the read
         self._decisions.count("manifest" if is_digest(reference) else "tag", "offline")
-        return ManifestResult(digest, media_type, size, body, "offline", until)
+        if stamp is None:  # the store is changing: no answer is shared until it settles
+            return ManifestResult(digest, media_type, size, body, "offline")
+        return ManifestResult(digest, media_type, size, body, "offline", until,
+                              holds=lambda: self._blobs.stamp() == stamp)
 
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
         """A complete stored public blob, sent from its file."""

@@ -40,6 +40,7 @@ from proxy.registry.tagpolicy import TagPolicy
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
+from proxy.storage.lost_content import LostContent
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
@@ -62,13 +63,14 @@ class PullThroughRegistry:
         invalidation.subscribe(self._hot.drop_tag, self._hot.drop_tags)
         access = UpstreamAccess(meta, shared, cache)
         self._manifests = ManifestCache(blobs, meta, access, decisions, ClusterFlight(shared))
+        lost = LostContent(blobs, meta)  # asked by the stale path and the offline one alike
         self._tag_policy = TagPolicy(blobs, meta, shared, cache, tasks, self._hot, invalidation, access,
-                                     self._manifests, decisions)
+                                     self._manifests, decisions, lost)
         self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)
         self._lists = UpstreamLists(blobs, meta, access, self._tag_policy, decisions)
         self.fills = self._blob_cache.fills
         self.blob_cache = self._blob_cache  # app.py attaches object storage to it (issue 12)
-        self._offline = OfflineRegistry(blobs, meta, decisions, offline)
+        self._offline = OfflineRegistry(blobs, meta, decisions, offline, lost)
         self._offline_names = offline  # a set membership check per request: the online path stays as fast
 
     def _upstream(self, target: Target) -> Upstream:

@@ -164,6 +164,7 @@ class BlobStore:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
+        self._stamped = tuple(str(self.blob_dir / algorithm) for algorithm in ALGORITHMS)  # for ``stamp``
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.space = space or StoreSpace(self.root, 0)
@@ -184,9 +185,9 @@ class BlobStore:
         settled stamp can vouch that nothing changed since (two stats, on any thread)."""
         stamp = []
         settled_before = time.time_ns() - int(STAMP_SETTLE_SECONDS * 1e9)
-        for algorithm in ALGORITHMS:
+        for directory in self._stamped:
             try:
-                seen = os.stat(self.blob_dir / algorithm)
+                seen = os.stat(directory)
             except FileNotFoundError:
                 stamp.append(None)
                 continue

@@ -214,3 +214,26 @@ async def test_offline_an_image_served_whole_is_missing_once_a_blob_is_evicted(m
         status, error = await _offline_status(offline, name, reference)
         assert status == 404 and error.startswith("MANIFEST_UNKNOWN") and "not whole" in error, (reference, error)
     assert fake.count() == 0
+
+
+async def test_a_stale_tag_served_whole_is_refused_once_a_blob_is_evicted(make_wharf, fake_upstream, tmp_path):
+    """The stale path asks the same remembered verdict: an eviction after a stale answer makes the
+    next one upstream's error."""
+    fake = await fake_upstream()
+    image = make_image("stale-remembered", (5000, 6000))
+    fake.add_image(REPO, image, tag="v1")
+    root = tmp_path / "s"
+    wharf = await make_wharf(fake.url, storage={"root": str(root)},
+                             upstream_options={"tag_ttl": 1, "circuit_cooldown": 0.5})
+    name = f"{wharf.upstream_name(fake.url)}/{REPO}"
+    await _pull(wharf, name, image, "v1")
+    fake.fault(ANY_PATH, Fault(status=503))
+    await asyncio.sleep(1.1)  # past the tag's TTL: it would be revalidated, and upstream fails
+    _settled(root)
+    for _ in range(2):
+        await _pull(wharf, name, image, "v1")  # served stale: the store holds it whole
+
+    assert wharf.app[BLOBS].evict(Digest.parse(image.layers[0].digest))
+    resp = await wharf.client.get(f"/v2/{name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 503, f"an image missing a layer was served stale as complete ({resp.status})"
+    assert await _error(resp) == (503, "UNAVAILABLE")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import time
 
 from support.fake_upstream import ANY_PATH, Fault
 from support.images import MANIFEST_ACCEPT, Image, canonical_json, make_image, make_layer, sha256_digest
+from support.wharf_serve import wharf_env
 
 from proxy.app import BLOBS, BUDGET, META
 from proxy.http import keys
@@ -140,3 +143,97 @@ async def test_offline_a_manifest_whose_blobs_were_evicted_is_missing(make_wharf
         assert resp.status == 404 and body["errors"][0]["code"] == "MANIFEST_UNKNOWN", (reference, body)
         assert "not whole" in body["errors"][0]["message"] and "offline" in body["errors"][0]["message"]
     assert fake.count() == 0
+
+
+def _settled(root) -> None:
+    """Date the store's blob directories a minute back: an image mirrored a while ago, which no
+    fill or removal has touched since (the verdict on it is then remembered)."""
+    then = time.time() - 60
+    for algorithm in ("sha256", "sha512"):
+        path = root / "blobs" / algorithm
+        if path.exists():
+            os.utime(path, (then, then))
+
+
+async def _offline_status(wharf, name: str, reference: str) -> tuple[int, str]:
+    resp = await wharf.client.get(f"/v2/{name}/manifests/{reference}", headers={"Accept": MANIFEST_ACCEPT})
+    if resp.status == 200:
+        await resp.read()
+        return 200, ""
+    body = await resp.json()
+    return resp.status, body["errors"][0]["code"] + ": " + body["errors"][0]["message"]
+
+
+_EVICT = """
+import sys
+from pathlib import Path
+from proxy.oci.digest import Digest
+from proxy.storage.blobs import BlobStore
+assert BlobStore(Path(sys.argv[1])).evict(Digest.parse(sys.argv[2]))
+"""
+
+
+async def test_offline_an_image_served_whole_is_missing_once_a_blob_is_evicted(make_wharf, fake_upstream,
+                                                                              tmp_path):
+    """The verdict "whole" is remembered per manifest; an eviction afterwards, by this process or
+    by another process of the store, makes the same manifest missing at once."""
+    fake = await fake_upstream()
+    first, second = make_image("remembered-first", (5000, 6000)), make_image("remembered-second", (4000,))
+    fake.add_image(REPO, first, tag="first")
+    fake.add_image(REPO, second, tag="second")
+    root = tmp_path / "store"
+    online = await make_wharf(named_upstreams={"registry.test": fake.url}, storage={"root": str(root)})
+    name = f"registry.test/{REPO}"
+    await _pull(online, name, first, "first")
+    await _pull(online, name, second, "second")
+    await online.client.close()
+
+    offline = await make_wharf(named_upstreams={"registry.test": fake.url}, storage={"root": str(root)},
+                               offline=True)
+    fake.reset_counts()
+    _settled(root)
+    for _ in range(2):  # whole: served, and the verdict remembered
+        for image, tag in ((first, "first"), (second, "second")):
+            await _pull(offline, name, image, tag)
+            assert await _offline_status(offline, name, image.digest) == (200, "")
+
+    # this process evicts a layer of the first image
+    assert offline.app[BLOBS].evict(Digest.parse(first.layers[1].digest))
+    for reference in ("first", first.digest):
+        status, error = await _offline_status(offline, name, reference)
+        assert status == 404 and error.startswith("MANIFEST_UNKNOWN") and "not whole" in error, (reference, error)
+    await _pull(offline, name, second, "second")  # the other image stays whole
+
+    # another process of the store evicts a layer of the second image, remembered whole just now
+    _settled(root)
+    await _pull(offline, name, second, "second")
+    evicting = await asyncio.create_subprocess_exec(sys.executable, "-c", _EVICT, str(root),
+                                                    second.layers[0].digest, env=wharf_env())
+    assert await evicting.wait() == 0
+    for reference in ("second", second.digest):
+        status, error = await _offline_status(offline, name, reference)
+        assert status == 404 and error.startswith("MANIFEST_UNKNOWN") and "not whole" in error, (reference, error)
+    assert fake.count() == 0
+
+
+async def test_a_stale_tag_served_whole_is_refused_once_a_blob_is_evicted(make_wharf, fake_upstream, tmp_path):
+    """The stale path asks the same remembered verdict: an eviction after a stale answer makes the
+    next one upstream's error."""
+    fake = await fake_upstream()
+    image = make_image("stale-remembered", (5000, 6000))
+    fake.add_image(REPO, image, tag="v1")
+    root = tmp_path / "s"
+    wharf = await make_wharf(fake.url, storage={"root": str(root)},
+                             upstream_options={"tag_ttl": 1, "circuit_cooldown": 0.5})
+    name = f"{wharf.upstream_name(fake.url)}/{REPO}"
+    await _pull(wharf, name, image, "v1")
+    fake.fault(ANY_PATH, Fault(status=503))
+    await asyncio.sleep(1.1)  # past the tag's TTL: it would be revalidated, and upstream fails
+    _settled(root)
+    for _ in range(2):
+        await _pull(wharf, name, image, "v1")  # served stale: the store holds it whole
+
+    assert wharf.app[BLOBS].evict(Digest.parse(image.layers[0].digest))
+    resp = await wharf.client.get(f"/v2/{name}/manifests/v1", headers={"Accept": MANIFEST_ACCEPT})
+    assert resp.status == 503, f"an image missing a layer was served stale as complete ({resp.status})"
+    assert await _error(resp) == (503, "UNAVAILABLE")

@@ -93,7 +93,8 @@ async def manifest(request: web.Request) -> web.Response:
         request.app[REPLAYS].remember(request.raw_path, request.headers.getall("Accept", []), headers, result.body,
                                       result.shared_until or result.readers_until, "manifest",
                                       "manifest" if is_digest(reference) else "tag",
-                                      (target.scope, reference), target.upstream, on_hit, reader, on_pull)
+                                      (target.scope, reference), target.upstream, on_hit, reader, on_pull,
+                                      result.holds)
     if head:
         return web.Response(status=200, headers=headers)
     return web.Response(status=200, body=result.body, headers=headers)

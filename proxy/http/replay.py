@@ -5,8 +5,9 @@ good, by tag while upstream's confirmation holds) is remembered as the exact hea
 sent, keyed by everything that decides the answer: the raw path with its query and the
 ``Accept`` lines (GET and HEAD share an entry). Entries expire when the answer stops holding,
 and are dropped at once when the tag they answer for changes (``drop_tag``) or names change
-hands (``clear``), through the registry's invalidation hook; the table is bounded by total
-bytes, oldest dropped first.
+hands (``clear``), through the registry's invalidation hook, or when the registry's own check
+says the answer no longer holds (``holds``: an offline answer, once the store's content changed);
+the table is bounded by total bytes, oldest dropped first.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Replay:
     # None: the answer holds for every client; else the Authorization headers it was given to,
     # each with when that credential expires (None: never)
     readers: dict[str, float | None] | None = None
+    holds: Callable[[], bool] | None = None  # asked before each replay: False drops the answer
 
 
 class ReplayTable:
@@ -65,7 +67,7 @@ class ReplayTable:
             if entry is None:
                 return None
         now = time.time()
-        if entry.until <= now:
+        if entry.until <= now or (entry.holds is not None and not entry.holds()):
             self._drop((raw_path, accept))
             return None
         if entry.readers is not None:
@@ -80,9 +82,11 @@ class ReplayTable:
                  until: float, route: str, cache_kind: str, ref: tuple[str, str],
                  upstream: str | None = None, on_hit: Callable[[], None] | None = None,
                  reader: tuple[str, float | None] | None = None,
-                 on_pull: Callable[[], None] | None = None) -> None:
+                 on_pull: Callable[[], None] | None = None,
+                 holds: Callable[[], bool] | None = None) -> None:
         """Keep a 200 answer just sent; ``headers`` are exactly the ones the application sent;
-        ``ref`` is the (scope, tag or digest) it answers for."""
+        ``ref`` is the (scope, tag or digest) it answers for; ``holds``, when given, is asked before
+        each replay (cheap: it runs on the loop), and a False drops the answer."""
         if len(body) > _MAX_BODY or until <= time.time():
             return
         key = (raw_path, tuple(accept))
@@ -94,7 +98,7 @@ class ReplayTable:
                 and known.body == body and len(known.readers) < _MAX_READERS else {}
             readers[reader[0]] = reader[1]
         entry = Replay(head.encode("latin-1"), body, until, route, cache_kind, ref, upstream, on_hit, on_pull,
-                       readers)
+                       readers, holds)
         self._drop(key)
         self._entries[key] = entry
         self._by_ref.setdefault(ref, set()).add(key)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from proxy.errors import DigestInvalid
 
 _HEX_LENGTH = {"sha256": 64, "sha512": 128}
+ALGORITHMS = tuple(_HEX_LENGTH)  # the algorithms a digest may use
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[.+_-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)", re.ASCII)
 # the only digests Wharf accepts, in one match: manifests list thousands, each is parsed once
 _SUPPORTED_RE = re.compile(r"(sha256):([0-9a-f]{64})|(sha512):([0-9a-f]{128})", re.ASCII)

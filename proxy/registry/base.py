@@ -43,6 +43,7 @@ class ManifestResult:
     cache_status: str = "hit"
     shared_until: float = 0.0  # until when (time.time()) this exact answer holds for every client
     readers_until: float = 0.0  # until when it holds for this caller (a package that is not public)
+    holds: Callable[[], bool] | None = None  # and only while this says so (offline: the store unchanged)
 
 
 @dataclass(slots=True)

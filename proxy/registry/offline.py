@@ -7,7 +7,10 @@ offline upstream too: ``UpstreamOffline``). Rules:
 - a tag answers its stored record (read from disk: an import by another process may just have
   written it), whatever its age: no TTL, no revalidation; a digest answers a stored manifest;
 - a manifest the store lost part of (``has_lost_content``: a blob it held was evicted, or every
-  platform it held of an index) answers MANIFEST_UNKNOWN saying so, as missing content does here;
+  platform it held of an index) answers MANIFEST_UNKNOWN saying so, as missing content does here
+  (the verdict is remembered until the store's content changes: ``LostContent``); an answer is
+  shared (replayed) only while the store's content stays as it was when it was given
+  (``BlobStore.stamp``): an eviction, gc or import by any process of the store ends it;
 - only public content is served: content learned with a client's own upstream credential
   cannot be confirmed while offline, and answers as missing, saying so;
 - a child manifest of a mirrored index that was left out (a platform subset) answers
@@ -33,7 +36,7 @@ from proxy.registry.base import BlobResult, Client, ManifestResult, ReferrersRes
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.listings import MAX_PAGE, page_tags
 from proxy.storage.blobs import BlobStore
-from proxy.storage.cache_index import has_lost_content
+from proxy.storage.lost_content import LostContent
 from proxy.storage.meta import MetaStore, Visibility
 
 # How long a tag's answer may be replayed to every client. Nothing here expires a tag; what moves
@@ -49,16 +52,19 @@ class OfflineRegistry:
     """Pull routes for the targets of offline upstreams, from what the store holds."""
 
     def __init__(self, blobs: BlobStore, meta: MetaStore, decisions: CacheDecisions,
-                 upstreams: frozenset[str]) -> None:
+                 upstreams: frozenset[str], lost: LostContent) -> None:
         self._blobs = blobs
         self._meta = meta
+        self._lost = lost
         self._decisions = decisions
         self.upstreams = upstreams  # the names of the offline upstreams
 
     # pull ------------------------------------------------------------------------------------
     async def manifest(self, target: Target, reference: str, accept: list[str], client: Client,
                        head: bool) -> ManifestResult:
-        """A stored public manifest, by digest (shared for good) or by its stored tag record."""
+        """A stored public manifest, by digest (shared for good) or by its stored tag record; shared
+        only while the store's content stays as it was before the first look (``BlobStore.stamp``)."""
+        stamp = self._blobs.stamp()
         if is_digest(reference):
             digest = Digest.parse(reference)
             where, until = f"{target.scope}@{digest}", math.inf
@@ -85,7 +91,7 @@ class OfflineRegistry:
             self._decisions.count("manifest", "offline_missing")
             raise ManifestUnknown(f"{where} is {media_type}, which the client does not accept; no other "
                                   f"form can be asked for ({_rule(target)})")
-        if await asyncio.to_thread(has_lost_content, self._blobs, self._meta, str(digest), media_type):
+        if await self._lost.lost(str(digest), media_type):
             self._decisions.count("manifest", "offline_missing")
             raise ManifestUnknown(f"{where} is not whole in this offline mirror: blobs it names were "
                                   f"evicted ({_rule(target)})")
@@ -93,7 +99,10 @@ class OfflineRegistry:
         if body is None and not head:
             raise self._missing(ManifestUnknown, target, where)  # evicted between the look and the read
         self._decisions.count("manifest" if is_digest(reference) else "tag", "offline")
-        return ManifestResult(digest, media_type, size, body, "offline", until)
+        if stamp is None:  # the store is changing: no answer is shared until it settles
+            return ManifestResult(digest, media_type, size, body, "offline")
+        return ManifestResult(digest, media_type, size, body, "offline", until,
+                              holds=lambda: self._blobs.stamp() == stamp)
 
     async def blob(self, target: Target, digest: Digest, client: Client, head: bool) -> BlobResult:
         """A complete stored public blob, sent from its file."""

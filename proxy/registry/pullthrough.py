@@ -41,6 +41,7 @@ from proxy.registry.peer_flight import PeerFlight
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
+from proxy.storage.lost_content import LostContent
 from proxy.storage.meta import MetaStore
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
@@ -65,13 +66,14 @@ class PullThroughRegistry:
         access = UpstreamAccess(meta, shared, cache)
         self._flight = ClusterFlight(shared)
         self._manifests = ManifestCache(blobs, meta, access, decisions, self._flight)
+        lost = LostContent(blobs, meta)  # asked by the stale path and the offline one alike
         self._tag_policy = TagPolicy(blobs, meta, shared, cache, tasks, self._hot, invalidation, access,
-                                     self._manifests, decisions)
+                                     self._manifests, decisions, lost)
         self._blob_cache = BlobCache(blobs, meta, metrics, cache, limits, tasks, access, decisions)
         self._lists = UpstreamLists(blobs, meta, access, self._tag_policy, decisions)
         self.fills = self._blob_cache.fills
         self.blob_cache = self._blob_cache  # app.py attaches object storage to it (issue 12)
-        self._offline = OfflineRegistry(blobs, meta, decisions, offline)
+        self._offline = OfflineRegistry(blobs, meta, decisions, offline, lost)
         self._offline_names = offline  # a set membership check per request: the online path stays as fast
 
     def join_cluster(self, peers: PeerFlight, client: PeerBlobs) -> None:

@@ -9,9 +9,10 @@ Rules:
 - when upstream is down, times out, answers 5xx or 429, whatever is stored is served stale; a
   revalidation that takes longer than ``cache.revalidate_timeout`` is left running in the
   background and the stored answer is served meanwhile; but not an image the store lost part of
-  (``has_lost_content``: a blob it held was evicted, or every platform it held of an index): that
-  answers upstream's error, as a tag never cached does (503 UNAVAILABLE, 429), not a manifest the
-  client would fail to pull (blobs never fetched through here do not count: the client may have them);
+  (``has_lost_content``, remembered by ``LostContent``: a blob it held was evicted, or every
+  platform it held of an index): that answers upstream's error, as a tag never cached does
+  (503 UNAVAILABLE, 429), not a manifest the client would fail to pull (blobs never fetched
+  through here do not count: the client may have them);
 - one revalidation per tag and credential runs at a time; while another worker or replica holds
   the tag's revalidation lock, its stored answer is served ("coalesced");
 - stale answers go only to clients who could see them without asking upstream
@@ -37,7 +38,7 @@ from proxy.registry.manifestcache import ManifestCache
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
 from proxy.storage.blobs import BlobStore
-from proxy.storage.cache_index import has_lost_content
+from proxy.storage.lost_content import LostContent
 from proxy.storage.meta import MetaStore, TagRecord
 from proxy.storage.shared import SharedCache
 from proxy.upstream.client import Upstream
@@ -50,8 +51,9 @@ class TagPolicy:
 
     def __init__(self, blobs: BlobStore, meta: MetaStore, shared: SharedCache, cache: CacheConfig,
                  tasks: BackgroundTasks, hot: HotSet, invalidation: Invalidation, access: UpstreamAccess,
-                 manifests: ManifestCache, decisions: CacheDecisions) -> None:
+                 manifests: ManifestCache, decisions: CacheDecisions, lost: LostContent) -> None:
         self._blobs = blobs
+        self._lost = lost
         self._meta = meta
         self._shared = shared
         self._cache = cache
@@ -138,8 +140,7 @@ class TagPolicy:
         the store lost none of the image (else the client would fail on a blob evicted here)."""
         if not await self._access.may_serve_stale(target, record, client, upstream):
             return False
-        return not await asyncio.to_thread(has_lost_content, self._blobs, self._meta, record.digest,
-                                           record.media_type)
+        return not await self._lost.lost(record.digest, record.media_type)
 
     async def fetch(self, upstream: Upstream, target: Target, tag: str, client: Client,
                     coalesce: bool = True) -> tuple[TagRecord, bool]:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from proxy.errors import DigestInvalid, SizeInvalid
-from proxy.oci.digest import Digest
+from proxy.oci.digest import ALGORITHMS, Digest
 from proxy.storage.appender import AlignedAppender
 from proxy.storage.blob_index import INDEX_FILE, BlobIndex
 from proxy.storage.space import StoreSpace, is_no_room
@@ -52,6 +52,9 @@ class Growth:
 # write in progress (a ``wharf mirror`` command, a worker's fill): every writer writes far more often
 TMP_GRACE_SECONDS = 600.0
 _HOLD_SECONDS = 0.05  # a trickling download is written out anyway, for readers following it
+# a stamp of the store changed this recently may not show the next change: a directory's mtime is
+# kept at the clock's granularity (a jiffy; a second or two on some filesystems)
+STAMP_SETTLE_SECONDS = 2.0
 
 
 class BlobWriter(Growth):
@@ -161,6 +164,7 @@ class BlobStore:
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.tmp_dir = self.root / "tmp"
+        self._stamped = tuple(str(self.blob_dir / algorithm) for algorithm in ALGORITHMS)  # for ``stamp``
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.space = space or StoreSpace(self.root, 0)
@@ -171,6 +175,26 @@ class BlobStore:
 
     def path(self, digest: Digest) -> Path:
         return self.blob_dir / digest.algorithm / digest.hex
+
+    def stamp(self) -> tuple | None:
+        """A value that changes whenever a blob or manifest enters or leaves the store, whoever does
+        it (eviction, gc, purge, delete, a fill or an import, in any process of the store): the blob
+        directories' own inode and times, which the rename that commits and the unlink that removes
+        both change. None while the store changed in the last ``STAMP_SETTLE_SECONDS``: a change
+        within the clock's granularity of the look could leave the times as they were, so only a
+        settled stamp can vouch that nothing changed since (two stats, on any thread)."""
+        stamp = []
+        settled_before = time.time_ns() - int(STAMP_SETTLE_SECONDS * 1e9)
+        for directory in self._stamped:
+            try:
+                seen = os.stat(directory)
+            except FileNotFoundError:
+                stamp.append(None)
+                continue
+            if seen.st_mtime_ns >= settled_before:
+                return None
+            stamp.append((seen.st_ino, seen.st_mtime_ns, seen.st_ctime_ns))
+        return tuple(stamp)
 
     def size(self, digest: Digest) -> int | None:
         """The size of a complete blob, or None when it is not stored."""

@@ -84,6 +84,17 @@ class BlobIndex:
         """Copy what the WAL holds into the database where no reader needs it (blocking: a worker thread)."""
         self._db().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a thread that is about to end)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            return
+        with self._lock:
+            if db in self._connections:
+                self._connections.remove(db)
+        db.close()
+        del self._local.db
+
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []

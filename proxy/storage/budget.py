@@ -187,6 +187,9 @@ class Budget:
         threading.Thread(target=self._evict_in_background, name="wharf-evict", daemon=True).start()
 
     def _evict_in_background(self) -> None:
+        """One eviction thread's life; its database connections end with it (each holds a page
+        cache and a memory map of the file it read: left to the garbage collector, every run's
+        would stay)."""
         try:
             while True:
                 try:
@@ -204,6 +207,9 @@ class Budget:
                 self._evicting = False
                 self._idle.set()
             raise
+        finally:
+            self._meta.release_thread()
+            self._blobs.index.release_thread()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no eviction of this process runs (for shutdown and tests); False on timeout."""

@@ -61,6 +61,11 @@ class MetaStore:
     def close(self) -> None:
         self._disk.close()
 
+    def release_thread(self) -> None:
+        """Close the calling thread's connection (a thread that is about to end: its page cache and
+        memory map of the metadata go with it, not at the next full garbage collection)."""
+        self._disk.close()
+
     def _get(self, key: str) -> Any:
         if key.startswith(_LIVE_PREFIXES):
             return self._disk.get(key)

@@ -189,7 +189,7 @@ class BlobCache:
                     began = True
                 writer.write(chunk)
                 await hasher.update(chunk)
-            return writer.commit(fill.digest, size, actual=await hasher.digest())
+            return await writer.commit_off_loop(fill.digest, size, actual=await hasher.digest())
         except (DigestInvalid, SizeInvalid) as bad:
             await self.objects.drop(fill.digest, str(bad))
             self._decisions.count("blob", "bucket_dropped")
@@ -292,7 +292,7 @@ class BlobCache:
                 async for chunk in source:
                     writer.write(chunk)
                     await hasher.update(chunk)
-                path = writer.commit(fill.digest, size, actual=await hasher.digest())
+                path = await writer.commit_off_loop(fill.digest, size, actual=await hasher.digest())
             except (OCIError, PeerGone):
                 writer.abort()
                 raise

@@ -118,6 +118,19 @@ class BlobWriter(Growth):
 
         ``actual`` is the content's digest when the caller hashed it (``hash_inline=False``).
         """
+        self._verify(expected, expected_size, actual)
+        return self._store.adopt(self.temp_path, expected, self.written)
+
+    async def commit_off_loop(self, expected: Digest, expected_size: int | None = None,
+                              actual: Digest | None = None) -> Path:
+        """``commit``, with the move into the store and its index and budget writes in a worker
+        thread: they wait on SQLite, whose write lock an eviction or another process may hold,
+        and the event loop must not. Readers see the writer closed until the fill reports."""
+        self._verify(expected, expected_size, actual)
+        return await asyncio.to_thread(self._store.adopt, self.temp_path, expected, self.written)
+
+    def _verify(self, expected: Digest, expected_size: int | None, actual: Digest | None) -> None:
+        """Close the file; drop it (SizeInvalid, DigestInvalid) unless it is ``expected``."""
         try:
             self._close()
         except OSError as exc:
@@ -130,7 +143,6 @@ class BlobWriter(Growth):
         if actual != expected:
             self.abort()
             raise DigestInvalid(f"content digest {actual} does not match {expected}")
-        return self._store.adopt(self.temp_path, expected, self.written)
 
     def abort(self) -> None:
         """Drop the temporary file; readers already following it see it closed."""

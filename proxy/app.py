@@ -227,8 +227,7 @@ def create_app(config: Config) -> web.Application:
         tasks.spawn(budget.scan_off_loop(), name="count the store")
         for upstream_config in config.upstreams:  # the registry holds this dict already
             upstreams[upstream_config.name] = Upstream(upstream_config, session, metrics, shared,
-                                                       offline=config.is_offline(upstream_config.name),
-                                                       direct_receive=config.fast_paths.direct_receive)
+                                                       offline=config.is_offline(upstream_config.name))
         periodic = [asyncio.ensure_future(_periodic(config.cache.access_flush_interval, lambda: asyncio.to_thread(
                         blobs.flush_access_times))),
                     asyncio.ensure_future(_periodic(min(60.0, config.limits.upload_idle_seconds), uploads.expire)),

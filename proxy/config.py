@@ -362,7 +362,6 @@ class FastPathsConfig(_Frozen):
     replay: bool = True         # repeated public manifest hits answered straight from the parser
     hot_manifests: bool = True  # public manifests and tag freshness kept in memory
     sendfile: bool = True       # stored blobs sent by os.sendfile from threads (else aiohttp's FileResponse)
-    direct_receive: bool = True  # blob bodies read from upstream's connection into Wharf's buffers (else aiohttp's)
 
 
 class LogConfig(_Frozen):

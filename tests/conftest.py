@@ -181,11 +181,11 @@ def _joined(headers) -> dict[str, str]:
 
 WharfFactory = Callable[..., Awaitable[Wharf]]
 
-# The fast paths (replayed answers, the in-memory hot set, sendfile, direct receive) are on by default; the suite
+# The fast paths (replayed answers, the in-memory hot set, sendfile) are on by default; the suite
 # runs a second time with TEST_FAST_PATHS=off, so every test holds without them too.
 # Tests of a fast path itself pass ``fast_paths=...`` explicitly.
 _FAST = os.environ.get("TEST_FAST_PATHS", "on") != "off"
-FAST_PATHS = {"replay": _FAST, "hot_manifests": _FAST, "sendfile": _FAST, "direct_receive": _FAST}
+FAST_PATHS = {"replay": _FAST, "hot_manifests": _FAST, "sendfile": _FAST}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

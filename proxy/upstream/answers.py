@@ -22,7 +22,6 @@ import aiohttp
 
 from proxy.errors import OCIError, Unavailable, UpstreamInvalid
 from proxy.oci.digest import Digest
-from proxy.upstream.direct_body import BodyBroken, take_over
 
 class Counter(Protocol):
     def inc(self, amount: float = 1) -> None: ...
@@ -78,31 +77,20 @@ class UpstreamReferrers:
 
 class UpstreamBlob:
     """A blob download: the size upstream announced (None: unknown), and ``async for`` over its
-    chunks as received, never joined (``iter_any`` would copy them into one bytes). With
-    ``direct`` the body is read straight from the connection when it can be (``direct_body.py``):
-    chunks are then memoryviews, and the connection is closed after it."""
+    chunks as received, never joined (``iter_any`` would copy them into one bytes)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, what: str, received: Counter,
-                 direct: bool = False, read_timeout: float | None = None) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, what: str, received: Counter) -> None:
         self.size: int | None = response.content_length
-        self._response = response
+        self._chunks = response.content.iter_chunks()
         self._what = what  # "<digest> from <upstream>", for the error
         self._received = received  # bytes received from this upstream
-        taken = take_over(response, read_timeout) if direct else None
-        if taken is None:
-            self._held, self._direct = None, None
-            self._chunks = response.content.iter_chunks()
-        else:
-            self._held, self._direct = taken
 
     def __aiter__(self) -> UpstreamBlob:
         return self
 
-    async def __anext__(self) -> bytes | memoryview:
+    async def __anext__(self) -> bytes:
         """The next non-empty chunk; a connection that breaks or stalls past ``read_timeout`` is
         Unavailable."""
-        if self._direct is not None:
-            return await self._next_direct()
         while True:
             try:
                 chunk, _ = await self._chunks.__anext__()
@@ -113,27 +101,6 @@ class UpstreamBlob:
             if chunk:
                 self._received.inc(len(chunk))
                 return chunk
-
-    async def _next_direct(self) -> bytes | memoryview:
-        assert self._direct is not None
-        if self._held:
-            held, self._held = self._held, None
-            self._received.inc(len(held))
-            return held
-        try:
-            chunk = await self._direct.__anext__()
-        except StopAsyncIteration:
-            raise
-        except BodyBroken as exc:
-            raise Unavailable(f"download of {self._what} broke: {exc}") from None
-        self._received.inc(len(chunk))
-        return chunk
-
-    def close(self) -> None:
-        """End the download: a directly read body's connection is closed, never reused."""
-        if self._direct is not None:
-            self._direct.close()
-            self._response.close()
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:

@@ -81,14 +81,13 @@ class Upstream:
     """One configured remote registry."""
 
     def __init__(self, config: UpstreamConfig, session: aiohttp.ClientSession, metrics: Metrics,
-                 shared: SharedFacts | None = None, offline: bool = False, direct_receive: bool = False) -> None:
+                 shared: SharedFacts | None = None, offline: bool = False) -> None:
         self.config = config
         self.name = config.name
         self.offline = offline or config.offline  # ``Config.is_offline``: the top-level switch too
         self.base_url = config.url
         self._session = session
         self._metrics = metrics
-        self._direct_receive = direct_receive  # blob bodies read straight from the connection (a fast path)
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._challenge: Challenge | None = None
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout,
@@ -150,14 +149,9 @@ class Upstream:
                         ) -> AsyncIterator[UpstreamBlob]:
         """GET a blob as a sized stream (404: BlobUnknown), released when the ``async with`` ends."""
         response = await self._request("GET", repo, f"blobs/{digest}", credential, not_found=BlobUnknown)
-        blob = None
         try:
-            blob = UpstreamBlob(response, f"{digest} from {self.name}", self._metrics.upstream_bytes.labels(self.name),
-                                direct=self._direct_receive, read_timeout=self.config.read_timeout)
-            yield blob
+            yield UpstreamBlob(response, f"{digest} from {self.name}", self._metrics.upstream_bytes.labels(self.name))
         finally:
-            if blob is not None:
-                blob.close()
             response.release()
 
     async def tags(self, repo: str, params: Mapping[str, str], credential: Credential | None) -> UpstreamTags:

@@ -39,7 +39,6 @@ class Fault:
     ``delay``            wait this many seconds before answering;
     ``bytes_per_second`` send the normal body at this rate;
     ``truncate_after``   send this many body bytes of a full-length response, then close;
-    ``stall_after``      send this many body bytes, then nothing more (the connection stays open);
     ``content``          send these bytes instead, with the headers (digest) of the real ones;
     ``methods``          the methods the fault applies to;
     ``times``            apply to this many matching requests, then behave normally again.
@@ -51,7 +50,6 @@ class Fault:
     delay: float = 0.0
     bytes_per_second: int | None = None
     truncate_after: int | None = None
-    stall_after: int | None = None
     content: bytes | None = None
     methods: tuple[str, ...] = ("GET", "HEAD")
     times: int | None = None
@@ -392,10 +390,6 @@ class FakeRegistry:
             return web.Response(status=status, headers=headers)
         response = web.StreamResponse(status=status, headers=headers)
         await response.prepare(request)
-        if fault and fault.stall_after is not None:
-            await response.write(data[: fault.stall_after])
-            await asyncio.sleep(3600)  # cancelled when the server shuts down
-            return response
         if fault and fault.truncate_after is not None:
             await self._trickle(response, data[: fault.truncate_after], fault.bytes_per_second)
             assert request.transport is not None

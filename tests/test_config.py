@@ -123,5 +123,6 @@ def test_replica_signatures_cover_the_path_and_expire():
     assert not verify(b"t" * 32, header, "GET", path, now=1_000_010)
     far = sign(secret, "GET", path, now=1_000_000 + 3600)
     assert not verify(secret, far, "GET", path, now=1_000_000), "no signature good for long in advance"
-    for bad in (None, "", "x", "1.", ".abc", "-5.ab", "9" * 40 + ".ab", header + "0"):
+    for bad in (None, "", "x", "1.", ".abc", "-5.ab", "9" * 40 + ".ab", header + "0",
+                "\u00b2\u00b3." + "a" * 64, header.split(".")[0] + "." + "\u00e9" * 64):
         assert not verify(secret, bad, "GET", path, now=1_000_010)

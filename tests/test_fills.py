@@ -226,3 +226,39 @@ async def test_a_trickling_fill_reaches_its_readers_without_waiting_for_a_unit(t
     assert os.path.getsize(writer.temp_path) == writer.written == 200
     writer.abort()
     assert not writer.temp_path.exists()
+
+
+async def test_a_fill_whose_source_broke_goes_on_only_from_a_source_that_repeats_its_bytes(tmp_path):
+    """The next source of a fill (after a replica's stream broke) is read from its first byte and
+    must repeat what the file holds before the file grows again; one that differs fails the fill."""
+    from proxy.registry.blobcache import _Landing
+    from proxy.storage.blobs import BlobStore
+    from proxy.storage.space import StoreSpace
+    from proxy.metrics import Metrics
+    from proxy.errors import DigestInvalid, SizeInvalid
+
+    data = _blob(300_000, b"resume")
+    store = BlobStore(tmp_path / "store", StoreSpace(tmp_path / "store", 0, Metrics()))
+
+    async def source(body: bytes, piece: int = 70_000):
+        for offset in range(0, len(body), piece):
+            yield body[offset:offset + piece]
+
+    async def landed(first: bytes, second: bytes) -> bytes:
+        landing = _Landing(store.tmp_dir / "fill.part", store.tmp_dir / "fill.size")
+        landing.writer = store.new_writer(temp_path=landing.temp_path, hash_inline=False)
+        try:
+            for chunk in [first]:
+                landing.writer.write(chunk)
+            out = b""
+            async for chunk in landing.resumed(source(second)):
+                out += bytes(chunk)
+            return out
+        finally:
+            landing.abort()
+
+    assert await landed(data[:123_456], data) == data[123_456:]
+    with pytest.raises(DigestInvalid):
+        await landed(data[:123_456], data[:100_000] + b"\0" + data[100_001:])
+    with pytest.raises(SizeInvalid):
+        await landed(data[:123_456], data[:100_000])

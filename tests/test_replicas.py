@@ -464,3 +464,19 @@ async def test_a_replica_whose_secret_differs_downloads_for_itself_at_once(
     assert fake.count("GET", fake.blob_path(repo_name, digest)) == 2, "replica 2 could not share: its own download"
     assert "downloading it here" in replicas.wharfs[2].output()
     assert replicas.metric(0, "wharf_http_requests_total", route="peer_blob", status="403") >= 1
+
+
+async def test_a_404_one_replica_met_for_another_repository_does_not_fail_the_blob_on_the_others(
+        fake_upstream, repo_name, replicas_of):
+    """An anonymous client asks replica 0 for a blob under a repository upstream does not have (a
+    404); a client asking replica 1 for it under its own repository right after gets the blob."""
+    fake = await fake_upstream()
+    data = os.urandom(200_000)
+    digest = fake.add_blob(repo_name, data)
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True)
+    host = _upstream_name(fake.url)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{replicas.wharfs[0].url}/v2/{host}/nowhere/else/blobs/{digest}") as resp:
+            assert resp.status == 404
+        async with session.get(f"{replicas.wharfs[1].url}/v2/{host}/{repo_name}/blobs/{digest}") as resp:
+            assert resp.status == 200 and await resp.read() == data

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
+from typing import AsyncIterator
 
 from proxy.config import CacheConfig, LimitsConfig
 from proxy.errors import BlobUnknown, DigestInvalid, OCIError, SizeInvalid, Unavailable
@@ -37,10 +39,10 @@ from proxy.oci.digest import Digest
 from proxy.registry.base import BlobResult, Client, Target
 from proxy.registry.decisions import CacheDecisions
 from proxy.registry.fills import Fill, FillGroup
-from proxy.registry.peer_flight import FAILED, PeerFlight
+from proxy.registry.peer_flight import PeerFlight
 from proxy.registry.tasks import BackgroundTasks
 from proxy.registry.upstream_access import UpstreamAccess
-from proxy.storage.blobs import BlobStore, held_by_a_process
+from proxy.storage.blobs import BlobStore, BlobWriter, held_by_a_process
 from proxy.storage.hashing import ThreadedHasher
 from proxy.storage.meta import MetaStore
 from proxy.storage.objects import ObjectStore, StoredObject
@@ -53,6 +55,51 @@ log = logging.getLogger("wharf.fill")
 
 class _NothingServed(Exception):
     """The bucket's copy could not be used, and no reader got a byte of it."""
+
+
+class _Landing:
+    """The file a fill writes, kept across its sources: when a replica's stream breaks, the next
+    source (another replica, or upstream) is read from its first byte and must repeat what the
+    file holds, byte for byte, before the file grows again. The digest then covers exactly what
+    readers got; a source that differs fails the fill."""
+
+    def __init__(self, temp_path: Path, size_path: Path) -> None:
+        self.temp_path, self.size_path = temp_path, size_path
+        self.writer: BlobWriter | None = None
+        self.hasher: ThreadedHasher | None = None
+        self.size: int | None = None
+
+    async def resumed(self, source) -> AsyncIterator[bytes]:
+        """``source``'s chunks past what the file already holds (compared with it first)."""
+        assert self.writer is not None
+        self.writer.flush_held()
+        held = self.writer.written
+        if not held:
+            async for chunk in source:
+                yield chunk
+            return
+        fd = os.open(self.temp_path, os.O_RDONLY)
+        try:
+            checked = 0
+            async for chunk in source:
+                if checked < held:
+                    count = min(held - checked, len(chunk))
+                    if os.pread(fd, count, checked) != bytes(chunk[:count]):
+                        raise DigestInvalid(f"the next source's bytes differ at {checked}-{checked + count} "
+                                            "from those already sent")
+                    checked += count
+                    chunk = chunk[count:]
+                    if not chunk:
+                        continue
+                yield chunk
+            if checked < held:
+                raise SizeInvalid(f"the next source ended at {checked} bytes, before the {held} already sent")
+        finally:
+            os.close(fd)
+
+    def abort(self) -> None:
+        if self.writer is not None and not self.writer.closed:
+            self.writer.abort()
 
 
 class BlobCache:
@@ -220,25 +267,36 @@ class BlobCache:
                         target: Target, credential: Credential | None, public: bool) -> None:
         """Download one blob into the store; readers here and in other workers follow it. With
         replicas on disks of their own (``peers``), only the replica that claims the blob asks
-        upstream; the others stream it from that replica (``peer_flight.py``)."""
-        if self.peers is None:
-            await self._download(fill, temp_path, size_path, upstream, target, credential, public)
-            return
+        upstream; the others stream it from that replica (``peer_flight.py``). A source that
+        breaks is followed by the next in the same file (``_Landing``)."""
+        landing = _Landing(temp_path, size_path)
+        try:
+            if self.peers is None:
+                await self._download(fill, landing, upstream, target, credential, public)
+            else:
+                await self._fill_in_cluster(fill, landing, upstream, target, credential, public)
+        except BaseException:
+            landing.abort()
+            if self._blobs.size(fill.digest) is None:
+                # who may see it was granted for the followers; bytes that never arrived grant nothing
+                self._meta.forget(str(fill.digest))
+            raise
+
+    async def _fill_in_cluster(self, fill: Fill, landing: _Landing, upstream: Upstream, target: Target,
+                               credential: Credential | None, public: bool) -> None:
         failing: tuple[str, float] | None = None  # (the claim that failed us, since when)
         while True:
             claim = await self.peers.claim(fill.digest)
             if claim.ours:
-                await self.peers.lead(claim, lambda: self._download(fill, temp_path, size_path, upstream,
-                                                                    target, credential, public))
+                await self.peers.lead(claim, lambda: self._download(fill, landing, upstream, target,
+                                                                    credential, public))
                 return
-            if claim.state == FAILED:
-                if claim.missing:
-                    raise BlobUnknown(f"blob {fill.digest} unknown upstream (asked by another replica just now)")
-                raise Unavailable(f"the download of {fill.digest} failed on another replica just now; try again")
             try:
-                await self._copy_from_peer(fill, temp_path, size_path, claim.holder, upstream, target,
-                                           credential, public)
+                await self._copy_from_peer(fill, landing, claim.holder, upstream, target, credential, public)
                 return
+            except (DigestInvalid, SizeInvalid):
+                await self.peers.drop(claim)  # a replica whose copy is not the blob is not pointed at again
+                raise
             except PeerGone as gone:
                 token = str(claim.value.get("token"))
                 if failing is None or failing[0] != token:
@@ -248,21 +306,20 @@ class BlobCache:
                     # failing while its claim lives: this replica downloads for itself
                     log.warning("replica %s cannot give %s (%s); downloading it here", claim.holder, fill.digest,
                                 gone, extra={"digest": str(fill.digest), "peer": claim.holder})
-                    await self._download(fill, temp_path, size_path, upstream, target, credential, public)
+                    await self._download(fill, landing, upstream, target, credential, public)
                     return
                 log.info("replica %s could not give %s (%s); asking again", claim.holder, fill.digest, gone,
                          extra={"digest": str(fill.digest), "peer": claim.holder})
                 await self.peers.passed(claim)
 
-    async def _download(self, fill: Fill, temp_path: Path, size_path: Path, upstream: Upstream,
-                        target: Target, credential: Credential | None, public: bool) -> None:
+    async def _download(self, fill: Fill, landing: _Landing, upstream: Upstream, target: Target,
+                        credential: Credential | None, public: bool) -> None:
         async with upstream.open_blob(target.repo, fill.digest, credential) as source:
             self._meta.grant(str(fill.digest), target.scope, public)  # upstream let this credential GET it
-            await self._receive(fill, temp_path, size_path, source, f"from {upstream.name}")
+            await self._receive(fill, landing, source, f"from {upstream.name}")
 
-    async def _copy_from_peer(self, fill: Fill, temp_path: Path, size_path: Path, peer_url: str,
-                              upstream: Upstream, target: Target, credential: Credential | None,
-                              public: bool) -> None:
+    async def _copy_from_peer(self, fill: Fill, landing: _Landing, peer_url: str, upstream: Upstream,
+                              target: Target, credential: Credential | None, public: bool) -> None:
         """Stream one blob from the replica filling (or holding) it into the store, verified as an
         upstream download is. Who may see it is never taken from the peer for a client's own
         credential: upstream confirms it (a HEAD) unless both fetches were made without one."""
@@ -270,45 +327,38 @@ class BlobCache:
             if not (public and source.public):
                 await upstream.head_blob(target.repo, fill.digest, credential)  # BlobUnknown: 404 here too
             self._meta.grant(str(fill.digest), target.scope, public)
-            await self._receive(fill, temp_path, size_path, source, f"from replica {peer_url}")
+            await self._receive(fill, landing, source, f"from replica {peer_url}")
 
-    async def _receive(self, fill: Fill, temp_path: Path, size_path: Path, source, origin: str) -> None:
+    async def _receive(self, fill: Fill, landing: _Landing, source, origin: str) -> None:
         """Write ``source`` (a sized stream of chunks) into the store as ``fill``'s blob, verified;
-        readers follow from its first byte. A replica's stream that breaks is PeerGone (the
-        caller asks elsewhere); any other failure is the fill's."""
-        writer = None
+        readers follow from its first byte. A replica's stream that breaks is PeerGone and leaves
+        the file as it is for the next source; any other failure is the fill's."""
+        size = source.size
+        if size is not None and size > self._limits.max_layer_bytes:
+            raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
+        if landing.writer is None:
+            landing.writer = self._blobs.new_writer(
+                fill.digest.algorithm, temp_path=landing.temp_path, hash_inline=False,
+                max_size=size if size is not None else self._limits.max_layer_bytes, expected_size=size)
+            landing.hasher, landing.size = ThreadedHasher(fill.digest.algorithm), size
+            landing.size_path.write_text(str(size if size is not None else -1))
+            fill.begin(landing.writer, size)
+        elif size != landing.size:
+            raise SizeInvalid(f"the next source of {fill.digest} announced {size} bytes, the first {landing.size}")
+        writer, hasher = landing.writer, landing.hasher
+        self._metrics.fills_in_flight.inc()
         try:
-            size = source.size
-            if size is not None and size > self._limits.max_layer_bytes:
-                raise SizeInvalid(f"blob of {size} bytes exceeds the {self._limits.max_layer_bytes} byte limit")
-            writer = self._blobs.new_writer(fill.digest.algorithm, temp_path=temp_path, hash_inline=False,
-                                            max_size=size if size is not None else self._limits.max_layer_bytes,
-                                            expected_size=size)
-            hasher = ThreadedHasher(fill.digest.algorithm)
-            size_path.write_text(str(size if size is not None else -1))
-            fill.begin(writer, size)
-            self._metrics.fills_in_flight.inc()
-            try:
-                async for chunk in source:
-                    writer.write(chunk)
-                    await hasher.update(chunk)
-                path = await writer.commit_off_loop(fill.digest, size, actual=await hasher.digest())
-            except (OCIError, PeerGone):
-                writer.abort()
-                raise
-            except Exception as exc:
-                writer.abort()
-                raise Unavailable(f"download of {fill.digest} {origin} broke: {type(exc).__name__}") from None
-            finally:
-                self._metrics.fills_in_flight.dec()
-            fill.finish(path)
-        except BaseException:
-            if writer is not None and not writer.closed:
-                writer.abort()
-            if self._blobs.size(fill.digest) is None:
-                # who may see it was granted for the followers; bytes that never arrived grant nothing
-                self._meta.forget(str(fill.digest))
+            async for chunk in landing.resumed(source):
+                writer.write(chunk)
+                await hasher.update(chunk)
+            path = await writer.commit_off_loop(fill.digest, size, actual=await hasher.digest())
+        except (OCIError, PeerGone):
             raise
+        except Exception as exc:
+            raise Unavailable(f"download of {fill.digest} {origin} broke: {type(exc).__name__}") from None
+        finally:
+            self._metrics.fills_in_flight.dec()
+        fill.finish(path)
 
     def media_type_of(self, digest: Digest) -> str:
         """A stored manifest's media type; any other blob's is application/octet-stream."""
@@ -329,9 +379,7 @@ class BlobCache:
             if not held_by_a_process(lock_path):
                 raise BlobUnknown(f"blob {digest} is neither stored nor filling on this replica")
 
-            async def refuse(_fill: Fill, _temp: Path, _size: Path) -> None:
-                raise Unavailable(f"the fill of {digest} on this replica stopped")  # we never download for a peer
-            fill = self.fills.start(digest, refuse, self._cache.fill_timeout)  # follows the worker that leads
+            fill = self.fills.watch(digest, self._cache.fill_timeout)  # another worker of ours leads it
         await asyncio.shield(fill.started)
         size = self._blobs.size(digest) if fill.size is None else None
         if size is not None:

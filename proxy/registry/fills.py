@@ -13,8 +13,6 @@ Rules:
   the lock leads from then on (takeover). It downloads afresh into a new temporary file at the same
   name; readers finish what the dead leader's file holds, then go on in the new one, so they never
   see an error for it. The new leader's download is verified like any other before commit;
-- a leader whose source breaks may go on from another one in a new file (a replica's stream that
-  broke, then upstream: ``peer_flight.py``): its readers finish the old file and go on in the new;
 - the leader writes what the fill is for (upstream, repository, whether it was asked without a
   client's credential) next to its temporary file, so every worker of the store can list the
   fills in flight with their progress (``in_flight``).
@@ -172,11 +170,6 @@ class Fill:
                         os.close(fd)
                         fd, opened_for = moved, self.writer
                         continue
-                if trusted and progress.closed and not self.done.done():
-                    # our writer gave up before the fill ended: it goes on in a new file (its
-                    # source broke and another took over) or fails; either way the fill says
-                    await self._replaced(progress)
-                    continue
                 if self.done.done() or progress.closed:
                     if not trusted:  # what our file lacks is in the committed blob, once it verified
                         await self._verified()
@@ -213,11 +206,6 @@ class Fill:
             os.close(new)
             return None
         return new
-
-    async def _replaced(self, writer) -> None:
-        """Wait until the fill has another writer than ``writer``, or ends."""
-        while self.writer is writer and not self.done.done():
-            await asyncio.sleep(_POLL)
 
     async def _verified(self) -> None:
         """Wait for the fill's verdict; raise FillFailed unless its content verified."""
@@ -317,6 +305,37 @@ class FillGroup:
         self._tasks.spawn(drive(), name=f"fill {digest}")
         return fill
 
+    def watch(self, digest: Digest, timeout: float) -> Fill:
+        """Follow the fill another worker process of this store leads, for another replica, without
+        ever leading it: when that leader dies, the watch fails (the replica that asked claims the
+        blob again) and nothing is noted for this store's own followers, who take over as ever."""
+        fill = Fill(digest)
+        temp_path, size_path, lock_path = self._blobs.fill_paths(digest)
+
+        async def step_back(lock: int) -> None:
+            self._blobs.unlock(lock)
+            final = self._blobs.path(digest)
+            if final.exists():  # the leader finished as it let go
+                fill.finish(final)
+                return
+            raise Unavailable(f"the fill of {digest} this replica followed stopped")
+
+        async def drive() -> None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._follow(fill, temp_path, size_path, lock_path, step_back, quiet=True)
+            except asyncio.CancelledError:
+                fill.fail(FillFailed("cancelled at shutdown"))
+                raise
+            except Exception as exc:
+                fill.fail(exc if isinstance(exc, OCIError) else Unavailable(f"following the fill of {digest} failed"))
+            finally:
+                if isinstance(fill.writer, RemoteProgress):
+                    fill.writer.close()
+
+        self._tasks.spawn(drive(), name=f"watch {digest}")
+        return fill
+
     @staticmethod
     def _log_finished(fill: Fill, began: float) -> None:
         failure = fill.done.exception() if fill.done.done() else None
@@ -327,7 +346,7 @@ class FillGroup:
                          "duration_ms": round((time.perf_counter() - began) * 1000, 3)})
 
     async def _follow(self, fill: Fill, temp_path: Path, size_path: Path, lock_path: Path,
-                      lead: Callable[[int], Awaitable[None]]) -> None:
+                      lead: Callable[[int], Awaitable[None]], quiet: bool = False) -> None:
         """Follow another process's fill of the same digest until its blob is committed; when its
         leader dies, take the fill over (``lead`` it here) if no other follower did first."""
         final = self._blobs.path(fill.digest)
@@ -346,7 +365,7 @@ class FillGroup:
                 break
             lock = self._blobs.try_lock(lock_path)
             if lock is not None:  # the leader died before upstream answered: lead it here
-                await self._take_over(fill, lead, lock, following_since)
+                await self._take_over(fill, lead, lock, following_since, quiet)
                 return
             await asyncio.sleep(_POLL)
         while True:
@@ -370,12 +389,12 @@ class FillGroup:
             lock = self._blobs.try_lock(lock_path)
             if lock is not None:
                 progress.supersede()
-                await self._take_over(fill, lead, lock, following_since)
+                await self._take_over(fill, lead, lock, following_since, quiet)
                 return
             await asyncio.sleep(_POLL)
 
     async def _take_over(self, fill: Fill, lead: Callable[[int], Awaitable[None]], lock: int,
-                         following_since: float) -> None:
+                         following_since: float, quiet: bool = False) -> None:
         """Lead a fill whose leader is gone (its flock came free): the readers here go on in our file.
         A leader that failed (its download did not verify, upstream refused) noted it before it let
         go: then every reader here fails as the leader's did, and nobody downloads it again now."""
@@ -387,7 +406,7 @@ class FillGroup:
         if failed and not self._blobs.path(fill.digest).exists():
             self._blobs.unlock(lock)
             raise Unavailable(f"the fill of {fill.digest} failed in another process; try again")
-        if not self._blobs.path(fill.digest).exists():
+        if not quiet and not self._blobs.path(fill.digest).exists():
             log.warning("the process filling %s is gone; this one takes the fill over", fill.digest,
                         extra={"digest": str(fill.digest)})
         await lead(lock)

@@ -8,8 +8,8 @@ Rules:
   claims it then (takeover);
 - every other replica's fill streams the blob from the claimant (``PeerBlobs``) into its own store
   and verifies it there as an upstream download is; when that stream breaks, it claims again;
-- a claimant whose download failed says so for ``_FAILED_SECONDS`` before it lets go: the others
-  fail as its clients did instead of asking upstream again at once;
+- a claimant whose download failed lets go at once: what upstream answers one credential (a 404,
+  a 401, a 429) says nothing to another, so the next fill claims and asks for itself;
 - a download that verified leaves the claim as a pointer to the replica that holds the blob, for
   ``_STORED_SECONDS``: a replica that misses later streams it from there. A pointer to a replica
   that no longer has it is dropped by the first fill that finds so;
@@ -29,14 +29,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from proxy.errors import BlobUnknown
 from proxy.oci.digest import Digest
 from proxy.storage.shared import SharedCache
 
 _STORED_SECONDS = 3600.0
-_FAILED_SECONDS = 2.0
 _RETRY_SECONDS = 0.25  # between two tries at a claimant that did not answer
-FILLING, STORED, FAILED = "filling", "stored", "failed"
+FILLING, STORED = "filling", "stored"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +53,6 @@ class Claim:
     def state(self) -> str:
         return str(self.value.get("state", FILLING))
 
-    @property
-    def missing(self) -> bool:
-        """A failed claim's download met a 404 upstream."""
-        return bool(self.value.get("missing"))
 
 
 class PeerFlight:
@@ -86,26 +80,24 @@ class PeerFlight:
 
     async def lead(self, claim: Claim, download: Callable[[], Awaitable[None]]) -> None:
         """Run ``download`` under ``claim``, renewed while it runs; then point at this replica, or
-        say it failed (an OCI error: upstream's answer, for every replica alike)."""
+        let go when it failed."""
         renewing = asyncio.ensure_future(self._renew(claim))
         try:
             await download()
-        except BaseException as exc:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+        except BaseException:
+            await _stop(renewing)
             with contextlib.suppress(Exception):
-                if not isinstance(exc, asyncio.CancelledError) and await self._holds(claim):
-                    failed = {**claim.value, "state": FAILED, "missing": isinstance(exc, BlobUnknown)}
-                    await self._shared.set(claim.key, failed, _FAILED_SECONDS)
-                else:
-                    await self._shared.release(claim.key, claim.value)
+                await self._shared.release(claim.key, claim.value)
             raise
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
-        if await self._holds(claim):
-            await self._shared.set(claim.key, {**claim.value, "state": STORED}, _STORED_SECONDS)
+        await _stop(renewing)
+        with contextlib.suppress(Exception):  # the blob is stored: a pointer is only a help
+            if await self._holds(claim):
+                await self._shared.set(claim.key, {**claim.value, "state": STORED}, _STORED_SECONDS)
+
+    async def drop(self, claim: Claim) -> None:
+        """Forget a pointer whose replica gave bytes that are not the blob (they never verify)."""
+        if claim.state == STORED:
+            await self._shared.release(claim.key, claim.value)
 
     async def passed(self, claim: Claim) -> None:
         """The claimant could not give the blob: a pointer to it goes; a fill's claim lapses by
@@ -119,8 +111,21 @@ class PeerFlight:
         return await self._shared.get(claim.key) == claim.value
 
     async def _renew(self, claim: Claim) -> None:
+        """Keep the claim alive while the download runs: put it back if it lapsed (a Redis that
+        did not answer for a while), never over another replica's."""
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
-            if not await self._holds(claim):
-                return  # it lapsed (a stall longer than the lease): another replica may fill too
-            await self._shared.set(claim.key, claim.value, self.lease_seconds)
+            try:
+                held = await self._shared.get(claim.key)
+                if held == claim.value:
+                    await self._shared.set(claim.key, claim.value, self.lease_seconds)
+                elif held is None:
+                    await self._shared.add(claim.key, claim.value, self.lease_seconds)
+            except Exception:  # the shared cache never fails a download
+                continue
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

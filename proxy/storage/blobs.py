@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -51,6 +52,7 @@ class Growth:
 # a temporary file untouched this long is a crash's leftover; younger ones may be another process's
 # write in progress (a ``wharf mirror`` command, a worker's fill): every writer writes far more often
 TMP_GRACE_SECONDS = 600.0
+_COMMITS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="wharf-commit")
 _HOLD_SECONDS = 0.05  # a trickling download is written out anyway, for readers following it
 # a stamp of the store changed this recently may not show the next change: a directory's mtime is
 # kept at the clock's granularity (a jiffy; a second or two on some filesystems)
@@ -103,6 +105,16 @@ class BlobWriter(Growth):
             self.written = appender.length
             self._notify()
 
+    def flush_held(self) -> None:
+        """Write out what is held in memory, so that the file holds every byte written so far."""
+        try:
+            grew = self._appender.flush()
+        except OSError as exc:
+            raise self._failed(exc) from None
+        if grew:
+            self.written = self._appender.length
+            self._notify()
+
     def _failed(self, exc: OSError) -> BaseException:
         """A write failed: drop the temporary file; a full disk is StoreFull, anything else as it is."""
         self.abort()
@@ -127,7 +139,10 @@ class BlobWriter(Growth):
         thread: they wait on SQLite, whose write lock an eviction or another process may hold,
         and the event loop must not. Readers see the writer closed until the fill reports."""
         self._verify(expected, expected_size, actual)
-        return await asyncio.to_thread(self._store.adopt, self.temp_path, expected, self.written)
+        # threads of their own: commits waiting on a lock must not take the pool every fill's
+        # hashing runs in
+        return await asyncio.get_running_loop().run_in_executor(
+            _COMMITS, self._store.adopt, self.temp_path, expected, self.written)
 
     def _verify(self, expected: Digest, expected_size: int | None, actual: Digest | None) -> None:
         """Close the file; drop it (SizeInvalid, DigestInvalid) unless it is ``expected``."""

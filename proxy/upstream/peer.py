@@ -13,9 +13,11 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
+import re
 import time
 from typing import AsyncIterator
 
@@ -27,7 +29,9 @@ from proxy.oci.digest import Digest
 SIGNATURE_HEADER = "Wharf-Peer"
 PUBLIC_HEADER = "Wharf-Public"  # "1": the blob was fetched without a client's credential
 SIGNATURE_SECONDS = 60
+_MANIFEST_SECONDS = 5.0  # a manifest copy that takes longer is fetched from upstream instead
 PEER_BLOB_PATH = "/_wharf/peer/blobs/{digest}"
+_SIGNATURE = re.compile(r"[0-9]{1,12}\.[0-9a-f]{64}", re.ASCII)
 
 
 class PeerGone(Exception):
@@ -47,11 +51,9 @@ def sign(secret: bytes, method: str, path: str, now: float | None = None) -> str
 
 def verify(secret: bytes, header: str | None, method: str, path: str, now: float | None = None) -> bool:
     """Whether ``header`` signs ``method path`` under ``secret`` and has not expired."""
-    if not header or len(header) > 200:
+    if not header or not _SIGNATURE.fullmatch(header):
         return False
     expires_text, _, mac = header.partition(".")
-    if not expires_text.isdigit() or len(expires_text) > 12:
-        return False
     expires = int(expires_text)
     current = time.time() if now is None else now
     if not current <= expires <= current + SIGNATURE_SECONDS + 5:  # a few seconds of clock skew
@@ -109,8 +111,9 @@ class PeerBlobs:
         """GET ``digest`` from the replica at ``peer_url`` as a sized stream; PeerGone unless it
         answers 200 (a replica refuses what it neither holds nor fills)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False,
-                                                  read_bufsize=1024 * 1024)
+            # no pool limit: a fill waiting for a free connection would neither stream nor fall back
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=self._timeout,
+                                                  auto_decompress=False, read_bufsize=1024 * 1024)
         path = PEER_BLOB_PATH.format(digest=digest)
         try:
             response = await self._session.get(f"{peer_url}{path}", allow_redirects=False,
@@ -127,13 +130,16 @@ class PeerBlobs:
     async def manifest(self, peer_url: str, digest: Digest, limit: int) -> tuple[bytes, str]:
         """(body, Content-Type) of the manifest ``digest`` the replica at ``peer_url`` stored, at
         most ``limit`` bytes; PeerGone when it cannot give it. The caller verifies it."""
-        async with self.open(peer_url, digest) as source:
-            if source.size is not None and source.size > limit:
-                raise PeerGone(f"{peer_url} holds {source.size} bytes under {digest}: no manifest")
-            parts, total = [], 0
-            async for chunk in source:
-                total += len(chunk)
-                if total > limit:
-                    raise PeerGone(f"{peer_url} sent more than {limit} bytes for {digest}: no manifest")
-                parts.append(chunk)
-            return b"".join(parts), source.media_type
+        try:
+            async with asyncio.timeout(_MANIFEST_SECONDS), self.open(peer_url, digest) as source:
+                if source.size is not None and source.size > limit:
+                    raise PeerGone(f"{peer_url} holds {source.size} bytes under {digest}: no manifest")
+                parts, total = [], 0
+                async for chunk in source:
+                    total += len(chunk)
+                    if total > limit:
+                        raise PeerGone(f"{peer_url} sent more than {limit} bytes for {digest}: no manifest")
+                    parts.append(chunk)
+                return b"".join(parts), source.media_type
+        except TimeoutError:
+            raise PeerGone(f"{peer_url} took over {_MANIFEST_SECONDS:g}s for the manifest {digest}") from None

@@ -137,22 +137,28 @@ async def test_sixty_cold_pulls_over_three_replicas_fetch_each_blob_once(registr
     assert heads == 0, f"{heads} HEADs upstream: followers on other replicas need not ask who may see a blob"
 
 
-async def test_a_replica_killed_mid_fill_is_taken_over_and_every_client_gets_correct_bytes(
-        fake_upstream, repo_name, replicas_of):
+async def _thirty_pulls_of_a_slow_blob(fake_upstream, repo_name, replicas_of, salt: bytes, **replica_options):
+    """A 1.9 MB blob upstream sends in ~5 s, three replicas, and 30 clients pulling it through nginx
+    (started, not awaited): (fake, data, digest, replicas, clients, pulls)."""
     fake = await fake_upstream()
-    data = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(60_000))  # 1.9 MB
+    data = b"".join(hashlib.sha256(salt + i.to_bytes(4, "big")).digest() for i in range(60_000))
     digest = fake.add_blob(repo_name, data)
-    fake.fault(fake.blob_path(repo_name, digest), Fault(bytes_per_second=400_000))  # ~5 s a download
-    replicas = replicas_of({_upstream_name(fake.url): fake.url})
+    fake.fault(fake.blob_path(repo_name, digest), Fault(bytes_per_second=400_000))
+    replicas = replicas_of({_upstream_name(fake.url): fake.url}, **replica_options)
     name = f"{_upstream_name(fake.url)}/{repo_name}"
-
     clients = [Client(replicas.url) for _ in range(30)]
 
     async def fetch(client: Client) -> bytes:
         async with aiohttp.ClientSession() as session:
             return await client.blob(session, name, digest)
 
-    pulls = [asyncio.ensure_future(fetch(client)) for client in clients]
+    return fake, data, digest, replicas, clients, [asyncio.ensure_future(fetch(client)) for client in clients]
+
+
+async def test_a_replica_killed_mid_fill_is_taken_over_and_every_client_gets_correct_bytes(
+        fake_upstream, repo_name, replicas_of):
+    fake, data, digest, replicas, clients, pulls = await _thirty_pulls_of_a_slow_blob(
+        fake_upstream, repo_name, replicas_of, b"")
     leader = await _leader(replicas, digest)
     await asyncio.sleep(1.0)  # well into the download: followers on every replica are streaming it
     part = replicas.root / "tmp" / f"fill-sha256-{digest.split(':')[1]}.part"
@@ -174,7 +180,7 @@ async def test_a_replica_killed_mid_fill_is_taken_over_and_every_client_gets_cor
     again = Client(replicas.url)
     async with aiohttp.ClientSession() as session:
         for _ in range(3):
-            assert await again.blob(session, name, digest) == data
+            assert await again.blob(session, f"{_upstream_name(fake.url)}/{repo_name}", digest) == data
 
 
 async def _leader(replicas: Replicas, digest: str) -> int:
@@ -349,19 +355,8 @@ async def test_a_replica_on_its_own_disk_later_copies_a_blob_from_the_replica_th
 
 async def test_a_replica_on_its_own_disk_killed_mid_fill_is_taken_over_and_every_client_gets_correct_bytes(
         fake_upstream, repo_name, replicas_of, redis_server):
-    fake = await fake_upstream()
-    data = b"".join(hashlib.sha256(b"own" + i.to_bytes(4, "big")).digest() for i in range(60_000))  # 1.9 MB
-    digest = fake.add_blob(repo_name, data)
-    fake.fault(fake.blob_path(repo_name, digest), Fault(bytes_per_second=400_000))  # ~5 s a download
-    replicas = replicas_of({_upstream_name(fake.url): fake.url}, own_disks=True)
-    name = f"{_upstream_name(fake.url)}/{repo_name}"
-    clients = [Client(replicas.url) for _ in range(30)]
-
-    async def fetch(client: Client) -> bytes:
-        async with aiohttp.ClientSession() as session:
-            return await client.blob(session, name, digest)
-
-    pulls = [asyncio.ensure_future(fetch(client)) for client in clients]
+    fake, data, digest, replicas, clients, pulls = await _thirty_pulls_of_a_slow_blob(
+        fake_upstream, repo_name, replicas_of, b"own", own_disks=True)
     deadline = time.monotonic() + 10
     while (claim := _claim(redis_server.url, digest)) is None:
         assert time.monotonic() < deadline, "no replica claimed the download"

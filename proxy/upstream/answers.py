@@ -15,7 +15,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -91,16 +91,24 @@ class UpstreamBlob:
     async def __anext__(self) -> bytes:
         """The next non-empty chunk; a connection that breaks or stalls past ``read_timeout`` is
         Unavailable."""
-        while True:
-            try:
-                chunk, _ = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                raise
-            except Exception as exc:
-                raise Unavailable(f"download of {self._what} broke: {type(exc).__name__}") from None
-            if chunk:
-                self._received.inc(len(chunk))
-                return chunk
+        return await next_counted_chunk(
+            self._chunks, self._received,
+            lambda exc: Unavailable(f"download of {self._what} broke: {type(exc).__name__}"))
+
+
+async def next_counted_chunk(chunks, received: Counter, broken: Callable[[Exception], Exception]) -> bytes:
+    """The next non-empty chunk of aiohttp's ``iter_chunks()``, counted in ``received``; a body that
+    breaks or stalls raises ``broken(the error)``."""
+    while True:
+        try:
+            chunk, _ = await chunks.__anext__()
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:
+            raise broken(exc) from None
+        if chunk:
+            received.inc(len(chunk))
+            return chunk
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:

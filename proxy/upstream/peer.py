@@ -25,6 +25,7 @@ import aiohttp
 from prometheus_client import Counter
 
 from proxy.oci.digest import Digest
+from proxy.upstream.answers import next_counted_chunk
 
 SIGNATURE_HEADER = "Wharf-Peer"
 PUBLIC_HEADER = "Wharf-Public"  # "1": the blob was fetched without a client's credential
@@ -80,16 +81,8 @@ class PeerBlob:
         return self
 
     async def __anext__(self) -> bytes:
-        while True:
-            try:
-                chunk, _ = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                raise
-            except Exception as exc:
-                raise PeerGone(f"the stream broke: {type(exc).__name__}") from None
-            if chunk:
-                self._received.inc(len(chunk))
-                return chunk
+        return await next_counted_chunk(self._chunks, self._received,
+                                        lambda exc: PeerGone(f"the stream broke: {type(exc).__name__}"))
 
 
 class PeerBlobs:

@@ -391,8 +391,10 @@ async def test_the_replica_route_refuses_requests_not_signed_with_the_cluster_se
         forged = sign(b"not the cluster's secret, but long enough", "GET", path)
         other_path = sign(replicas.secret(), "GET", "/_wharf/peer/blobs/sha256:" + "0" * 64)
         expired = sign(replicas.secret(), "GET", path, now=time.time() - 3600)
-        for header in (None, "", forged, other_path, expired, "9" * 12 + ".x"):
-            headers = {} if header is None else {"Wharf-Peer": header}
+        # a client's credential (any scope) is no replica's signature
+        as_client = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-password").decode()}
+        for header in (None, "", forged, other_path, expired, "9" * 12 + ".x", "client"):
+            headers = as_client if header == "client" else {} if header is None else {"Wharf-Peer": header}
             async with session.get(target + path, headers=headers) as resp:
                 assert resp.status == 403, (header, resp.status)
                 assert (await resp.json())["errors"][0]["code"] == "DENIED"

@@ -120,16 +120,24 @@ async def test_a_stale_tag_whose_blobs_are_gone_is_not_served_while_upstream_is_
     await _pull(wharf, name, broken, "broken")
 
 
-async def test_offline_a_manifest_whose_blobs_were_evicted_is_missing(make_wharf, fake_upstream, tmp_path):
+async def _pulled_online(make_wharf, fake_upstream, tmp_path, tags: dict[str, tuple[int, ...]], prefix: str):
+    """Images (layer sizes by tag) upstream, each pulled whole through a Wharf on ``tmp_path/store``:
+    (the fake upstream, that Wharf, the repository name, the store's root, the images in order)."""
     fake = await fake_upstream()
-    broken, whole = make_image("offline-broken", (5000, 6000)), make_image("offline-whole", (5000,))
-    fake.add_image(REPO, broken, tag="broken")
-    fake.add_image(REPO, whole, tag="whole")
+    images = [make_image(f"{prefix}-{tag}", sizes) for tag, sizes in tags.items()]
+    for tag, image in zip(tags, images):
+        fake.add_image(REPO, image, tag=tag)
     root = tmp_path / "store"
     online = await make_wharf(named_upstreams={"registry.test": fake.url}, storage={"root": str(root)})
     name = f"registry.test/{REPO}"
-    await _pull(online, name, broken, "broken")
-    await _pull(online, name, whole, "whole")
+    for tag, image in zip(tags, images):
+        await _pull(online, name, image, tag)
+    return fake, online, name, root, images
+
+
+async def test_offline_a_manifest_whose_blobs_were_evicted_is_missing(make_wharf, fake_upstream, tmp_path):
+    fake, online, name, root, (broken, whole) = await _pulled_online(
+        make_wharf, fake_upstream, tmp_path, {"broken": (5000, 6000), "whole": (5000,)}, "offline")
     assert online.app[BLOBS].evict(Digest.parse(broken.layers[0].digest))
     await online.client.close()
 
@@ -177,15 +185,8 @@ async def test_offline_an_image_served_whole_is_missing_once_a_blob_is_evicted(m
                                                                               tmp_path):
     """The verdict "whole" is remembered per manifest; an eviction afterwards, by this process or
     by another process of the store, makes the same manifest missing at once."""
-    fake = await fake_upstream()
-    first, second = make_image("remembered-first", (5000, 6000)), make_image("remembered-second", (4000,))
-    fake.add_image(REPO, first, tag="first")
-    fake.add_image(REPO, second, tag="second")
-    root = tmp_path / "store"
-    online = await make_wharf(named_upstreams={"registry.test": fake.url}, storage={"root": str(root)})
-    name = f"registry.test/{REPO}"
-    await _pull(online, name, first, "first")
-    await _pull(online, name, second, "second")
+    fake, online, name, root, (first, second) = await _pulled_online(
+        make_wharf, fake_upstream, tmp_path, {"first": (5000, 6000), "second": (4000,)}, "remembered")
     await online.client.close()
 
     offline = await make_wharf(named_upstreams={"registry.test": fake.url}, storage={"root": str(root)},

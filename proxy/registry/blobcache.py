@@ -131,8 +131,7 @@ class BlobCache:
                 redirected = await self._redirect(digest, size)
                 if redirected is not None:
                     return redirected
-            return BlobResult(digest, size, path=self._blobs.path(digest),
-                              reading=lambda: self._blobs.reading(digest), cache_status="hit")
+            return self._stored(digest, size)
         credential, public = self._access.effective(upstream, client)
         if self.fills.get(digest) is None and await self._access.known_missing(upstream, target, str(digest), client):
             self._decisions.count("blob", "negative")
@@ -166,6 +165,11 @@ class BlobCache:
         if head:
             return BlobResult(digest, fill.size, cache_status=status)
         return BlobResult(digest, fill.size, segments=fill.segments, cache_status=status)
+
+    def _stored(self, digest: Digest, size: int) -> BlobResult:
+        """A blob of the store, sent as a file and marked as read while it goes out."""
+        return BlobResult(digest, size, path=self._blobs.path(digest),
+                          reading=lambda: self._blobs.reading(digest), cache_status="hit")
 
     async def _in_bucket(self, digest: Digest) -> StoredObject | None:
         try:
@@ -203,8 +207,7 @@ class BlobCache:
         await asyncio.shield(fill.started)
         size = self._blobs.size(digest) if fill.size is None else None
         if size is not None:  # an object no HEAD vouched for begins only once stored and verified
-            return BlobResult(digest, size, path=self._blobs.path(digest),
-                              reading=lambda: self._blobs.reading(digest), cache_status="hit")
+            return self._stored(digest, size)
         return BlobResult(digest, fill.size, segments=fill.segments, cache_status="hit")
 
     async def _run_bucket_fill(self, fill: Fill, temp_path: Path, size_path: Path, stored: StoredObject,
@@ -371,8 +374,7 @@ class BlobCache:
         public = self._meta.visibility(str(digest)).public
         size = self._blobs.size(digest)
         if size is not None:
-            return BlobResult(digest, size, path=self._blobs.path(digest),
-                              reading=lambda: self._blobs.reading(digest)), public
+            return self._stored(digest, size), public
         fill = self.fills.get(digest)
         if fill is None:
             _, _, lock_path = self._blobs.fill_paths(digest)
@@ -383,6 +385,5 @@ class BlobCache:
         await asyncio.shield(fill.started)
         size = self._blobs.size(digest) if fill.size is None else None
         if size is not None:
-            return BlobResult(digest, size, path=self._blobs.path(digest),
-                              reading=lambda: self._blobs.reading(digest)), public
+            return self._stored(digest, size), public
         return BlobResult(digest, fill.size, segments=fill.segments), self._meta.visibility(str(digest)).public
